@@ -1,0 +1,13 @@
+//! vtballoon: a virtio memory balloon driver for FreeBSD.
+//!
+//! The crate is `no_std`: the same logic runs in the kernel (feature
+//! `kernel`, which adds the FreeBSD glue) and in host tests, where it is
+//! driven against a simulated device and guest memory.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod protocol;
+pub mod platform;
+
+#[cfg(feature = "kernel")]
+pub mod freebsd;

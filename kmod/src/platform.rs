@@ -1,0 +1,107 @@
+//! What the balloon logic needs from its environment. The FreeBSD glue
+//! implements these traits over the VM and virtqueues; the host tests
+//! implement them over a simulated device and guest memory.
+
+use crate::protocol::Queue;
+
+/// Why an operation against the device or the VM did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The host did not return a buffer within the allowed time.
+    Timeout,
+    /// The virtqueue had no room for the buffer.
+    QueueFull,
+    /// The guest could not allocate a page right now.
+    NoMemory,
+    /// A page lies above what a le32 PFN can name.
+    PfnOverflow,
+    /// The device is going away; stop work.
+    Stopping,
+}
+
+/// Token naming a posted buffer; returned when the host is done with it.
+pub type Token = usize;
+
+/// The device side: config space and virtqueues.
+///
+/// Buffers are copied by [`Device::post`] into memory the device may read for
+/// as long as the buffer is posted, so the logic never lends its own memory
+/// to the host.
+pub trait Device {
+    /// Host's requested balloon size, in 4 KiB units (config `num_pages`).
+    fn num_pages(&mut self) -> u32;
+    /// Tells the host how many 4 KiB units the balloon holds (config `actual`).
+    fn set_actual(&mut self, actual: u32);
+    /// STATS_PUSH interval from config, in milliseconds (0 = pull only).
+    fn stats_push_interval_ms(&mut self) -> u32;
+    /// Copies `data` into slot `token` of `queue`, enqueues it (device-readable)
+    /// and notifies the host.
+    fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error>;
+    /// Waits at most `timeout_ms` for the host to return a buffer on `queue`,
+    /// and returns its token. Never blocks longer than the timeout.
+    fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error>;
+}
+
+/// The guest's page allocator and the list of ballooned pages.
+///
+/// Ballooned pages are linked through structures the VM already has (the
+/// FreeBSD glue uses `vm_page` queue linkage), so the logic keeps no per-page
+/// memory of its own.
+pub trait Memory {
+    /// Handle of one guest page.
+    type Page: Copy;
+    /// Bytes per guest page (a multiple of 4096).
+    fn page_size(&self) -> u64;
+    /// Takes a page out of the VM without sleeping; `None` when memory is short.
+    fn alloc_page(&mut self) -> Option<Self::Page>;
+    /// Gives a page back to the VM.
+    fn free_page(&mut self, page: Self::Page);
+    /// Physical address of the page.
+    fn phys_addr(&self, page: Self::Page) -> u64;
+    /// Adds a page to the ballooned list.
+    fn push_ballooned(&mut self, page: Self::Page);
+    /// Takes the most recently ballooned page off the list.
+    fn pop_ballooned(&mut self) -> Option<Self::Page>;
+}
+
+/// The guest's VM counters, in pages of [`Memory::page_size`] unless noted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VmCounters {
+    pub page_size: u64,
+    /// Pages managed by the VM (`vm_cnt.v_page_count`).
+    pub page_count: u64,
+    /// Free pages (`vm_free_count()`).
+    pub free: u64,
+    /// Inactive queue (`vm_inactive_count()`).
+    pub inactive: u64,
+    /// Laundry queue: dirty inactive pages waiting for swap (`vm_laundry_count()`).
+    pub laundry: u64,
+    /// Active queue (`vm_active_count()`).
+    pub active: u64,
+    /// Wired pages (`vm_wire_count()`).
+    pub wired: u64,
+    /// Free target the page daemon keeps (`vm_cnt.v_free_target`).
+    pub free_target: u64,
+    /// Free pages reserved for the kernel (`vm_cnt.v_free_reserved`).
+    pub free_reserved: u64,
+    /// Minimum free pages (`vm_cnt.v_free_min`).
+    pub free_min: u64,
+    /// Inactive target (`vm_cnt.v_inactive_target`).
+    pub inactive_target: u64,
+    /// Pages swapped in / out since boot (`v_swappgsin`, `v_swappgsout`).
+    pub swap_in: u64,
+    pub swap_out: u64,
+    /// Page faults needing I/O (`v_io_faults`) and all faults (`v_vm_faults`).
+    pub major_faults: u64,
+    pub faults: u64,
+    /// Buffer cache bytes (`bufspace`) — reclaimable file data outside the page queues.
+    pub bufspace_bytes: u64,
+    /// Processes killed by the OOM killer (no public counter on 14.2: 0).
+    pub oom_kills: u64,
+    /// Page daemon wakeups (`v_pdwakeups`).
+    pub pdwakeups: u64,
+    /// Pages freed by the page daemon (`v_dfree`).
+    pub pd_freed: u64,
+    /// Waits for free pages (`v_pdshortfalls` is closest on 14.2).
+    pub alloc_stalls: u64,
+}

@@ -1,0 +1,291 @@
+//! Wire facts of the virtio memory balloon (virtio 1.2 §5.5, plus the
+//! STATS_PUSH proposal): feature bits, config space layout, stat tags and the
+//! PFN encoding. Nothing here depends on the guest or on FreeBSD.
+
+use bitflags::bitflags;
+use static_assertions::{const_assert_eq, assert_eq_size};
+
+bitflags! {
+    /// Device feature bits the driver knows about.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Features: u64 {
+        /// A deflated page may be reused only after the host acked the deflate buffer.
+        const MUST_TELL_HOST = 1 << 0;
+        /// A statistics virtqueue exists.
+        const STATS_VQ = 1 << 1;
+        /// The guest may deflate under memory pressure.
+        const DEFLATE_ON_OOM = 1 << 2;
+        /// Free page hinting (migration aid); not driven by this driver.
+        const FREE_PAGE_HINT = 1 << 3;
+        /// The host expects freed pages to hold `poison_val`.
+        const PAGE_POISON = 1 << 4;
+        /// Free page reporting queue exists.
+        const REPORTING = 1 << 5;
+        /// Proposed, not in the spec: the guest pushes statistics on a host-set
+        /// timer. Its bit number is a proposal; see [`STATS_PUSH_BIT`].
+        const STATS_PUSH = 1 << STATS_PUSH_BIT;
+        /// Modern (virtio 1.x) device.
+        const VERSION_1 = 1 << 32;
+    }
+}
+
+/// Bit number of the proposed STATS_PUSH feature. Other proposals claim bit 6
+/// too; change it here and nowhere else.
+pub const STATS_PUSH_BIT: u32 = 6;
+
+/// Size of one PFN unit on the wire, whatever the guest page size.
+pub const PFN_SHIFT: u32 = 12;
+/// Bytes in one balloon page unit (`num_pages`, `actual`).
+pub const BALLOON_PAGE_SIZE: u64 = 1 << PFN_SHIFT;
+/// PFNs per inflate/deflate buffer: the peers (Linux, FreeBSD) use 256.
+pub const PFNS_PER_BUFFER: usize = 256;
+
+/// The device-specific configuration space, little-endian on the wire.
+/// Only the fields implied by the negotiated features may be read.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Config {
+    pub num_pages: u32,
+    pub actual: u32,
+    pub free_page_hint_cmd_id: u32,
+    pub poison_val: u32,
+    /// STATS_PUSH proposal: push period in milliseconds, 0 = pull only.
+    pub stats_push_interval_ms: u32,
+}
+
+/// Byte offsets of the config fields.
+pub mod config_offset {
+    pub const NUM_PAGES: usize = 0;
+    pub const ACTUAL: usize = 4;
+    pub const FREE_PAGE_HINT_CMD_ID: usize = 8;
+    pub const POISON_VAL: usize = 12;
+    pub const STATS_PUSH_INTERVAL_MS: usize = 16;
+}
+
+const_assert_eq!(core::mem::offset_of!(Config, num_pages), config_offset::NUM_PAGES);
+const_assert_eq!(core::mem::offset_of!(Config, actual), config_offset::ACTUAL);
+const_assert_eq!(
+    core::mem::offset_of!(Config, free_page_hint_cmd_id),
+    config_offset::FREE_PAGE_HINT_CMD_ID
+);
+const_assert_eq!(core::mem::offset_of!(Config, poison_val), config_offset::POISON_VAL);
+const_assert_eq!(
+    core::mem::offset_of!(Config, stats_push_interval_ms),
+    config_offset::STATS_PUSH_INTERVAL_MS
+);
+assert_eq_size!(Config, [u8; 20]);
+
+/// Statistics tags. 0–9 are in the virtio spec; 10–15 are Linux extensions
+/// that some hosts (Firecracker) reject as malformed.
+#[repr(u16)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StatTag {
+    SwapIn = 0,
+    SwapOut = 1,
+    MajFlt = 2,
+    MinFlt = 3,
+    MemFree = 4,
+    MemTot = 5,
+    Avail = 6,
+    Caches = 7,
+    HtlbPgAlloc = 8,
+    HtlbPgFail = 9,
+    OomKill = 10,
+    AllocStall = 11,
+    AsyncScan = 12,
+    DirectScan = 13,
+    AsyncReclaim = 14,
+    DirectReclaim = 15,
+}
+
+impl StatTag {
+    /// Highest tag defined by the virtio specification itself.
+    pub const LAST_SPEC_TAG: u16 = 9;
+
+    /// True for tags outside the virtio spec (Linux extensions).
+    pub const fn is_extension(self) -> bool {
+        self as u16 > Self::LAST_SPEC_TAG
+    }
+}
+
+/// One statistic as it goes on the wire: packed `{le16 tag, le64 val}`.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatEntry {
+    tag: [u8; 2],
+    val: [u8; 8],
+}
+
+assert_eq_size!(StatEntry, [u8; 10]);
+const_assert_eq!(core::mem::align_of::<StatEntry>(), 1);
+
+impl StatEntry {
+    pub const fn new(tag: u16, val: u64) -> Self {
+        StatEntry { tag: tag.to_le_bytes(), val: val.to_le_bytes() }
+    }
+    pub const fn tag(&self) -> u16 {
+        u16::from_le_bytes(self.tag)
+    }
+    pub const fn val(&self) -> u64 {
+        u64::from_le_bytes(self.val)
+    }
+}
+
+/// Converts a physical address to the le32 PFN the device expects (shift 12).
+/// Returns `None` when the frame does not fit in 32 bits (above 16 TiB).
+pub fn pfn_of_phys(phys: u64) -> Option<u32> {
+    u32::try_from(phys >> PFN_SHIFT).ok()
+}
+
+/// Encodes a PFN for the wire.
+pub const fn pfn_le(pfn: u32) -> u32 {
+    pfn.to_le()
+}
+
+/// The virtqueues a balloon may have, in the order the device numbers them
+/// when present: inflate, deflate, stats (if STATS_VQ), free page hint (if
+/// FREE_PAGE_HINT), reporting (if REPORTING).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Queue {
+    Inflate,
+    Deflate,
+    Stats,
+    FreePageHint,
+    Reporting,
+}
+
+impl Queue {
+    /// Queue index for this queue given the negotiated features, or `None` if
+    /// the queue does not exist.
+    pub fn index(self, features: Features) -> Option<u16> {
+        let present = |q: Queue| match q {
+            Queue::Inflate | Queue::Deflate => true,
+            Queue::Stats => features.contains(Features::STATS_VQ),
+            Queue::FreePageHint => features.contains(Features::FREE_PAGE_HINT),
+            Queue::Reporting => features.contains(Features::REPORTING),
+        };
+        if !present(self) {
+            return None;
+        }
+        let order = [
+            Queue::Inflate,
+            Queue::Deflate,
+            Queue::Stats,
+            Queue::FreePageHint,
+            Queue::Reporting,
+        ];
+        let before = order.iter().take_while(|&&q| q != self).filter(|&&q| present(q)).count();
+        u16::try_from(before).ok()
+    }
+
+    /// Number of queues the device has with these features.
+    pub fn count(features: Features) -> u16 {
+        [Queue::Inflate, Queue::Deflate, Queue::Stats, Queue::FreePageHint, Queue::Reporting]
+            .iter()
+            .filter(|q| q.index(features).is_some())
+            .count() as u16
+    }
+}
+
+/// Bytes of config space implied by the negotiated features: a device may
+/// expose fewer bytes than [`Config`] holds.
+pub fn config_len(features: Features) -> usize {
+    if features.contains(Features::STATS_PUSH) {
+        config_offset::STATS_PUSH_INTERVAL_MS + 4
+    } else if features.contains(Features::PAGE_POISON) {
+        config_offset::POISON_VAL + 4
+    } else if features.contains(Features::FREE_PAGE_HINT) {
+        config_offset::FREE_PAGE_HINT_CMD_ID + 4
+    } else {
+        config_offset::ACTUAL + 4
+    }
+}
+
+/// Human-readable names of the features, for sysctl and logs.
+pub fn feature_names(features: Features) -> impl Iterator<Item = &'static str> {
+    const NAMES: [(Features, &str); 8] = [
+        (Features::MUST_TELL_HOST, "MUST_TELL_HOST"),
+        (Features::STATS_VQ, "STATS_VQ"),
+        (Features::DEFLATE_ON_OOM, "DEFLATE_ON_OOM"),
+        (Features::FREE_PAGE_HINT, "FREE_PAGE_HINT"),
+        (Features::PAGE_POISON, "PAGE_POISON"),
+        (Features::REPORTING, "REPORTING"),
+        (Features::STATS_PUSH, "STATS_PUSH"),
+        (Features::VERSION_1, "VERSION_1"),
+    ];
+    NAMES.into_iter().filter(move |(f, _)| features.contains(*f)).map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_bits_match_the_spec() {
+        assert_eq!(Features::MUST_TELL_HOST.bits(), 1);
+        assert_eq!(Features::STATS_VQ.bits(), 2);
+        assert_eq!(Features::DEFLATE_ON_OOM.bits(), 4);
+        assert_eq!(Features::FREE_PAGE_HINT.bits(), 8);
+        assert_eq!(Features::PAGE_POISON.bits(), 16);
+        assert_eq!(Features::REPORTING.bits(), 32);
+        assert_eq!(Features::STATS_PUSH.bits(), 64);
+        assert_eq!(Features::VERSION_1.bits(), 1 << 32);
+    }
+
+    #[test]
+    fn stat_entry_is_packed_little_endian() {
+        let e = StatEntry::new(StatTag::MemFree as u16, 0x0102_0304_0506_0708);
+        // SAFETY: StatEntry is repr(C, packed) of byte arrays: any 10 bytes are valid.
+        let bytes: [u8; 10] = unsafe { core::mem::transmute(e) };
+        assert_eq!(bytes, [4, 0, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(e.tag(), 4);
+        assert_eq!(e.val(), 0x0102_0304_0506_0708);
+    }
+
+    #[test]
+    fn stat_tags_are_numbered_as_spec_and_linux() {
+        assert_eq!(StatTag::SwapIn as u16, 0);
+        assert_eq!(StatTag::HtlbPgFail as u16, 9);
+        assert_eq!(StatTag::OomKill as u16, 10);
+        assert_eq!(StatTag::DirectReclaim as u16, 15);
+        assert!(!StatTag::HtlbPgFail.is_extension());
+        assert!(StatTag::OomKill.is_extension());
+    }
+
+    #[test]
+    fn pfn_shift_is_12_whatever_the_page_size() {
+        assert_eq!(pfn_of_phys(0x1234_5000), Some(0x12345));
+        // A 16 KiB guest page at 0x8000 still has the 4 KiB frame number 8.
+        assert_eq!(pfn_of_phys(0x8000), Some(8));
+        assert_eq!(pfn_of_phys(1 << 45), None);
+    }
+
+    #[test]
+    fn queues_are_numbered_by_what_exists() {
+        let base = Features::MUST_TELL_HOST;
+        assert_eq!(Queue::Inflate.index(base), Some(0));
+        assert_eq!(Queue::Deflate.index(base), Some(1));
+        assert_eq!(Queue::Stats.index(base), None);
+        assert_eq!(Queue::Reporting.index(base | Features::REPORTING), Some(2));
+        let all = base | Features::STATS_VQ | Features::REPORTING;
+        assert_eq!(Queue::Stats.index(all), Some(2));
+        assert_eq!(Queue::Reporting.index(all), Some(3));
+        let hint = all | Features::FREE_PAGE_HINT;
+        assert_eq!(Queue::Reporting.index(hint), Some(4));
+        assert_eq!(Queue::count(all), 4);
+    }
+
+    #[test]
+    fn config_length_follows_features() {
+        assert_eq!(config_len(Features::empty()), 8);
+        assert_eq!(config_len(Features::PAGE_POISON), 16);
+        assert_eq!(config_len(Features::STATS_PUSH | Features::STATS_VQ), 20);
+    }
+
+    #[test]
+    fn feature_names_are_readable() {
+        let f = Features::MUST_TELL_HOST | Features::REPORTING;
+        let v: Vec<_> = feature_names(f).collect();
+        assert_eq!(v, ["MUST_TELL_HOST", "REPORTING"]);
+    }
+}
