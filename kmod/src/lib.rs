@@ -6,8 +6,12 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
-pub mod protocol;
+pub mod avail;
+pub mod balloon;
+pub mod counters;
 pub mod platform;
+pub mod protocol;
+pub mod stats;
 
 #[cfg(feature = "kernel")]
 pub mod freebsd;

@@ -58,6 +58,9 @@ pub trait Memory {
     fn free_page(&mut self, page: Self::Page);
     /// Physical address of the page.
     fn phys_addr(&self, page: Self::Page) -> u64;
+    /// The page at a physical address the logic got from [`Memory::phys_addr`]
+    /// (`PHYS_TO_VM_PAGE`): lets in-flight buffers hold PFNs only.
+    fn page_at(&self, phys: u64) -> Option<Self::Page>;
     /// Adds a page to the ballooned list.
     fn push_ballooned(&mut self, page: Self::Page);
     /// Takes the most recently ballooned page off the list.
@@ -96,12 +99,11 @@ pub struct VmCounters {
     pub faults: u64,
     /// Buffer cache bytes (`bufspace`) — reclaimable file data outside the page queues.
     pub bufspace_bytes: u64,
-    /// Processes killed by the OOM killer (no public counter on 14.2: 0).
-    pub oom_kills: u64,
-    /// Page daemon wakeups (`v_pdwakeups`).
-    pub pdwakeups: u64,
+    /// Free swap, in pages (0 without swap): bounds how much of the laundry
+    /// queue the page daemon can actually reclaim.
+    pub swap_free: u64,
+    /// Pages examined by the page daemon (`v_pdpages`).
+    pub pd_scanned: u64,
     /// Pages freed by the page daemon (`v_dfree`).
     pub pd_freed: u64,
-    /// Waits for free pages (`v_pdshortfalls` is closest on 14.2).
-    pub alloc_stalls: u64,
 }

@@ -3,7 +3,7 @@
 //! PFN encoding. Nothing here depends on the guest or on FreeBSD.
 
 use bitflags::bitflags;
-use static_assertions::{const_assert_eq, assert_eq_size};
+use static_assertions::{assert_eq_size, const_assert_eq};
 
 bitflags! {
     /// Device feature bits the driver knows about.
@@ -62,13 +62,19 @@ pub mod config_offset {
     pub const STATS_PUSH_INTERVAL_MS: usize = 16;
 }
 
-const_assert_eq!(core::mem::offset_of!(Config, num_pages), config_offset::NUM_PAGES);
+const_assert_eq!(
+    core::mem::offset_of!(Config, num_pages),
+    config_offset::NUM_PAGES
+);
 const_assert_eq!(core::mem::offset_of!(Config, actual), config_offset::ACTUAL);
 const_assert_eq!(
     core::mem::offset_of!(Config, free_page_hint_cmd_id),
     config_offset::FREE_PAGE_HINT_CMD_ID
 );
-const_assert_eq!(core::mem::offset_of!(Config, poison_val), config_offset::POISON_VAL);
+const_assert_eq!(
+    core::mem::offset_of!(Config, poison_val),
+    config_offset::POISON_VAL
+);
 const_assert_eq!(
     core::mem::offset_of!(Config, stats_push_interval_ms),
     config_offset::STATS_PUSH_INTERVAL_MS
@@ -121,7 +127,10 @@ const_assert_eq!(core::mem::align_of::<StatEntry>(), 1);
 
 impl StatEntry {
     pub const fn new(tag: u16, val: u64) -> Self {
-        StatEntry { tag: tag.to_le_bytes(), val: val.to_le_bytes() }
+        StatEntry {
+            tag: tag.to_le_bytes(),
+            val: val.to_le_bytes(),
+        }
     }
     pub const fn tag(&self) -> u16 {
         u16::from_le_bytes(self.tag)
@@ -145,7 +154,7 @@ pub const fn pfn_le(pfn: u32) -> u32 {
 /// The virtqueues a balloon may have, in the order the device numbers them
 /// when present: inflate, deflate, stats (if STATS_VQ), free page hint (if
 /// FREE_PAGE_HINT), reporting (if REPORTING).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Queue {
     Inflate,
     Deflate,
@@ -174,16 +183,26 @@ impl Queue {
             Queue::FreePageHint,
             Queue::Reporting,
         ];
-        let before = order.iter().take_while(|&&q| q != self).filter(|&&q| present(q)).count();
+        let before = order
+            .iter()
+            .take_while(|&&q| q != self)
+            .filter(|&&q| present(q))
+            .count();
         u16::try_from(before).ok()
     }
 
     /// Number of queues the device has with these features.
     pub fn count(features: Features) -> u16 {
-        [Queue::Inflate, Queue::Deflate, Queue::Stats, Queue::FreePageHint, Queue::Reporting]
-            .iter()
-            .filter(|q| q.index(features).is_some())
-            .count() as u16
+        [
+            Queue::Inflate,
+            Queue::Deflate,
+            Queue::Stats,
+            Queue::FreePageHint,
+            Queue::Reporting,
+        ]
+        .iter()
+        .filter(|q| q.index(features).is_some())
+        .count() as u16
     }
 }
 
@@ -213,7 +232,10 @@ pub fn feature_names(features: Features) -> impl Iterator<Item = &'static str> {
         (Features::STATS_PUSH, "STATS_PUSH"),
         (Features::VERSION_1, "VERSION_1"),
     ];
-    NAMES.into_iter().filter(move |(f, _)| features.contains(*f)).map(|(_, n)| n)
+    NAMES
+        .into_iter()
+        .filter(move |(f, _)| features.contains(*f))
+        .map(|(_, n)| n)
 }
 
 #[cfg(test)]

@@ -1,0 +1,576 @@
+//! Sizing the balloon: inflate and deflate towards the host's target.
+//!
+//! Rules this module keeps:
+//! - WANTSIZE: the balloon only moves towards the host target after a config
+//!   change (or once at attach). A deflate done for memory pressure clears
+//!   the flag, so the thread does not re-inflate until the host speaks again.
+//! - Several PFN buffers may be in flight at once (up to [`MAX_INFLIGHT`]);
+//!   only one direction is in flight at a time.
+//! - A page leaves the balloon (is freed to the VM) only after the host
+//!   acknowledged the deflate buffer naming it (MUST_TELL_HOST ordering, kept
+//!   even when the feature is absent: it costs nothing on an already
+//!   asynchronous path).
+//! - Every wait for the host is bounded; a dead host makes operations fail
+//!   with [`Error::Timeout`], never hang.
+//! - No per-page memory: in-flight buffers hold PFNs only, and acked pages sit
+//!   on a list the [`Memory`] implementation threads through the VM's own
+//!   page structures.
+
+use crate::counters::BalloonCounters;
+use crate::platform::{Device, Error, Memory, Token};
+use crate::protocol::{pfn_of_phys, Features, Queue, PFNS_PER_BUFFER, PFN_SHIFT};
+
+/// Most PFN buffers ever in flight at once.
+pub const MAX_INFLIGHT: usize = 8;
+
+/// Knobs of the sizing logic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunables {
+    /// 4 KiB units deflated per vm_lowmem event (peers use 256).
+    pub oom_batch_pages: u32,
+    /// Longest wait for one host acknowledgement.
+    pub host_timeout_ms: u32,
+    /// PFN buffers kept in flight, 1..=[`MAX_INFLIGHT`].
+    pub inflight_buffers: usize,
+    /// First and longest pause after an allocation failure.
+    pub backoff_min_ms: u32,
+    pub backoff_max_ms: u32,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            oom_batch_pages: 256,
+            host_timeout_ms: 5_000,
+            inflight_buffers: 4,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl Tunables {
+    /// Largest accepted `oom_batch_pages` (256 MiB).
+    pub const OOM_BATCH_MAX: u32 = 65_536;
+
+    /// Checks a value for `oom_batch_pages`.
+    pub fn valid_oom_batch(pages: u32) -> bool {
+        (1..=Self::OOM_BATCH_MAX).contains(&pages)
+    }
+}
+
+/// What the balloon thread should do after a [`Balloon::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Target reached and nothing in flight: sleep until the next config change.
+    Idle,
+    /// Call `step` again.
+    More,
+    /// Memory is short: sleep this long, then call `step` again.
+    Backoff { ms: u32 },
+    /// The host or the queue failed; counted. Sleep a backoff, then retry.
+    Failed(Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Inflating,
+    Deflating,
+}
+
+/// One PFN buffer: the le32 PFNs exactly as posted.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    state: SlotState,
+    /// PFNs in `wire`.
+    len: usize,
+    wire: [u8; PFNS_PER_BUFFER * 4],
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        state: SlotState::Free,
+        len: 0,
+        wire: [0; PFNS_PER_BUFFER * 4],
+    };
+
+    fn pfn(&self, i: usize) -> u32 {
+        let b = &self.wire[i * 4..i * 4 + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    fn push_pfn(&mut self, pfn: u32) {
+        self.wire[self.len * 4..self.len * 4 + 4].copy_from_slice(&pfn.to_le_bytes());
+        self.len += 1;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.wire[..self.len * 4]
+    }
+}
+
+/// The balloon's sizing state.
+#[derive(Debug)]
+pub struct Balloon {
+    features: Features,
+    tun: Tunables,
+    /// WANTSIZE: the host changed its target and we have not reached it yet.
+    wantsize: bool,
+    /// 4 KiB units the host acknowledged as ballooned.
+    actual: u32,
+    /// 4 KiB units in in-flight inflate / deflate buffers.
+    inflight_in: u32,
+    inflight_out: u32,
+    backoff_ms: u32,
+    slots: [Slot; MAX_INFLIGHT],
+    counters: BalloonCounters,
+}
+
+impl Balloon {
+    /// A new, empty balloon. WANTSIZE starts set: the first `step` after
+    /// DRIVER_OK sizes the balloon to the host target.
+    pub fn new(features: Features, mut tun: Tunables) -> Self {
+        tun.inflight_buffers = tun.inflight_buffers.clamp(1, MAX_INFLIGHT);
+        if !Tunables::valid_oom_batch(tun.oom_batch_pages) {
+            tun.oom_batch_pages = Tunables::default().oom_batch_pages;
+        }
+        Balloon {
+            features,
+            tun,
+            wantsize: true,
+            actual: 0,
+            inflight_in: 0,
+            inflight_out: 0,
+            backoff_ms: 0,
+            slots: [Slot::EMPTY; MAX_INFLIGHT],
+            counters: BalloonCounters::default(),
+        }
+    }
+
+    /// The host changed its config: resize at the next step.
+    pub fn config_changed(&mut self) {
+        self.counters.config_changes.inc();
+        self.wantsize = true;
+    }
+
+    /// True while the thread has something to do.
+    pub fn needs_work(&self) -> bool {
+        self.wantsize || self.inflight() > 0
+    }
+
+    /// 4 KiB units the host acknowledged as ballooned.
+    pub fn actual(&self) -> u32 {
+        self.actual
+    }
+
+    /// True while a resize requested by the host is pending.
+    pub fn wantsize(&self) -> bool {
+        self.wantsize
+    }
+
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    pub fn counters(&self) -> &BalloonCounters {
+        &self.counters
+    }
+
+    pub fn tunables(&self) -> Tunables {
+        self.tun
+    }
+
+    /// Changes the lowmem batch; false (and nothing changed) if out of range.
+    pub fn set_oom_batch(&mut self, pages: u32) -> bool {
+        if !Tunables::valid_oom_batch(pages) {
+            return false;
+        }
+        self.tun.oom_batch_pages = pages;
+        true
+    }
+
+    /// Does one round of resizing: reap acknowledgements, post new buffers
+    /// up to the in-flight limit, wait (bounded) for one acknowledgement.
+    pub fn step<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) -> Step {
+        self.reap_ready(dev, mem);
+        let mut short_of_memory = false;
+        if self.wantsize {
+            let target = dev.num_pages();
+            self.counters.target_pages.set(u64::from(target));
+            let planned =
+                i64::from(self.actual) + i64::from(self.inflight_in) - i64::from(self.inflight_out);
+            let target = i64::from(target);
+            if target > planned && self.inflight_out == 0 {
+                match self.post_inflates(dev, mem, (target - planned) as u32) {
+                    Ok(full) => short_of_memory = !full,
+                    Err(e) => return self.failed(e),
+                }
+            } else if target < planned && self.inflight_in == 0 {
+                if let Err(e) = self.post_deflates(dev, mem, (planned - target) as u32) {
+                    return self.failed(e);
+                }
+            } else if target == planned && self.inflight() == 0 {
+                self.wantsize = false;
+                self.backoff_ms = 0;
+                return Step::Idle;
+            }
+        }
+        if self.inflight() > 0 {
+            if let Err(e) = self.wait_one(dev, mem) {
+                return self.failed(e);
+            }
+        }
+        if short_of_memory {
+            return Step::Backoff {
+                ms: self.next_backoff(),
+            };
+        }
+        if self.needs_work() {
+            Step::More
+        } else {
+            Step::Idle
+        }
+    }
+
+    /// vm_lowmem: gives back up to `oom_batch_pages` to the guest, after the
+    /// host acknowledged them. Returns the 4 KiB units freed. Only with
+    /// DEFLATE_ON_OOM; clears WANTSIZE so the balloon is not re-inflated until
+    /// the host changes its target again.
+    pub fn lowmem<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) -> u32 {
+        if !self.features.contains(Features::DEFLATE_ON_OOM) {
+            return 0;
+        }
+        self.counters.lowmem_events.inc();
+        self.wantsize = false;
+        // Inflates in flight are the host's already; settle them first so the
+        // deflate may use every slot.
+        if self.settle(dev, mem).is_err() {
+            return 0;
+        }
+        let before = self.actual;
+        let goal = self.tun.oom_batch_pages.min(self.actual);
+        let _ = self.deflate_now(dev, mem, goal);
+        let freed = before - self.actual;
+        self.counters.lowmem_pages.add(u64::from(freed));
+        freed
+    }
+
+    /// Detach: deflates everything with bounded waits. On error the caller
+    /// resets the device and calls [`Balloon::abandon`].
+    pub fn shutdown<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+    ) -> Result<(), Error> {
+        self.wantsize = false;
+        self.settle(dev, mem)?;
+        self.deflate_now(dev, mem, self.actual)?;
+        if self.actual == 0 {
+            Ok(())
+        } else {
+            Err(Error::Timeout)
+        }
+    }
+
+    /// After a device reset (the host no longer holds anything): frees every
+    /// page the balloon still has, in flight or acknowledged.
+    pub fn abandon<M: Memory>(&mut self, mem: &mut M) {
+        let units = units_per_page(mem);
+        for i in 0..MAX_INFLIGHT {
+            if self.slots[i].state != SlotState::Free {
+                let slot = self.slots[i];
+                for k in (0..slot.len).step_by(units) {
+                    if let Some(page) = mem.page_at(u64::from(slot.pfn(k)) << PFN_SHIFT) {
+                        mem.free_page(page);
+                    }
+                }
+                self.slots[i].state = SlotState::Free;
+            }
+        }
+        while let Some(page) = mem.pop_ballooned() {
+            mem.free_page(page);
+        }
+        self.inflight_in = 0;
+        self.inflight_out = 0;
+        self.actual = 0;
+        self.wantsize = false;
+        self.counters.actual_pages.set(0);
+    }
+
+    fn inflight(&self) -> u32 {
+        self.inflight_in + self.inflight_out
+    }
+
+    fn failed(&mut self, e: Error) -> Step {
+        match e {
+            Error::Timeout => self.counters.host_timeouts.inc(),
+            _ => self.counters.errors.inc(),
+        }
+        Step::Failed(e)
+    }
+
+    fn next_backoff(&mut self) -> u32 {
+        self.backoff_ms = if self.backoff_ms == 0 {
+            self.tun.backoff_min_ms
+        } else {
+            self.backoff_ms
+                .saturating_mul(2)
+                .min(self.tun.backoff_max_ms)
+        };
+        self.backoff_ms
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        let in_use = self
+            .slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free)
+            .count();
+        if in_use >= self.tun.inflight_buffers {
+            return None;
+        }
+        self.slots.iter().position(|s| s.state == SlotState::Free)
+    }
+
+    /// Fills and posts inflate buffers for up to `units`. Ok(false) when the
+    /// VM ran out of pages before the buffers were full.
+    fn post_inflates<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+        mut units: u32,
+    ) -> Result<bool, Error> {
+        let per_page = units_per_page(mem);
+        while units >= per_page as u32 {
+            let Some(i) = self.free_slot() else {
+                return Ok(true);
+            };
+            let want = (units as usize).min(PFNS_PER_BUFFER) / per_page;
+            let mut slot = Slot::EMPTY;
+            let mut short = false;
+            for _ in 0..want {
+                let Some(page) = mem.alloc_page() else {
+                    self.counters.alloc_failures.inc();
+                    short = true;
+                    break;
+                };
+                let Some(pfn) = pfn_of_phys(mem.phys_addr(page)) else {
+                    mem.free_page(page);
+                    self.counters.errors.inc();
+                    short = true;
+                    break;
+                };
+                for k in 0..per_page as u32 {
+                    slot.push_pfn(pfn + k);
+                }
+            }
+            if slot.len > 0 {
+                slot.state = SlotState::Inflating;
+                self.post(dev, mem, i, slot)?;
+                units -= slot.len as u32;
+            }
+            if short {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Fills and posts deflate buffers for up to `units` from the balloon list.
+    fn post_deflates<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+        mut units: u32,
+    ) -> Result<u32, Error> {
+        let per_page = units_per_page(mem);
+        let mut posted = 0;
+        while units >= per_page as u32 {
+            let Some(i) = self.free_slot() else { break };
+            let want = (units as usize).min(PFNS_PER_BUFFER) / per_page;
+            let mut slot = Slot::EMPTY;
+            for _ in 0..want {
+                let Some(page) = mem.pop_ballooned() else {
+                    break;
+                };
+                // Was a valid PFN when it was inflated.
+                let pfn = pfn_of_phys(mem.phys_addr(page)).unwrap_or_default();
+                for k in 0..per_page as u32 {
+                    slot.push_pfn(pfn + k);
+                }
+            }
+            if slot.len == 0 {
+                break;
+            }
+            slot.state = SlotState::Deflating;
+            self.post(dev, mem, i, slot)?;
+            units -= slot.len as u32;
+            posted += slot.len as u32;
+        }
+        Ok(posted)
+    }
+
+    /// Posts a filled slot; on failure gives its pages back where they came from.
+    fn post<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+        i: usize,
+        slot: Slot,
+    ) -> Result<(), Error> {
+        let queue = queue_of(slot.state);
+        if let Err(e) = dev.post(queue, i as Token, slot.bytes()) {
+            self.undo(mem, &slot);
+            return Err(e);
+        }
+        self.counters.buffers_posted.inc();
+        match slot.state {
+            SlotState::Inflating => self.inflight_in += slot.len as u32,
+            _ => self.inflight_out += slot.len as u32,
+        }
+        self.slots[i] = slot;
+        Ok(())
+    }
+
+    fn undo<M: Memory>(&self, mem: &mut M, slot: &Slot) {
+        for k in (0..slot.len).step_by(units_per_page(mem)) {
+            let Some(page) = mem.page_at(u64::from(slot.pfn(k)) << PFN_SHIFT) else {
+                continue;
+            };
+            match slot.state {
+                SlotState::Inflating => mem.free_page(page),
+                _ => mem.push_ballooned(page),
+            }
+        }
+    }
+
+    /// Completes every buffer the host already returned, without waiting.
+    fn reap_ready<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) {
+        for queue in [Queue::Inflate, Queue::Deflate] {
+            while self.inflight_on(queue) {
+                match dev.wait_used(queue, 0) {
+                    Ok(token) => self.complete(dev, mem, queue, token),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn inflight_on(&self, queue: Queue) -> bool {
+        match queue {
+            Queue::Inflate => self.inflight_in > 0,
+            _ => self.inflight_out > 0,
+        }
+    }
+
+    /// Waits (bounded) for one acknowledgement on whichever queue has buffers out.
+    fn wait_one<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) -> Result<(), Error> {
+        let queue = if self.inflight_in > 0 {
+            Queue::Inflate
+        } else {
+            Queue::Deflate
+        };
+        let token = dev.wait_used(queue, self.tun.host_timeout_ms)?;
+        self.complete(dev, mem, queue, token);
+        Ok(())
+    }
+
+    /// Waits until nothing is in flight.
+    fn settle<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) -> Result<(), Error> {
+        self.reap_ready(dev, mem);
+        while self.inflight() > 0 {
+            if let Err(e) = self.wait_one(dev, mem) {
+                self.failed(e);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deflates `units` now, pipelined, and waits for every acknowledgement.
+    fn deflate_now<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+        units: u32,
+    ) -> Result<(), Error> {
+        let mut left = units;
+        loop {
+            if left > 0 {
+                match self.post_deflates(dev, mem, left) {
+                    Ok(n) => left -= n.min(left),
+                    Err(e) => {
+                        self.failed(e);
+                        return Err(e);
+                    }
+                }
+            }
+            if self.inflight() == 0 {
+                return Ok(());
+            }
+            if let Err(e) = self.wait_one(dev, mem) {
+                self.failed(e);
+                return Err(e);
+            }
+        }
+    }
+
+    /// The host returned buffer `token`: inflated pages join the balloon,
+    /// deflated pages go back to the VM, and the host learns the new size.
+    fn complete<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+        queue: Queue,
+        token: Token,
+    ) {
+        let Some(slot) = self.slots.get(token).copied() else {
+            self.counters.errors.inc();
+            return;
+        };
+        if slot.state == SlotState::Free || queue_of(slot.state) != queue {
+            self.counters.errors.inc();
+            return;
+        }
+        let per_page = units_per_page(mem);
+        for k in (0..slot.len).step_by(per_page) {
+            let Some(page) = mem.page_at(u64::from(slot.pfn(k)) << PFN_SHIFT) else {
+                self.counters.errors.inc();
+                continue;
+            };
+            match slot.state {
+                SlotState::Inflating => mem.push_ballooned(page),
+                _ => mem.free_page(page),
+            }
+        }
+        let n = slot.len as u32;
+        match slot.state {
+            SlotState::Inflating => {
+                self.inflight_in -= n;
+                self.actual += n;
+                self.counters.inflated_pages.add(u64::from(n));
+            }
+            _ => {
+                self.inflight_out -= n;
+                self.actual -= n;
+                self.counters.deflated_pages.add(u64::from(n));
+            }
+        }
+        self.slots[token].state = SlotState::Free;
+        self.counters.actual_pages.set(u64::from(self.actual));
+        dev.set_actual(self.actual);
+    }
+}
+
+fn queue_of(state: SlotState) -> Queue {
+    match state {
+        SlotState::Inflating => Queue::Inflate,
+        _ => Queue::Deflate,
+    }
+}
+
+/// 4 KiB PFN units per guest page (1 on amd64).
+fn units_per_page<M: Memory>(mem: &M) -> usize {
+    ((mem.page_size() >> PFN_SHIFT) as usize).clamp(1, PFNS_PER_BUFFER)
+}

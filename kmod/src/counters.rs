@@ -1,0 +1,91 @@
+//! Event counters the sysctl tree shows. Atomics, so the kernel glue can
+//! hand their addresses to sysctl as plain 64-bit integers while the logic
+//! updates them; relaxed ordering is enough for statistics.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing event count.
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Address of the value, for `SYSCTL_ADD_U64`-style readers.
+    pub fn as_ptr(&self) -> *mut u64 {
+        self.0.as_ptr()
+    }
+}
+
+/// A value that goes up and down (a gauge), readable the same way.
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub const fn new() -> Self {
+        Gauge(AtomicU64::new(0))
+    }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn as_ptr(&self) -> *mut u64 {
+        self.0.as_ptr()
+    }
+}
+
+/// What the balloon thread and the lowmem handler count.
+#[derive(Debug, Default)]
+pub struct BalloonCounters {
+    /// Host target, 4 KiB units.
+    pub target_pages: Gauge,
+    /// Pages the host acknowledged as ballooned, 4 KiB units.
+    pub actual_pages: Gauge,
+    /// 4 KiB units given to the host since attach.
+    pub inflated_pages: Counter,
+    /// 4 KiB units taken back from the host since attach.
+    pub deflated_pages: Counter,
+    /// vm_lowmem events handled.
+    pub lowmem_events: Counter,
+    /// 4 KiB units deflated because of vm_lowmem.
+    pub lowmem_pages: Counter,
+    /// Config-change interrupts (host target changes).
+    pub config_changes: Counter,
+    /// Page allocations that failed while inflating.
+    pub alloc_failures: Counter,
+    /// Waits for the host that ran out of time.
+    pub host_timeouts: Counter,
+    /// Other failures (queue full, unusable page).
+    pub errors: Counter,
+    /// Buffers posted to the inflate and deflate queues.
+    pub buffers_posted: Counter,
+}
+
+/// What the statistics path counts.
+#[derive(Debug, Default)]
+pub struct StatsCounters {
+    /// Times the host asked for statistics (returned the pull buffer).
+    pub requests: Counter,
+    /// Statistics buffers pushed on the STATS_PUSH timer.
+    pub pushes: Counter,
+    /// Push ticks skipped because the host still held the last push.
+    pub push_skipped: Counter,
+    /// Pull requests ignored because push mode was on.
+    pub pulls_ignored: Counter,
+    /// Failures to post a statistics buffer.
+    pub errors: Counter,
+}

@@ -1,0 +1,343 @@
+//! The sizing logic against the simulated device and guest memory.
+
+mod sim;
+
+use sim::{sim, Ack, Shared, SimDevice, SimMemory, World};
+use vtballoon::balloon::{Balloon, Step, Tunables};
+use vtballoon::platform::{Device, Error, Memory};
+use vtballoon::protocol::{Features, Queue};
+
+const MTH: Features = Features::MUST_TELL_HOST;
+const OOM: Features = Features::DEFLATE_ON_OOM;
+
+/// Steps like the balloon kthread would, sleeping (in simulated time) on
+/// backoff, until the balloon is idle. Returns the steps taken.
+fn run(b: &mut Balloon, w: &Shared, dev: &mut SimDevice, mem: &mut SimMemory) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for _ in 0..10_000 {
+        let s = b.step(dev, mem);
+        steps.push(s);
+        match s {
+            Step::Idle => return steps,
+            Step::More => {}
+            Step::Backoff { ms } => w.borrow_mut().now_ms += u64::from(ms),
+            Step::Failed(_) => return steps,
+        }
+    }
+    panic!("balloon never went idle: {:?}", &steps[steps.len() - 5..]);
+}
+
+fn clean(w: &Shared) {
+    let v = &w.borrow().violations;
+    assert!(v.is_empty(), "protocol violations: {v:?}");
+}
+
+fn setup(features: Features, pages: usize, target: u32) -> (Shared, SimDevice, SimMemory, Balloon) {
+    let (w, dev, mem) = sim(features, pages);
+    w.borrow_mut().num_pages = target;
+    let b = Balloon::new(features, Tunables::default());
+    (w, dev, mem, b)
+}
+
+#[test]
+fn inflates_to_the_host_target_at_attach_in_buffers_of_at_most_256() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
+    let steps = run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(steps.last(), Some(&Step::Idle));
+    assert_eq!(b.actual(), 1000);
+    let world = w.borrow();
+    assert_eq!(world.actual, 1000, "actual written to config");
+    assert_eq!(world.host_units(), 1000);
+    assert_eq!(world.guest_list.len(), 1000);
+    assert_eq!(world.inflate_buffers, 4, "1000 PFNs = 256+256+256+232");
+    assert_eq!(b.counters().inflated_pages.get(), 1000);
+    assert_eq!(b.counters().actual_pages.get(), 1000);
+    drop(world);
+    clean(&w);
+}
+
+#[test]
+fn keeps_several_buffers_in_flight() {
+    let (w, mut dev, mut mem, _) = setup(MTH, 8192, 4096);
+    let tun = Tunables {
+        inflight_buffers: 4,
+        ..Tunables::default()
+    };
+    let mut b = Balloon::new(MTH, tun);
+    w.borrow_mut().ack = Ack::AfterMs(1);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 4096);
+    assert_eq!(w.borrow().max_outstanding, 4);
+    clean(&w);
+}
+
+#[test]
+fn deflates_when_the_host_lowers_its_target() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    w.borrow_mut().num_pages = 300;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 300);
+    assert_eq!(w.borrow().host_units(), 300);
+    assert_eq!(w.borrow().free_pages(), 4096 - 300);
+    assert_eq!(b.counters().deflated_pages.get(), 700);
+    clean(&w);
+}
+
+#[test]
+fn never_resizes_without_a_config_change() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 500);
+    run(&mut b, &w, &mut dev, &mut mem);
+    let posted = w.borrow().notifications;
+    // The host target moves, but no config-change interrupt came.
+    w.borrow_mut().num_pages = 800;
+    assert!(!b.needs_work());
+    assert_eq!(b.step(&mut dev, &mut mem), Step::Idle);
+    assert_eq!(w.borrow().notifications, posted);
+    assert_eq!(b.actual(), 500);
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 800);
+    clean(&w);
+}
+
+#[test]
+fn deflated_pages_are_freed_only_after_the_host_acked() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1024);
+    run(&mut b, &w, &mut dev, &mut mem);
+    w.borrow_mut().ack = Ack::AfterMs(40);
+    w.borrow_mut().num_pages = 0;
+    b.config_changed();
+    // First step posts the deflates and waits for one ack.
+    assert_eq!(b.step(&mut dev, &mut mem), Step::More);
+    {
+        let world = w.borrow();
+        // Pages in buffers still outstanding are neither free nor listed.
+        let outstanding = world.outstanding(Queue::Deflate);
+        assert!(outstanding >= 1);
+        assert_eq!(world.free_pages(), 4096 - 1024 + 256);
+    }
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 0);
+    assert_eq!(w.borrow().free_pages(), 4096);
+    clean(&w); // the sim flags any page freed while the host still claims it
+}
+
+#[test]
+fn lowmem_deflates_a_bounded_batch_and_the_thread_does_not_undo_it() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 2000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    let freed = b.lowmem(&mut dev, &mut mem);
+    assert_eq!(freed, 256);
+    assert_eq!(b.actual(), 1744);
+    assert_eq!(w.borrow().actual, 1744);
+    assert_eq!(b.counters().lowmem_events.get(), 1);
+    assert_eq!(b.counters().lowmem_pages.get(), 256);
+    // The host target is still 2000, but nothing re-inflates.
+    let inflates = w.borrow().inflate_buffers;
+    assert_eq!(run(&mut b, &w, &mut dev, &mut mem), [Step::Idle]);
+    assert_eq!(w.borrow().inflate_buffers, inflates);
+    assert_eq!(b.actual(), 1744);
+    // Until the host speaks again.
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 2000);
+    clean(&w);
+}
+
+#[test]
+fn lowmem_interrupts_an_inflate_in_progress() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 4000);
+    w.borrow_mut().ack = Ack::AfterMs(5);
+    assert_eq!(b.step(&mut dev, &mut mem), Step::More);
+    let freed = b.lowmem(&mut dev, &mut mem);
+    assert_eq!(freed, 256);
+    assert_eq!(
+        run(&mut b, &w, &mut dev, &mut mem).last(),
+        Some(&Step::Idle)
+    );
+    assert!(b.actual() < 4000);
+    assert_eq!(w.borrow().host_units(), b.actual());
+    clean(&w);
+}
+
+#[test]
+fn lowmem_batch_is_tunable_and_validated() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 2000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert!(!b.set_oom_batch(0));
+    assert!(!b.set_oom_batch(Tunables::OOM_BATCH_MAX + 1));
+    assert_eq!(b.tunables().oom_batch_pages, 256);
+    assert!(b.set_oom_batch(1000));
+    assert_eq!(b.lowmem(&mut dev, &mut mem), 1000);
+    // Never more than the balloon holds.
+    assert_eq!(b.lowmem(&mut dev, &mut mem), 1000);
+    assert_eq!(b.lowmem(&mut dev, &mut mem), 0);
+    assert_eq!(w.borrow().free_pages(), 8192);
+    clean(&w);
+}
+
+#[test]
+fn lowmem_without_deflate_on_oom_leaves_the_balloon_alone() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.lowmem(&mut dev, &mut mem), 0);
+    assert_eq!(b.actual(), 1000);
+    assert_eq!(b.counters().lowmem_events.get(), 0);
+    clean(&w);
+}
+
+#[test]
+fn allocation_failure_backs_off_instead_of_spinning() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 1000, 900);
+    w.borrow_mut().reserve = 700; // only 300 pages can be taken
+    let mut backoffs = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        match b.step(&mut dev, &mut mem) {
+            Step::Backoff { ms } => {
+                backoffs.push(ms);
+                calls.push(w.borrow().alloc_calls);
+                w.borrow_mut().now_ms += u64::from(ms);
+            }
+            Step::More => {}
+            s => panic!("unexpected {s:?}"),
+        }
+    }
+    assert_eq!(b.actual(), 300);
+    assert!(backoffs.len() >= 5, "{backoffs:?}");
+    assert!(
+        backoffs.windows(2).all(|p| p[1] >= p[0]),
+        "backoff grows: {backoffs:?}"
+    );
+    assert_eq!(
+        *backoffs.last().unwrap(),
+        Tunables::default()
+            .backoff_max_ms
+            .min(*backoffs.last().unwrap())
+    );
+    // One failed allocation per retry, not a loop of them.
+    assert!(calls.windows(2).all(|p| p[1] - p[0] == 1), "{calls:?}");
+    assert!(b.counters().alloc_failures.get() >= 5);
+    // Memory comes back: the balloon reaches its target.
+    w.borrow_mut().reserve = 0;
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 900);
+    clean(&w);
+}
+
+#[test]
+fn a_host_that_never_acks_times_out_and_nothing_hangs() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
+    w.borrow_mut().ack = Ack::Never;
+    let start = w.borrow().now_ms;
+    assert_eq!(b.step(&mut dev, &mut mem), Step::Failed(Error::Timeout));
+    let waited = w.borrow().now_ms - start;
+    assert_eq!(waited, u64::from(Tunables::default().host_timeout_ms));
+    assert_eq!(b.counters().host_timeouts.get(), 1);
+    // Detach: bounded, reports the failure, then the device is reset and
+    // every page comes back.
+    assert_eq!(b.shutdown(&mut dev, &mut mem), Err(Error::Timeout));
+    w.borrow_mut().reset();
+    b.abandon(&mut mem);
+    assert_eq!(w.borrow().free_pages(), 4096);
+    assert_eq!(b.actual(), 0);
+    clean(&w);
+}
+
+#[test]
+fn a_late_ack_is_completed_on_the_next_step() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 256);
+    w.borrow_mut().ack = Ack::AfterMs(8_000);
+    assert_eq!(b.step(&mut dev, &mut mem), Step::Failed(Error::Timeout));
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 256);
+    assert_eq!(w.borrow().host_units(), 256);
+    clean(&w);
+}
+
+#[test]
+fn a_full_queue_gives_the_pages_back() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 256);
+    w.borrow_mut().fail_posts = 1;
+    assert_eq!(b.step(&mut dev, &mut mem), Step::Failed(Error::QueueFull));
+    assert_eq!(
+        w.borrow().free_pages(),
+        4096,
+        "allocated pages were freed again"
+    );
+    assert_eq!(b.counters().errors.get(), 1);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 256);
+    clean(&w);
+}
+
+#[test]
+fn shutdown_returns_every_page() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 3000);
+    w.borrow_mut().ack = Ack::AfterMs(2);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.shutdown(&mut dev, &mut mem), Ok(()));
+    assert_eq!(b.actual(), 0);
+    let world = w.borrow();
+    assert_eq!(world.free_pages(), 4096);
+    assert_eq!(world.host_units(), 0);
+    assert_eq!(world.actual, 0);
+    drop(world);
+    clean(&w);
+}
+
+#[test]
+fn large_guest_pages_send_every_4k_pfn() {
+    let w = World::new(MTH, 1024, 16384);
+    let (mut dev, mut mem) = (SimDevice(w.clone()), SimMemory(w.clone()));
+    w.borrow_mut().num_pages = 1000; // 4 KiB units: 250 guest pages
+    let mut b = Balloon::new(MTH, Tunables::default());
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 1000);
+    assert_eq!(w.borrow().guest_list.len(), 250);
+    assert_eq!(w.borrow().host_units(), 1000);
+    w.borrow_mut().num_pages = 0;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(w.borrow().free_pages(), 1024);
+    clean(&w);
+}
+
+// The simulator itself must catch a broken driver. These drive the device
+// directly the way a buggy driver would and check the violation is reported.
+
+#[test]
+fn sim_catches_a_page_reused_before_its_deflate_ack() {
+    let (w, mut dev, mut mem) = sim(MTH, 16);
+    let page = mem.alloc_page().unwrap();
+    let pfn = w.borrow().pfn_of_page(page);
+    dev.post(Queue::Inflate, 0, &pfn.to_le_bytes()).unwrap();
+    dev.wait_used(Queue::Inflate, 100).unwrap();
+    w.borrow_mut().ack = Ack::AfterMs(10);
+    dev.post(Queue::Deflate, 0, &pfn.to_le_bytes()).unwrap();
+    mem.free_page(page); // bug: before the ack
+    let v = &w.borrow().violations;
+    assert_eq!(v.len(), 1);
+    assert!(v[0].contains("reused before the host acked"), "{v:?}");
+}
+
+#[test]
+fn sim_catches_double_inflate_unknown_deflate_and_early_notify() {
+    let (w, mut dev, _mem) = sim(MTH, 16);
+    w.borrow_mut().driver_ok = false;
+    dev.post(Queue::Inflate, 0, &7u32.to_le_bytes()).unwrap();
+    dev.wait_used(Queue::Inflate, 0).unwrap();
+    w.borrow_mut().driver_ok = true;
+    dev.post(Queue::Inflate, 0, &7u32.to_le_bytes()).unwrap();
+    dev.wait_used(Queue::Inflate, 0).unwrap();
+    dev.post(Queue::Deflate, 0, &9u32.to_le_bytes()).unwrap();
+    dev.wait_used(Queue::Deflate, 0).unwrap();
+    dev.post(Queue::Stats, 0, &[0u8; 10]).unwrap(); // no STATS_VQ negotiated
+    let v = w.borrow().violations.clone();
+    assert!(v[0].contains("before DRIVER_OK"), "{v:?}");
+    assert!(v[1].contains("inflated twice"), "{v:?}");
+    assert!(v[2].contains("never inflated"), "{v:?}");
+    assert!(v[3].contains("absent queue"), "{v:?}");
+}

@@ -1,0 +1,412 @@
+//! A simulated virtio balloon device and guest memory for host tests.
+//!
+//! The device behaves like QEMU's: it keeps its own set of ballooned PFNs,
+//! processes a buffer when it returns it to the guest, and records every
+//! protocol violation it sees instead of panicking, so tests can assert on
+//! them. Time is simulated: waits advance a clock instead of sleeping.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+
+use vtballoon::platform::{Device, Error, Memory, Token};
+use vtballoon::protocol::{Features, Queue, PFN_SHIFT};
+
+/// When the host returns a buffer it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// As soon as the guest waits for it.
+    Immediate,
+    /// This many simulated milliseconds after it was posted.
+    AfterMs(u64),
+    /// Never: a stuck host.
+    Never,
+}
+
+#[derive(Debug)]
+struct Posted {
+    token: Token,
+    data: Vec<u8>,
+    ready_at: u64,
+}
+
+/// Everything the simulation knows; shared by [`SimDevice`] and [`SimMemory`].
+#[derive(Debug)]
+pub struct World {
+    // Device side.
+    pub features: Features,
+    pub driver_ok: bool,
+    pub num_pages: u32,
+    pub actual: u32,
+    pub push_interval_ms: u32,
+    pub ack: Ack,
+    pub now_ms: u64,
+    pub ballooned: BTreeSet<u32>,
+    pending: HashMap<Queue, VecDeque<Posted>>,
+    pub violations: Vec<String>,
+    pub notifications: u64,
+    pub inflate_buffers: u64,
+    pub deflate_buffers: u64,
+    /// Tag list of the first statistics buffer; later ones must match.
+    pub stats_tags: Option<Vec<u16>>,
+    pub last_stats: Vec<(u16, u64)>,
+    pub stats_buffers: u64,
+    /// Reject tags above 9, like Firecracker.
+    pub strict_tags: bool,
+    // Guest memory side.
+    pub page_size: u64,
+    pub total_pages: usize,
+    free: Vec<usize>,
+    allocated: Vec<bool>,
+    /// Pages on the guest's ballooned list.
+    pub guest_list: Vec<usize>,
+    /// Fail this many allocations from now on.
+    pub fail_allocs: usize,
+    /// Keep this many pages that alloc_page never hands out (memory "runs low").
+    pub reserve: usize,
+    pub alloc_calls: u64,
+    /// Fail this many posts with QueueFull.
+    pub fail_posts: usize,
+    /// Most inflate/deflate buffers outstanding at once.
+    pub max_outstanding: usize,
+}
+
+pub type Shared = Rc<RefCell<World>>;
+
+/// Base physical address of simulated RAM (not zero, to catch PFN mix-ups).
+pub const RAM_BASE: u64 = 0x1_0000_0000;
+
+impl World {
+    pub fn new(features: Features, total_pages: usize, page_size: u64) -> Shared {
+        Rc::new(RefCell::new(World {
+            features,
+            driver_ok: true,
+            num_pages: 0,
+            actual: 0,
+            push_interval_ms: 0,
+            ack: Ack::Immediate,
+            now_ms: 0,
+            ballooned: BTreeSet::new(),
+            pending: HashMap::new(),
+            violations: Vec::new(),
+            notifications: 0,
+            inflate_buffers: 0,
+            deflate_buffers: 0,
+            stats_tags: None,
+            last_stats: Vec::new(),
+            stats_buffers: 0,
+            strict_tags: false,
+            page_size,
+            total_pages,
+            free: (0..total_pages).rev().collect(),
+            allocated: vec![false; total_pages],
+            guest_list: Vec::new(),
+            fail_allocs: 0,
+            reserve: 0,
+            alloc_calls: 0,
+            fail_posts: 0,
+            max_outstanding: 0,
+        }))
+    }
+
+    fn units_per_page(&self) -> u32 {
+        (self.page_size >> PFN_SHIFT) as u32
+    }
+
+    pub fn pfn_of_page(&self, page: usize) -> u32 {
+        ((RAM_BASE + page as u64 * self.page_size) >> PFN_SHIFT) as u32
+    }
+
+    fn page_of_pfn(&self, pfn: u32) -> Option<usize> {
+        let phys = u64::from(pfn) << PFN_SHIFT;
+        let off = phys.checked_sub(RAM_BASE)?;
+        let page = (off / self.page_size) as usize;
+        (page < self.total_pages).then_some(page)
+    }
+
+    /// Buffers posted and not yet returned on `queue`.
+    pub fn outstanding(&self, queue: Queue) -> usize {
+        self.pending.get(&queue).map_or(0, |q| q.len())
+    }
+
+    pub fn free_pages(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Ballooned bytes as the host counts them, in 4 KiB units.
+    pub fn host_units(&self) -> u32 {
+        self.ballooned.len() as u32
+    }
+
+    /// The host returns the pull stats buffer (a stats request).
+    pub fn request_stats(&mut self) -> bool {
+        let q = self.pending.entry(Queue::Stats).or_default();
+        match q.iter_mut().find(|p| p.token == 0) {
+            Some(p) => {
+                p.ready_at = 0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A device reset: the host forgets everything in flight and ballooned.
+    pub fn reset(&mut self) {
+        self.pending.clear();
+        self.ballooned.clear();
+        self.driver_ok = false;
+    }
+
+    fn violation(&mut self, what: String) {
+        self.violations.push(what);
+    }
+
+    /// The host consumes a buffer as it returns it.
+    fn process(&mut self, queue: Queue, data: &[u8]) {
+        match queue {
+            Queue::Inflate | Queue::Deflate => {
+                if data.len() > 256 * 4 {
+                    self.violation(format!("{queue:?} buffer of {} PFNs", data.len() / 4));
+                }
+                if !data.len().is_multiple_of(4) {
+                    self.violation(format!("{queue:?} buffer of {} bytes", data.len()));
+                }
+                for chunk in data.chunks_exact(4) {
+                    let pfn = u32::from_le_bytes(chunk.try_into().unwrap());
+                    if queue == Queue::Inflate {
+                        if !self.ballooned.insert(pfn) {
+                            self.violation(format!("PFN {pfn:#x} inflated twice"));
+                        }
+                    } else if !self.ballooned.remove(&pfn) {
+                        self.violation(format!("deflate of PFN {pfn:#x} never inflated"));
+                    }
+                }
+            }
+            Queue::Stats => {
+                if !data.len().is_multiple_of(10) {
+                    self.violation(format!("stats buffer of {} bytes", data.len()));
+                }
+                let entries: Vec<(u16, u64)> = data
+                    .chunks_exact(10)
+                    .map(|c| {
+                        (
+                            u16::from_le_bytes([c[0], c[1]]),
+                            u64::from_le_bytes(c[2..10].try_into().unwrap()),
+                        )
+                    })
+                    .collect();
+                let tags: Vec<u16> = entries.iter().map(|e| e.0).collect();
+                if self.strict_tags && tags.iter().any(|&t| t > 9) {
+                    self.violation(format!("unknown stats tag in {tags:?}"));
+                }
+                match &self.stats_tags {
+                    None => self.stats_tags = Some(tags),
+                    Some(first) if *first != tags => {
+                        let msg = format!("stats tag set changed: {first:?} -> {tags:?}");
+                        self.violation(msg);
+                    }
+                    Some(_) => {}
+                }
+                self.last_stats = entries;
+                self.stats_buffers += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// PFNs the host still has a claim on: ballooned or in a posted buffer.
+    fn host_claims(&self, pfn: u32) -> bool {
+        self.ballooned.contains(&pfn)
+            || [Queue::Inflate, Queue::Deflate].iter().any(|q| {
+                self.pending.get(q).is_some_and(|v| {
+                    v.iter().any(|p| {
+                        p.data
+                            .chunks_exact(4)
+                            .any(|c| u32::from_le_bytes(c.try_into().unwrap()) == pfn)
+                    })
+                })
+            })
+    }
+}
+
+/// The device half of the simulation.
+#[derive(Debug, Clone)]
+pub struct SimDevice(pub Shared);
+
+impl Device for SimDevice {
+    fn num_pages(&mut self) -> u32 {
+        self.0.borrow().num_pages
+    }
+
+    fn set_actual(&mut self, actual: u32) {
+        self.0.borrow_mut().actual = actual;
+    }
+
+    fn stats_push_interval_ms(&mut self) -> u32 {
+        let w = self.0.borrow();
+        if w.features.contains(Features::STATS_PUSH) {
+            w.push_interval_ms
+        } else {
+            0
+        }
+    }
+
+    fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error> {
+        let mut w = self.0.borrow_mut();
+        if !w.driver_ok {
+            w.violation(format!("notification on {queue:?} before DRIVER_OK"));
+        }
+        if queue.index(w.features).is_none() {
+            w.violation(format!("post on absent queue {queue:?}"));
+        }
+        if w.pending
+            .get(&queue)
+            .is_some_and(|q| q.iter().any(|p| p.token == token))
+        {
+            w.violation(format!(
+                "token {token} reused on {queue:?} while outstanding"
+            ));
+        }
+        if w.fail_posts > 0 {
+            w.fail_posts -= 1;
+            return Err(Error::QueueFull);
+        }
+        w.notifications += 1;
+        let ready_at = match (queue, w.ack) {
+            // Pull statistics wait for the host to ask; pushes come back at once.
+            (Queue::Stats, _) if token == 0 => u64::MAX,
+            (_, Ack::Immediate) => w.now_ms,
+            (_, Ack::AfterMs(ms)) => w.now_ms + ms,
+            (_, Ack::Never) => u64::MAX,
+        };
+        match queue {
+            Queue::Inflate => w.inflate_buffers += 1,
+            Queue::Deflate => w.deflate_buffers += 1,
+            _ => {}
+        }
+        w.pending.entry(queue).or_default().push_back(Posted {
+            token,
+            data: data.to_vec(),
+            ready_at,
+        });
+        let out = w.outstanding(Queue::Inflate) + w.outstanding(Queue::Deflate);
+        w.max_outstanding = w.max_outstanding.max(out);
+        Ok(())
+    }
+
+    fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
+        let mut w = self.0.borrow_mut();
+        let now = w.now_ms;
+        let deadline = now.saturating_add(u64::from(timeout_ms));
+        let q = w.pending.entry(queue).or_default();
+        let best = q
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, p)| p.ready_at)
+            .map(|(i, p)| (i, p.ready_at));
+        match best {
+            Some((i, ready_at)) if ready_at <= deadline => {
+                let p = q.remove(i).unwrap();
+                w.now_ms = now.max(ready_at);
+                w.process(queue, &p.data);
+                Ok(p.token)
+            }
+            _ => {
+                w.now_ms = deadline;
+                Err(Error::Timeout)
+            }
+        }
+    }
+}
+
+/// The guest memory half of the simulation. Pages are indices.
+#[derive(Debug, Clone)]
+pub struct SimMemory(pub Shared);
+
+impl Memory for SimMemory {
+    type Page = usize;
+
+    fn page_size(&self) -> u64 {
+        self.0.borrow().page_size
+    }
+
+    fn alloc_page(&mut self) -> Option<usize> {
+        let mut w = self.0.borrow_mut();
+        w.alloc_calls += 1;
+        if w.fail_allocs > 0 {
+            w.fail_allocs -= 1;
+            return None;
+        }
+        if w.free.len() <= w.reserve {
+            return None;
+        }
+        let page = w.free.pop()?;
+        w.allocated[page] = true;
+        Some(page)
+    }
+
+    fn free_page(&mut self, page: usize) {
+        let mut w = self.0.borrow_mut();
+        if !w.allocated[page] {
+            w.violation(format!("page {page} freed twice"));
+            return;
+        }
+        let units = w.units_per_page();
+        let first = w.pfn_of_page(page);
+        if (first..first + units).any(|pfn| w.host_claims(pfn)) {
+            w.violation(format!(
+                "page {page} reused before the host acked its deflate"
+            ));
+        }
+        w.allocated[page] = false;
+        w.free.push(page);
+    }
+
+    fn phys_addr(&self, page: usize) -> u64 {
+        RAM_BASE + page as u64 * self.0.borrow().page_size
+    }
+
+    fn page_at(&self, phys: u64) -> Option<usize> {
+        self.0.borrow().page_of_pfn((phys >> PFN_SHIFT) as u32)
+    }
+
+    fn push_ballooned(&mut self, page: usize) {
+        self.0.borrow_mut().guest_list.push(page);
+    }
+
+    fn pop_ballooned(&mut self) -> Option<usize> {
+        self.0.borrow_mut().guest_list.pop()
+    }
+}
+
+/// A device and memory sharing one world.
+pub fn sim(features: Features, total_pages: usize) -> (Shared, SimDevice, SimMemory) {
+    let w = World::new(features, total_pages, 4096);
+    (w.clone(), SimDevice(w.clone()), SimMemory(w))
+}
+
+/// A small deterministic PRNG (xorshift64*), so property tests need no crate
+/// and print a seed that replays a failure.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
