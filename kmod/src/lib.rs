@@ -11,6 +11,7 @@ pub mod balloon;
 pub mod counters;
 pub mod platform;
 pub mod protocol;
+pub mod reporting;
 pub mod stats;
 
 #[cfg(feature = "kernel")]

@@ -22,6 +22,13 @@ pub enum Error {
 /// Token naming a posted buffer; returned when the host is done with it.
 pub type Token = usize;
 
+/// A range of guest-physical memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysRange {
+    pub addr: u64,
+    pub len: u64,
+}
+
 /// The device side: config space and virtqueues.
 ///
 /// Buffers are copied by [`Device::post`] into memory the device may read for
@@ -37,6 +44,16 @@ pub trait Device {
     /// Copies `data` into slot `token` of `queue`, enqueues it (device-readable)
     /// and notifies the host.
     fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error>;
+    /// Enqueues guest memory itself, as device-writable ranges, in slot
+    /// `token` of `queue` and notifies the host (free page reporting: the
+    /// host may discard the ranges' contents). The ranges stay out of the
+    /// guest's hands until the buffer comes back.
+    fn post_ranges(
+        &mut self,
+        queue: Queue,
+        token: Token,
+        ranges: &[PhysRange],
+    ) -> Result<(), Error>;
     /// Waits at most `timeout_ms` for the host to return a buffer on `queue`,
     /// and returns its token. Never blocks longer than the timeout.
     fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error>;
@@ -102,8 +119,25 @@ pub struct VmCounters {
     /// Free swap, in pages (0 without swap): bounds how much of the laundry
     /// queue the page daemon can actually reclaim.
     pub swap_free: u64,
+    /// Pages freed since boot, by anyone (`v_tfree`): the reporter's only
+    /// sign that memory it reported may have been used and freed again.
+    pub freed_total: u64,
     /// Pages examined by the page daemon (`v_pdpages`).
     pub pd_scanned: u64,
     /// Pages freed by the page daemon (`v_dfree`).
     pub pd_freed: u64,
+}
+
+/// Free blocks of contiguous guest memory, for free page reporting.
+pub trait BlockMemory {
+    /// Handle of one block.
+    type Block: Copy;
+    /// Takes a free, naturally aligned block of `2^order` pages out of the
+    /// free lists without sleeping and without reclaiming: only memory that is
+    /// free right now. `None` when there is none.
+    fn alloc_block(&mut self, order: u32) -> Option<Self::Block>;
+    /// Gives a block back to the free lists.
+    fn free_block(&mut self, block: Self::Block, order: u32);
+    /// Physical address of the block's first byte.
+    fn block_phys(&self, block: Self::Block) -> u64;
 }

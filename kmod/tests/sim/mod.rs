@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
-use vtballoon::platform::{Device, Error, Memory, Token};
+use vtballoon::platform::{BlockMemory, Device, Error, Memory, PhysRange, Token};
 use vtballoon::protocol::{Features, Queue, PFN_SHIFT};
 
 /// When the host returns a buffer it was given.
@@ -57,7 +57,7 @@ pub struct World {
     // Guest memory side.
     pub page_size: u64,
     pub total_pages: usize,
-    free: Vec<usize>,
+    free: VecDeque<usize>,
     allocated: Vec<bool>,
     /// Pages on the guest's ballooned list.
     pub guest_list: Vec<usize>,
@@ -70,6 +70,19 @@ pub struct World {
     pub fail_posts: usize,
     /// Most inflate/deflate buffers outstanding at once.
     pub max_outstanding: usize,
+    // Free page reporting.
+    /// Pages the host dropped (reported or ballooned) and not touched since.
+    pub discarded: BTreeSet<usize>,
+    /// Pages taken by the reporter (alloc_block) and not yet freed.
+    pub reporter_pages: BTreeSet<usize>,
+    /// Pages a guest workload holds.
+    pub workload: Vec<usize>,
+    /// Pages freed since boot (`v_tfree`).
+    pub freed_total: u64,
+    pub reports: u64,
+    pub reported_bytes: u64,
+    block_cursor: usize,
+    pub most_blocks_held: usize,
 }
 
 pub type Shared = Rc<RefCell<World>>;
@@ -107,6 +120,14 @@ impl World {
             alloc_calls: 0,
             fail_posts: 0,
             max_outstanding: 0,
+            discarded: BTreeSet::new(),
+            reporter_pages: BTreeSet::new(),
+            workload: Vec::new(),
+            freed_total: 0,
+            reports: 0,
+            reported_bytes: 0,
+            block_cursor: 0,
+            most_blocks_held: 0,
         }))
     }
 
@@ -174,6 +195,11 @@ impl World {
                 }
                 for chunk in data.chunks_exact(4) {
                     let pfn = u32::from_le_bytes(chunk.try_into().unwrap());
+                    if let Some(page) = self.page_of_pfn(pfn) {
+                        if queue == Queue::Inflate {
+                            self.discarded.insert(page);
+                        }
+                    }
                     if queue == Queue::Inflate {
                         if !self.ballooned.insert(pfn) {
                             self.violation(format!("PFN {pfn:#x} inflated twice"));
@@ -211,7 +237,68 @@ impl World {
                 self.last_stats = entries;
                 self.stats_buffers += 1;
             }
+            Queue::Reporting => {
+                let ranges: Vec<PhysRange> = data
+                    .chunks_exact(16)
+                    .map(|c| PhysRange {
+                        addr: u64::from_le_bytes(c[..8].try_into().unwrap()),
+                        len: u64::from_le_bytes(c[8..].try_into().unwrap()),
+                    })
+                    .collect();
+                self.process_report(&ranges);
+            }
             _ => {}
+        }
+    }
+
+    /// The host discards reported ranges; they must be free memory the
+    /// reporter holds, never a ballooned or in-use page.
+    fn process_report(&mut self, ranges: &[PhysRange]) {
+        self.reports += 1;
+        for r in ranges {
+            self.reported_bytes += r.len;
+            let first = (r.addr - RAM_BASE) / self.page_size;
+            let n = r.len / self.page_size;
+            for page in first as usize..(first + n) as usize {
+                if !self.reporter_pages.contains(&page) {
+                    let what = if self.guest_list.contains(&page) {
+                        "ballooned"
+                    } else {
+                        "in use"
+                    };
+                    self.violation(format!("reported page {page} is {what}"));
+                }
+                self.discarded.insert(page);
+            }
+        }
+    }
+
+    /// Host RSS in pages: guest memory not discarded.
+    pub fn resident(&self) -> usize {
+        self.total_pages - self.discarded.len()
+    }
+
+    /// A guest workload takes and touches `n` pages.
+    pub fn workload_alloc(&mut self, n: usize) -> usize {
+        let mut got = 0;
+        while got < n {
+            let Some(page) = self.free.pop_back() else {
+                break;
+            };
+            self.allocated[page] = true;
+            self.discarded.remove(&page);
+            self.workload.push(page);
+            got += 1;
+        }
+        got
+    }
+
+    /// The workload frees everything it holds.
+    pub fn workload_free(&mut self) {
+        while let Some(page) = self.workload.pop() {
+            self.allocated[page] = false;
+            self.free.push_front(page);
+            self.freed_total += 1;
         }
     }
 
@@ -295,6 +382,20 @@ impl Device for SimDevice {
         Ok(())
     }
 
+    fn post_ranges(
+        &mut self,
+        queue: Queue,
+        token: Token,
+        ranges: &[PhysRange],
+    ) -> Result<(), Error> {
+        let mut data = Vec::new();
+        for r in ranges {
+            data.extend_from_slice(&r.addr.to_le_bytes());
+            data.extend_from_slice(&r.len.to_le_bytes());
+        }
+        self.post(queue, token, &data)
+    }
+
     fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
         let mut w = self.0.borrow_mut();
         let now = w.now_ms;
@@ -341,7 +442,7 @@ impl Memory for SimMemory {
         if w.free.len() <= w.reserve {
             return None;
         }
-        let page = w.free.pop()?;
+        let page = w.free.pop_back()?;
         w.allocated[page] = true;
         Some(page)
     }
@@ -360,7 +461,8 @@ impl Memory for SimMemory {
             ));
         }
         w.allocated[page] = false;
-        w.free.push(page);
+        w.free.push_back(page);
+        w.freed_total += 1;
     }
 
     fn phys_addr(&self, page: usize) -> u64 {
@@ -408,5 +510,53 @@ impl Rng {
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+}
+
+/// Free blocks for the reporter: naturally aligned runs of free pages, found
+/// round-robin (FreeBSD takes from the head of a free list and frees to its
+/// tail, so recently freed blocks come last).
+impl BlockMemory for SimMemory {
+    type Block = usize;
+
+    fn alloc_block(&mut self, order: u32) -> Option<usize> {
+        let mut w = self.0.borrow_mut();
+        let n = 1usize << order;
+        let blocks = w.total_pages / n;
+        if w.free.len() < w.reserve + n {
+            return None;
+        }
+        for i in 0..blocks {
+            let b = (w.block_cursor + i) % blocks;
+            let first = b * n;
+            if (first..first + n).all(|p| !w.allocated[p]) {
+                w.block_cursor = b + 1;
+                for p in first..first + n {
+                    w.allocated[p] = true;
+                    w.reporter_pages.insert(p);
+                }
+                w.free.retain(|p| !(first..first + n).contains(p));
+                let held = w.reporter_pages.len() / n;
+                w.most_blocks_held = w.most_blocks_held.max(held);
+                return Some(first);
+            }
+        }
+        None
+    }
+
+    fn free_block(&mut self, block: usize, order: u32) {
+        let mut w = self.0.borrow_mut();
+        for p in block..block + (1usize << order) {
+            if !w.reporter_pages.remove(&p) {
+                w.violation(format!("block page {p} freed but not held"));
+            }
+            w.allocated[p] = false;
+            w.free.push_front(p);
+            w.freed_total += 1;
+        }
+    }
+
+    fn block_phys(&self, block: usize) -> u64 {
+        RAM_BASE + block as u64 * self.0.borrow().page_size
     }
 }

@@ -1,0 +1,241 @@
+//! Free page reporting against the simulated device and guest memory.
+
+mod sim;
+
+use sim::{sim, Ack, Shared, SimDevice, SimMemory};
+use vtballoon::balloon::{Balloon, Step, Tunables};
+use vtballoon::platform::VmCounters;
+use vtballoon::protocol::Features;
+use vtballoon::reporting::{Policy, ReportEnv, Reporter, Stop};
+
+const FEATURES: Features = Features::MUST_TELL_HOST.union(Features::REPORTING);
+/// 64 MiB of 4 KiB pages: 32 blocks of 2 MiB.
+const PAGES: usize = 16384;
+const BLOCK: usize = 512;
+
+struct Env {
+    w: Shared,
+    free_target: u64,
+    pressure: bool,
+}
+
+impl ReportEnv for Env {
+    fn vm(&mut self) -> VmCounters {
+        let w = self.w.borrow();
+        VmCounters {
+            page_size: 4096,
+            page_count: PAGES as u64,
+            free: w.free_pages() as u64,
+            free_target: self.free_target,
+            freed_total: w.freed_total,
+            ..Default::default()
+        }
+    }
+    fn now_ms(&mut self) -> u64 {
+        self.w.borrow().now_ms
+    }
+    fn take_pressure(&mut self) -> bool {
+        std::mem::take(&mut self.pressure)
+    }
+}
+
+type Rep = Reporter<usize, Vec<u64>>;
+
+fn setup(policy: Policy) -> (Shared, SimDevice, SimMemory, Env, Rep) {
+    let (w, dev, mem) = sim(FEATURES, PAGES);
+    let words = Rep::bitmap_words(sim::RAM_BASE + (PAGES as u64) * 4096, 4096, policy.order);
+    let rep = Reporter::new(policy, 4096, vec![0; words]);
+    let env = Env {
+        w: w.clone(),
+        free_target: 256,
+        pressure: false,
+    };
+    (w, dev, mem, env, rep)
+}
+
+fn clean(w: &Shared) {
+    let v = &w.borrow().violations;
+    assert!(v.is_empty(), "violations: {v:?}");
+}
+
+fn small_batches() -> Policy {
+    Policy {
+        batch_blocks: 4,
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn reports_free_blocks_and_gives_every_one_back() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    let before = w.borrow().resident();
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert!(r.reported >= 24, "{r:?}");
+    let world = w.borrow();
+    assert_eq!(world.free_pages(), PAGES, "every block came back");
+    assert!(world.reporter_pages.is_empty());
+    assert_eq!(
+        world.reported_bytes,
+        u64::from(r.reported) * 2 * 1024 * 1024
+    );
+    assert!(world.resident() <= before - r.reported as usize * BLOCK);
+    assert!(
+        world.most_blocks_held <= 4,
+        "held {} blocks at once",
+        world.most_blocks_held
+    );
+    assert_eq!(rep.counters().blocks.get(), u64::from(r.reported));
+    assert_eq!(rep.counters().acks.get(), world.reports);
+    assert_eq!(rep.counters().inflight.get(), 0);
+    drop(world);
+    clean(&w);
+}
+
+#[test]
+fn keeps_free_memory_above_twice_the_page_daemon_target() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    // Floor: 15000 pages + blocks held + one block. Two blocks fit, not four.
+    env.free_target = 7500;
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert_eq!((r.reported, r.stop), (0, Stop::MemoryLow));
+    // What was held when the floor was hit went straight back.
+    assert_eq!(w.borrow().free_pages(), PAGES);
+    assert_eq!(w.borrow().reports, 0);
+    env.free_target = 1000;
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert!(r.reported > 0, "{r:?}");
+    clean(&w);
+}
+
+#[test]
+fn never_reports_ballooned_or_used_pages() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    // Balloon 3000 pages and let a workload use 5000.
+    w.borrow_mut().num_pages = 3000;
+    let mut b = Balloon::new(FEATURES, Tunables::default());
+    while b.step(&mut dev, &mut mem) != Step::Idle {}
+    w.borrow_mut().workload_alloc(5000);
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert!(r.reported > 0);
+    clean(&w); // the device flags any reported page that is not free
+    assert_eq!(w.borrow().guest_list.len(), 3000);
+}
+
+#[test]
+fn memory_pressure_stops_reporting_for_a_while() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    env.pressure = true;
+    assert_eq!(rep.pass(&mut dev, &mut mem, &mut env).stop, Stop::Pressure);
+    w.borrow_mut().now_ms += 5_000;
+    assert_eq!(rep.pass(&mut dev, &mut mem, &mut env).stop, Stop::Pressure);
+    assert_eq!(w.borrow().reports, 0);
+    w.borrow_mut().now_ms += 6_000;
+    assert!(rep.pass(&mut dev, &mut mem, &mut env).reported > 0);
+    clean(&w);
+}
+
+#[test]
+fn untouched_blocks_are_not_reported_again_and_again() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    let mut total = 0;
+    while rep.pass(&mut dev, &mut mem, &mut env).stop == Stop::Budget {}
+    total += rep.counters().blocks.get();
+    let reports = w.borrow().reports;
+    for _ in 0..20 {
+        w.borrow_mut().now_ms += 2_000;
+        let r = rep.pass(&mut dev, &mut mem, &mut env);
+        assert_eq!(r.reported, 0, "{r:?}");
+    }
+    assert_eq!(w.borrow().reports, reports);
+    assert_eq!(rep.counters().blocks.get(), total);
+    // The idle passes did not even touch the free lists.
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert_eq!((r.stop, r.skipped), (Stop::Unchanged, 0));
+    clean(&w);
+}
+
+#[test]
+fn memory_used_and_freed_after_a_report_is_reported_again() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    while rep.pass(&mut dev, &mut mem, &mut env).stop == Stop::Budget {}
+    let low = w.borrow().resident();
+    // A workload touches 32 MiB and frees it.
+    let n = w.borrow_mut().workload_alloc(8192);
+    assert_eq!(w.borrow().resident(), low + n);
+    w.borrow_mut().workload_free();
+    w.borrow_mut().now_ms += 6_000;
+    let mut passes = 0;
+    while passes < 10 {
+        passes += 1;
+        let r = rep.pass(&mut dev, &mut mem, &mut env);
+        if r.stop != Stop::Budget {
+            break;
+        }
+    }
+    let after = w.borrow().resident();
+    let dropped = low + n - after;
+    assert!(
+        dropped * 10 >= n * 9,
+        "host got back {dropped} of {n} pages"
+    );
+    clean(&w);
+}
+
+#[test]
+fn a_silent_host_keeps_the_blocks_until_it_acks_or_the_device_resets() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    w.borrow_mut().ack = Ack::Never;
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert!(matches!(r.stop, Stop::Host(_)), "{r:?}");
+    assert_eq!(rep.held(), 4);
+    assert!(rep.waiting_for_host());
+    // The next pass waits for the same batch; nothing new is taken.
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert!(matches!(r.stop, Stop::Host(_)));
+    assert_eq!(w.borrow().reports, 0);
+    assert_eq!(w.borrow().free_pages(), PAGES - 4 * BLOCK);
+    // Detach resets the device, then frees the blocks.
+    w.borrow_mut().reset();
+    assert_eq!(rep.release(&mut mem), 4);
+    assert_eq!(w.borrow().free_pages(), PAGES);
+    clean(&w);
+}
+
+#[test]
+fn a_late_ack_completes_on_the_next_pass() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    w.borrow_mut().ack = Ack::AfterMs(7_000);
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert!(matches!(r.stop, Stop::Host(_)));
+    w.borrow_mut().ack = Ack::Immediate;
+    rep.pass(&mut dev, &mut mem, &mut env);
+    assert_eq!(rep.held(), 0);
+    assert_eq!(w.borrow().free_pages(), PAGES);
+    assert!(rep.counters().blocks.get() >= 4);
+    clean(&w);
+}
+
+#[test]
+fn disabled_reporting_does_nothing() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    rep.set_enabled(false);
+    assert_eq!(rep.pass(&mut dev, &mut mem, &mut env).stop, Stop::Disabled);
+    assert_eq!(w.borrow().notifications, 0);
+    rep.set_enabled(true);
+    assert!(rep.pass(&mut dev, &mut mem, &mut env).reported > 0);
+}
+
+#[test]
+fn each_pass_is_bounded() {
+    let policy = Policy {
+        batch_blocks: 2,
+        pass_blocks: 6,
+        ..Policy::default()
+    };
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(policy);
+    let r = rep.pass(&mut dev, &mut mem, &mut env);
+    assert_eq!((r.reported, r.stop), (6, Stop::Budget));
+    assert_eq!(w.borrow().reports, 3);
+    assert!(w.borrow().most_blocks_held <= 2);
+    clean(&w);
+}
