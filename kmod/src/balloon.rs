@@ -79,25 +79,47 @@ enum SlotState {
     Deflating,
 }
 
-/// One PFN buffer: the le32 PFNs exactly as posted.
+/// What the balloon remembers of a posted PFN buffer. The PFNs themselves
+/// stay in the device's copy ([`Device::posted`]), so the balloon needs no
+/// buffer memory of its own.
 #[derive(Debug, Clone, Copy)]
+struct SlotInfo {
+    state: SlotState,
+    /// PFNs in the buffer.
+    len: usize,
+}
+
+impl SlotInfo {
+    const FREE: SlotInfo = SlotInfo {
+        state: SlotState::Free,
+        len: 0,
+    };
+}
+
+/// A PFN buffer being filled, on the stack until posted.
 struct Slot {
     state: SlotState,
-    /// PFNs in `wire`.
     len: usize,
     wire: [u8; PFNS_PER_BUFFER * 4],
 }
 
+/// The i-th le32 PFN of a posted buffer.
+fn pfn_at(wire: &[u8], i: usize) -> u32 {
+    let b = &wire[i * 4..i * 4 + 4];
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 impl Slot {
-    const EMPTY: Slot = Slot {
-        state: SlotState::Free,
-        len: 0,
-        wire: [0; PFNS_PER_BUFFER * 4],
-    };
+    fn new(state: SlotState) -> Self {
+        Slot {
+            state,
+            len: 0,
+            wire: [0; PFNS_PER_BUFFER * 4],
+        }
+    }
 
     fn pfn(&self, i: usize) -> u32 {
-        let b = &self.wire[i * 4..i * 4 + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        pfn_at(&self.wire, i)
     }
 
     fn push_pfn(&mut self, pfn: u32) {
@@ -123,7 +145,7 @@ pub struct Balloon {
     inflight_in: u32,
     inflight_out: u32,
     backoff_ms: u32,
-    slots: [Slot; MAX_INFLIGHT],
+    slots: [SlotInfo; MAX_INFLIGHT],
     counters: BalloonCounters,
 }
 
@@ -143,7 +165,7 @@ impl Balloon {
             inflight_in: 0,
             inflight_out: 0,
             backoff_ms: 0,
-            slots: [Slot::EMPTY; MAX_INFLIGHT],
+            slots: [SlotInfo::FREE; MAX_INFLIGHT],
             counters: BalloonCounters::default(),
         }
     }
@@ -275,17 +297,18 @@ impl Balloon {
 
     /// After a device reset (the host no longer holds anything): frees every
     /// page the balloon still has, in flight or acknowledged.
-    pub fn abandon<M: Memory>(&mut self, mem: &mut M) {
+    pub fn abandon<D: Device, M: Memory>(&mut self, dev: &D, mem: &mut M) {
         let units = units_per_page(mem);
         for i in 0..MAX_INFLIGHT {
-            if self.slots[i].state != SlotState::Free {
-                let slot = self.slots[i];
-                for k in (0..slot.len).step_by(units) {
-                    if let Some(page) = mem.page_at(u64::from(slot.pfn(k)) << PFN_SHIFT) {
+            let slot = self.slots[i];
+            if slot.state != SlotState::Free {
+                let wire = dev.posted(queue_of(slot.state), i as Token);
+                for k in (0..slot.len.min(wire.len() / 4)).step_by(units) {
+                    if let Some(page) = mem.page_at(u64::from(pfn_at(wire, k)) << PFN_SHIFT) {
                         mem.free_page(page);
                     }
                 }
-                self.slots[i].state = SlotState::Free;
+                self.slots[i] = SlotInfo::FREE;
             }
         }
         while let Some(page) = mem.pop_ballooned() {
@@ -347,7 +370,7 @@ impl Balloon {
                 return Ok(true);
             };
             let want = (units as usize).min(PFNS_PER_BUFFER) / per_page;
-            let mut slot = Slot::EMPTY;
+            let mut slot = Slot::new(SlotState::Inflating);
             let mut short = false;
             for _ in 0..want {
                 let Some(page) = mem.alloc_page() else {
@@ -366,8 +389,7 @@ impl Balloon {
                 }
             }
             if slot.len > 0 {
-                slot.state = SlotState::Inflating;
-                self.post(dev, mem, i, slot)?;
+                self.post(dev, mem, i, &slot)?;
                 units -= slot.len as u32;
             }
             if short {
@@ -389,7 +411,7 @@ impl Balloon {
         while units >= per_page as u32 {
             let Some(i) = self.free_slot() else { break };
             let want = (units as usize).min(PFNS_PER_BUFFER) / per_page;
-            let mut slot = Slot::EMPTY;
+            let mut slot = Slot::new(SlotState::Deflating);
             for _ in 0..want {
                 let Some(page) = mem.pop_ballooned() else {
                     break;
@@ -403,8 +425,7 @@ impl Balloon {
             if slot.len == 0 {
                 break;
             }
-            slot.state = SlotState::Deflating;
-            self.post(dev, mem, i, slot)?;
+            self.post(dev, mem, i, &slot)?;
             units -= slot.len as u32;
             posted += slot.len as u32;
         }
@@ -417,11 +438,11 @@ impl Balloon {
         dev: &mut D,
         mem: &mut M,
         i: usize,
-        slot: Slot,
+        slot: &Slot,
     ) -> Result<(), Error> {
         let queue = queue_of(slot.state);
         if let Err(e) = dev.post(queue, i as Token, slot.bytes()) {
-            self.undo(mem, &slot);
+            self.undo(mem, slot);
             return Err(e);
         }
         self.counters.buffers_posted.inc();
@@ -429,7 +450,10 @@ impl Balloon {
             SlotState::Inflating => self.inflight_in += slot.len as u32,
             _ => self.inflight_out += slot.len as u32,
         }
-        self.slots[i] = slot;
+        self.slots[i] = SlotInfo {
+            state: slot.state,
+            len: slot.len,
+        };
         Ok(())
     }
 
@@ -534,8 +558,9 @@ impl Balloon {
             return;
         }
         let per_page = units_per_page(mem);
-        for k in (0..slot.len).step_by(per_page) {
-            let Some(page) = mem.page_at(u64::from(slot.pfn(k)) << PFN_SHIFT) else {
+        let wire = dev.posted(queue, token);
+        for k in (0..slot.len.min(wire.len() / 4)).step_by(per_page) {
+            let Some(page) = mem.page_at(u64::from(pfn_at(wire, k)) << PFN_SHIFT) else {
                 self.counters.errors.inc();
                 continue;
             };
@@ -557,7 +582,7 @@ impl Balloon {
                 self.counters.deflated_pages.add(u64::from(n));
             }
         }
-        self.slots[token].state = SlotState::Free;
+        self.slots[token] = SlotInfo::FREE;
         self.counters.actual_pages.set(u64::from(self.actual));
         dev.set_actual(self.actual);
     }

@@ -44,6 +44,9 @@ pub trait Device {
     /// Copies `data` into slot `token` of `queue`, enqueues it (device-readable)
     /// and notifies the host.
     fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error>;
+    /// The bytes last posted in slot `token` of `queue` (the device's copy),
+    /// valid until that slot is posted again.
+    fn posted(&self, queue: Queue, token: Token) -> &[u8];
     /// Enqueues guest memory itself, as device-writable ranges, in slot
     /// `token` of `queue` and notifies the host (free page reporting: the
     /// host may discard the ranges' contents). The ranges stay out of the

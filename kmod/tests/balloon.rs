@@ -240,7 +240,7 @@ fn a_host_that_never_acks_times_out_and_nothing_hangs() {
     // every page comes back.
     assert_eq!(b.shutdown(&mut dev, &mut mem), Err(Error::Timeout));
     w.borrow_mut().reset();
-    b.abandon(&mut mem);
+    b.abandon(&dev, &mut mem);
     assert_eq!(w.borrow().free_pages(), 4096);
     assert_eq!(b.actual(), 0);
     clean(&w);
@@ -291,7 +291,7 @@ fn shutdown_returns_every_page() {
 #[test]
 fn large_guest_pages_send_every_4k_pfn() {
     let w = World::new(MTH, 1024, 16384);
-    let (mut dev, mut mem) = (SimDevice(w.clone()), SimMemory(w.clone()));
+    let (mut dev, mut mem) = (SimDevice::new(w.clone()), SimMemory(w.clone()));
     w.borrow_mut().num_pages = 1000; // 4 KiB units: 250 guest pages
     let mut b = Balloon::new(MTH, Tunables::default());
     run(&mut b, &w, &mut dev, &mut mem);

@@ -148,7 +148,7 @@ fn run_seed(seed: u64) {
     } else if b.shutdown(&mut dev, &mut mem).is_err() {
         // Lost acks: detach resets the device and takes every page back.
         w.borrow_mut().reset();
-        b.abandon(&mut mem);
+        b.abandon(&dev, &mut mem);
     }
     let world = w.borrow();
     assert!(

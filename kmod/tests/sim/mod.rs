@@ -319,19 +319,32 @@ impl World {
 
 /// The device half of the simulation.
 #[derive(Debug, Clone)]
-pub struct SimDevice(pub Shared);
+pub struct SimDevice {
+    pub w: Shared,
+    /// The device's copy of the last buffer posted in each slot.
+    posted: HashMap<(Queue, Token), Vec<u8>>,
+}
+
+impl SimDevice {
+    pub fn new(w: Shared) -> Self {
+        SimDevice {
+            w,
+            posted: HashMap::new(),
+        }
+    }
+}
 
 impl Device for SimDevice {
     fn num_pages(&mut self) -> u32 {
-        self.0.borrow().num_pages
+        self.w.borrow().num_pages
     }
 
     fn set_actual(&mut self, actual: u32) {
-        self.0.borrow_mut().actual = actual;
+        self.w.borrow_mut().actual = actual;
     }
 
     fn stats_push_interval_ms(&mut self) -> u32 {
-        let w = self.0.borrow();
+        let w = self.w.borrow();
         if w.features.contains(Features::STATS_PUSH) {
             w.push_interval_ms
         } else {
@@ -340,7 +353,8 @@ impl Device for SimDevice {
     }
 
     fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error> {
-        let mut w = self.0.borrow_mut();
+        self.posted.insert((queue, token), data.to_vec());
+        let mut w = self.w.borrow_mut();
         if !w.driver_ok {
             w.violation(format!("notification on {queue:?} before DRIVER_OK"));
         }
@@ -382,6 +396,12 @@ impl Device for SimDevice {
         Ok(())
     }
 
+    fn posted(&self, queue: Queue, token: Token) -> &[u8] {
+        self.posted
+            .get(&(queue, token))
+            .map_or(&[], |v| v.as_slice())
+    }
+
     fn post_ranges(
         &mut self,
         queue: Queue,
@@ -397,7 +417,7 @@ impl Device for SimDevice {
     }
 
     fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
-        let mut w = self.0.borrow_mut();
+        let mut w = self.w.borrow_mut();
         let now = w.now_ms;
         let deadline = now.saturating_add(u64::from(timeout_ms));
         let q = w.pending.entry(queue).or_default();
@@ -485,7 +505,7 @@ impl Memory for SimMemory {
 /// A device and memory sharing one world.
 pub fn sim(features: Features, total_pages: usize) -> (Shared, SimDevice, SimMemory) {
     let w = World::new(features, total_pages, 4096);
-    (w.clone(), SimDevice(w.clone()), SimMemory(w))
+    (w.clone(), SimDevice::new(w.clone()), SimMemory(w))
 }
 
 /// A small deterministic PRNG (xorshift64*), so property tests need no crate
