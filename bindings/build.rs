@@ -123,9 +123,7 @@ fn prepare_includes(sysdir: &Path, inc: &Path) {
             .arg("-h"));
     }
     // Modules built outside a kernel build see empty option headers.
-    for opt in ["opt_global.h"] {
-        fs::write(inc.join(opt), "").expect("opt header");
-    }
+    fs::write(inc.join("opt_global.h"), "").expect("opt header");
 }
 
 /// sys/kpilite.h includes offset.inc, generated from kern/genoffset.c.
