@@ -462,7 +462,7 @@ vtbrs_vq_post_phys(struct virtqueue *vq, void *cookie, const uint64_t *addr,
 }
 
 void *vtbrs_vq_dequeue(struct virtqueue *vq) { return (virtqueue_dequeue(vq, NULL)); }
-void vtbrs_vq_enable_intr(struct virtqueue *vq) { virtqueue_enable_intr(vq); }
+int vtbrs_vq_enable_intr(struct virtqueue *vq) { return (virtqueue_enable_intr(vq)); }
 void vtbrs_vq_disable_intr(struct virtqueue *vq) { virtqueue_disable_intr(vq); }
 
 /* sysctl. */

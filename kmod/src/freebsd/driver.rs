@@ -1,0 +1,682 @@
+//! Newbus methods and the driver's threads, handlers and lifecycle.
+//!
+//! attach: negotiate features, allocate queues and the state, add sysctl
+//! nodes. attach_completed (after DRIVER_OK): first stats buffer, push
+//! timer, the balloon and reporting kthreads, the vm_lowmem handler.
+//! detach: stop everything that could start work, wait for the threads,
+//! deflate with bounded waits, reset the device, give back every page.
+
+use core::ffi::c_void;
+use core::ptr::addr_of_mut;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
+use super::memory::{now_ms, vm_counters, KernelBlocks, KernelMemory, Words};
+use super::sync::{wakeup, MtxCell, Mutex, SxCell};
+use super::{cstr, sys, sysctl};
+use crate::balloon::{Balloon, Step, Tunables};
+use crate::platform::VmCounters;
+use crate::protocol::{feature_names, Features, Queue};
+use crate::reporting::{Policy, ReportEnv, Reporter};
+use crate::stats::{PushTimer, Stats};
+
+/// Features we ask for; STATS_PUSH only when offered together with STATS_VQ.
+const WANTED: Features = Features::MUST_TELL_HOST
+    .union(Features::STATS_VQ)
+    .union(Features::DEFLATE_ON_OOM)
+    .union(Features::REPORTING)
+    .union(Features::STATS_PUSH)
+    .union(Features::VERSION_1);
+
+/// Pause after a failed balloon step (host timeout, full queue).
+const FAILED_STEP_PAUSE_MS: u32 = 1_000;
+
+pub struct BalloonSide {
+    pub balloon: Balloon,
+    pub bufs: PfnBuffers,
+    pub mem: KernelMemory,
+}
+
+pub struct StatsSide {
+    pub stats: Stats,
+    pub bufs: StatsBuffers,
+    pub timer: PushTimer,
+}
+
+pub struct ReportSide {
+    pub reporter: Option<Reporter<*mut sys::vm_page, Words>>,
+    pub blocks: KernelBlocks,
+}
+
+/// Everything one attached device owns. Allocated zeroed with malloc(9) and
+/// initialized in place (it holds kernel locks and DMA buffers, so it never
+/// moves and is never built on the kernel stack).
+pub struct State {
+    pub dev: sys::device_t,
+    pub features: Features,
+    pub queues: Queues,
+    /// Waits for the host and the threads' sleeps.
+    pub wait: Mutex,
+    pub balloon: SxCell<BalloonSide>,
+    pub stats: MtxCell<StatsSide>,
+    pub report: SxCell<ReportSide>,
+    pub callout: core::cell::UnsafeCell<sys::callout>,
+    lowmem_tag: *mut c_void,
+    /// Detach in progress: threads exit, handlers do nothing.
+    pub stopping: AtomicBool,
+    /// A config change the balloon thread has not seen yet (WANTSIZE).
+    config_pending: AtomicBool,
+    /// vm_lowmem seen, for the reporter.
+    pressure: AtomicBool,
+    threads: AtomicU32,
+    started: AtomicBool,
+    // Settings (sysctl / loader tunables).
+    pub debug: AtomicU32,
+    pub oom_batch: AtomicU32,
+    pub linux_tags: AtomicBool,
+    pub report_enabled: AtomicBool,
+    pub report_order: u32,
+    pub diag_last: core::cell::UnsafeCell<sys::timeval>,
+    pub diag_count: core::cell::UnsafeCell<i32>,
+    pub features_text: [u8; 160],
+    pub accounting_text: [u8; 96],
+    pub push_interval: AtomicU64,
+}
+
+// SAFETY: shared between kernel threads; every mutable part is an atomic or
+// behind a kernel lock (see the field docs).
+unsafe impl Sync for State {}
+
+impl State {
+    fn chan(&self) -> *const c_void {
+        (&self.wait as *const Mutex).cast()
+    }
+
+    fn thread_chan(&self) -> *const c_void {
+        (&self.threads as *const AtomicU32).cast()
+    }
+
+    fn balloon_device<'a>(&'a self, bufs: &'a mut PfnBuffers) -> KernelDevice<'a> {
+        KernelDevice {
+            dev: self.dev,
+            features: self.features,
+            queues: &self.queues,
+            wait: &self.wait,
+            bufs: Buffers::Pfn(bufs),
+        }
+    }
+
+    /// A diagnostic line, only with `debug` on and at most a few a second.
+    pub fn diag(&self, msg: &core::ffi::CStr, value: u64) {
+        if self.debug.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // SAFETY: the rate-limit state is only touched here, and concurrent
+        // updates merely let an extra line through (as in C drivers).
+        let ok = unsafe { sys::vtbrs_ratecheck(self.diag_last.get(), self.diag_count.get(), 5) };
+        if ok != 0 {
+            // SAFETY: `dev` is attached; `msg` is NUL-terminated.
+            unsafe { sys::vtbrs_log_u64(self.dev, msg.as_ptr(), value) };
+        }
+    }
+
+    pub fn with_stats<R>(
+        &self,
+        f: impl FnOnce(&mut Stats, &mut KernelDevice<'_>, &VmCounters) -> R,
+    ) -> R {
+        let vm = vm_counters();
+        self.stats.with(|side| {
+            let mut dev = KernelDevice {
+                dev: self.dev,
+                features: self.features,
+                queues: &self.queues,
+                wait: &self.wait,
+                bufs: Buffers::Stats(&mut side.bufs),
+            };
+            f(&mut side.stats, &mut dev, &vm)
+        })
+    }
+}
+
+fn log(dev: sys::device_t, msg: &core::ffi::CStr) {
+    // SAFETY: `dev` is our device; `msg` is NUL-terminated.
+    unsafe { sys::vtbrs_log(dev, msg.as_ptr()) }
+}
+
+fn state_of<'a>(dev: sys::device_t) -> Option<&'a State> {
+    // SAFETY: the softc holds NULL or the State this driver allocated in
+    // attach, freed only at the end of detach.
+    unsafe { sys::vtbrs_softc_get(dev).cast::<State>().as_ref() }
+}
+
+#[no_mangle]
+extern "C" fn vtbrs_rs_attach(dev: sys::device_t) -> i32 {
+    match attach(dev) {
+        Ok(()) => 0,
+        Err(errno) => {
+            log(dev, cstr!("attach failed"));
+            vtbrs_rs_detach(dev);
+            errno
+        }
+    }
+}
+
+fn attach(dev: sys::device_t) -> Result<(), i32> {
+    // SAFETY: negotiation on our device, during attach as virtio(4) requires.
+    let got = unsafe { sys::vtbrs_negotiate(dev, Stats::filter_features(WANTED).bits()) };
+    if got == u64::MAX {
+        return Err(sys::ENXIO as i32);
+    }
+    let features = Stats::filter_features(Features::from_bits_truncate(got));
+    let st = alloc_state(dev, features)?;
+    // SAFETY: the state is fully initialized; the softc owns it from now on.
+    unsafe { sys::vtbrs_softc_set(dev, (st as *const State).cast_mut().cast()) };
+    alloc_queues(st)?;
+    // SAFETY: queues are allocated; virtio(4) sets up their interrupts.
+    if unsafe { sys::vtbrs_setup_intr(dev) } != 0 {
+        return Err(sys::ENXIO as i32);
+    }
+    if features.contains(Features::REPORTING) {
+        start_reporter(st);
+    }
+    sysctl::register(st);
+    Ok(())
+}
+
+/// Allocates the zeroed state and initializes every field in place.
+fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State, i32> {
+    // SAFETY: malloc(9) M_NOWAIT|M_ZERO, checked below.
+    let p = unsafe { sys::vtbrs_malloc(core::mem::size_of::<State>()) }.cast::<State>();
+    if p.is_null() {
+        return Err(sys::ENOMEM as i32);
+    }
+    // SAFETY: TAILQ head allocation, checked below.
+    let list = unsafe { sys::vtbrs_pagelist_new() };
+    if list.is_null() {
+        // SAFETY: allocated just above, not shared.
+        unsafe { sys::vtbrs_free(p.cast()) };
+        return Err(sys::ENOMEM as i32);
+    }
+    let tun = Tunables::default();
+    // SAFETY: `p` is a fresh, zeroed, exclusively owned allocation of the
+    // right size. Zero bytes are valid for the locks' storage, atomics,
+    // integers, arrays of bytes and raw pointers; every other field is
+    // written here before the state is shared.
+    unsafe {
+        addr_of_mut!((*p).dev).write(dev);
+        addr_of_mut!((*p).features).write(features);
+        addr_of_mut!((*p).report_order).write(Policy::default().order);
+        let side = (*p).balloon.value_ptr();
+        addr_of_mut!((*side).balloon).write(Balloon::new(features, tun));
+        addr_of_mut!((*side).mem).write(KernelMemory { list });
+        let stats = (*p).stats.value_ptr();
+        addr_of_mut!((*stats).stats).write(Stats::new(features, false));
+        addr_of_mut!((*stats).timer).write(PushTimer::Off);
+        let rep = (*p).report.value_ptr();
+        addr_of_mut!((*rep).reporter).write(None);
+        addr_of_mut!((*rep).blocks).write(KernelBlocks);
+        (*p).oom_batch.store(tun.oom_batch_pages, Ordering::Relaxed);
+        (*p).report_enabled.store(true, Ordering::Relaxed);
+        let st = &*p;
+        st.wait.init(cstr!("vtballoonrs wait"));
+        st.balloon.init(cstr!("vtballoonrs balloon"));
+        st.report.init(cstr!("vtballoonrs report"));
+        st.stats.mtx.init(cstr!("vtballoonrs stats"));
+        sys::vtbrs_callout_init(st.callout.get(), st.stats.mtx.raw());
+        write_text(&mut (*p).features_text, feature_names(features));
+        let accounting: &[&str] = if features.contains(Features::DEFLATE_ON_OOM) {
+            &["used: the guest takes it back under memory pressure (deflate-on-oom)"]
+        } else {
+            &["removed: the guest has it back only when the host lowers its target"]
+        };
+        write_text(&mut (*p).accounting_text, accounting.iter().copied());
+        Ok(st)
+    }
+}
+
+/// Writes words separated by commas, NUL-terminated, truncating.
+fn write_text<'a>(buf: &mut [u8], words: impl Iterator<Item = &'a str>) {
+    let mut n = 0;
+    for (i, w) in words.enumerate() {
+        let sep: &[u8] = if i > 0 { b"," } else { b"" };
+        for &b in sep.iter().chain(w.as_bytes()) {
+            if n + 1 < buf.len() {
+                buf[n] = b;
+                n += 1;
+            }
+        }
+    }
+    buf[n] = 0;
+}
+
+fn alloc_queues(st: &State) -> Result<(), i32> {
+    let arg = (st as *const State).cast_mut().cast::<c_void>();
+    let mut reqs: [sys::vtbrs_vq_req; 5] = Default::default();
+    let mut n = 0;
+    let queues = (&st.queues as *const Queues).cast_mut();
+    for q in [
+        Queue::Inflate,
+        Queue::Deflate,
+        Queue::Stats,
+        Queue::FreePageHint,
+        Queue::Reporting,
+    ] {
+        let Some(index) = q.index(st.features) else {
+            continue;
+        };
+        let (intr, name): (unsafe extern "C" fn(*mut c_void), _) = match q {
+            Queue::Stats => (stats_intr, cstr!("stats")),
+            Queue::Inflate => (vq_intr, cstr!("inflate")),
+            Queue::Deflate => (vq_intr, cstr!("deflate")),
+            Queue::Reporting => (vq_intr, cstr!("reporting")),
+            Queue::FreePageHint => (vq_intr, cstr!("hint")),
+        };
+        let r = &mut reqs[usize::from(index)];
+        r.maxindirsz = 0;
+        r.intr = Some(intr);
+        r.arg = arg;
+        // SAFETY: the queue array lives in the state; virtio fills it in.
+        r.vqp = unsafe { addr_of_mut!((*queues)[queue_slot(q)]) };
+        r.name = name.as_ptr();
+        n += 1;
+    }
+    // SAFETY: `reqs[..n]` are filled in device order; pointers outlive the call.
+    let rc = unsafe { sys::vtbrs_alloc_vqs(st.dev, n, reqs.as_mut_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(rc)
+    }
+}
+
+/// Inflate, deflate and reporting queues: the waiting thread dequeues; the
+/// interrupt only wakes it.
+unsafe extern "C" fn vq_intr(arg: *mut c_void) {
+    // SAFETY: `arg` is the State registered with this queue; it outlives the
+    // queues' interrupts (detach resets the device before freeing it).
+    let st = unsafe { &*arg.cast::<State>() };
+    let _g = st.wait.lock();
+    wakeup(st.chan());
+}
+
+/// Stats queue: the host returned a buffer; refill and requeue it here, with
+/// the stats mutex (never sleeps).
+unsafe extern "C" fn stats_intr(arg: *mut c_void) {
+    // SAFETY: as for vq_intr.
+    let st = unsafe { &*arg.cast::<State>() };
+    if st.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    let vq = st.queues[queue_slot(Queue::Stats)];
+    st.with_stats(|stats, dev, vm| loop {
+        if stats.interrupt(dev, vm).is_err() {
+            st.diag(
+                cstr!("stats: could not requeue, errors"),
+                stats.counters().errors.get(),
+            );
+        }
+        // SAFETY: the stats queue is serialized by the stats mutex we hold.
+        if unsafe { sys::vtbrs_vq_enable_intr(vq) } == 0 {
+            break;
+        }
+    });
+}
+
+#[no_mangle]
+extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) {
+    let Some(st) = state_of(dev) else { return };
+    for q in [
+        Queue::Inflate,
+        Queue::Deflate,
+        Queue::Stats,
+        Queue::Reporting,
+    ] {
+        let vq = st.queues[queue_slot(q)];
+        if !vq.is_null() {
+            // SAFETY: the queue exists; enabling interrupts is not a notification.
+            unsafe { sys::vtbrs_vq_enable_intr(vq) };
+        }
+    }
+    // DRIVER_OK is set: notifications may start.
+    let linux_tags = st.linux_tags.load(Ordering::Relaxed);
+    let timer = st.with_stats(|stats, kdev, vm| {
+        *stats = Stats::new(st.features, linux_tags);
+        stats.start(kdev, vm).unwrap_or(PushTimer::Off)
+    });
+    apply_push_timer(st, timer);
+    st.config_pending.store(true, Ordering::Release);
+    let reporting = st.features.contains(Features::REPORTING);
+    let threads: [(ThreadFn, _, bool); 2] = [
+        (balloon_thread, cstr!("vtballoonrs"), true),
+        (report_thread, cstr!("vtballoonrs report"), reporting),
+    ];
+    for (f, name, wanted) in threads {
+        if !wanted {
+            continue;
+        }
+        st.threads.fetch_add(1, Ordering::AcqRel);
+        let arg = (st as *const State).cast_mut().cast();
+        // SAFETY: the thread gets the State, which outlives it (detach waits
+        // for every thread to exit before freeing it).
+        if unsafe { sys::vtbrs_kthread_add(Some(f), arg, name.as_ptr()) } != 0 {
+            st.threads.fetch_sub(1, Ordering::AcqRel);
+            log(dev, cstr!("cannot start a kthread"));
+        }
+    }
+    if st.features.contains(Features::DEFLATE_ON_OOM) {
+        let arg = (st as *const State).cast_mut().cast();
+        // SAFETY: deregistered in detach before the State is freed.
+        let tag = unsafe { sys::vtbrs_lowmem_register(Some(lowmem), arg) };
+        // SAFETY: written once here, read in detach after the threads stopped.
+        unsafe { *addr_of_mut!((*(st as *const State).cast_mut()).lowmem_tag) = tag };
+    }
+    st.started.store(true, Ordering::Release);
+}
+
+type ThreadFn = unsafe extern "C" fn(*mut c_void);
+
+fn start_reporter(st: &State) {
+    // SAFETY: reads the end of physical memory.
+    let max_phys = unsafe { sys::vtbrs_max_phys() };
+    let policy = Policy::default();
+    let words = Reporter::<*mut sys::vm_page, Words>::bitmap_words(
+        max_phys,
+        u64::from(sys::PAGE_SIZE),
+        policy.order,
+    );
+    let Some(bits) = Words::new(words) else {
+        log(
+            st.dev,
+            cstr!("no memory for the reporting bitmap: reporting off"),
+        );
+        return;
+    };
+    st.report
+        .with(|side| side.reporter = Some(Reporter::new(policy, u64::from(sys::PAGE_SIZE), bits)));
+}
+
+pub fn apply_push_timer(st: &State, timer: PushTimer) {
+    let _g = st.stats.mtx.lock();
+    // SAFETY: the stats mutex is held, as the callout requires.
+    unsafe {
+        (*st.stats.value_ptr()).timer = timer;
+        match timer {
+            PushTimer::Off => sys::vtbrs_callout_stop(st.callout.get()),
+            PushTimer::Every(ms) => {
+                let arg = (st as *const State).cast_mut().cast();
+                sys::vtbrs_callout_reset(st.callout.get(), ms, Some(push_tick), arg);
+            }
+        }
+    }
+    st.push_interval.store(
+        match timer {
+            PushTimer::Off => 0,
+            PushTimer::Every(ms) => u64::from(ms),
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// STATS_PUSH callout, run with the stats mutex held.
+unsafe extern "C" fn push_tick(arg: *mut c_void) {
+    // SAFETY: the callout is drained in detach before the State is freed.
+    let st = unsafe { &*arg.cast::<State>() };
+    let vm = vm_counters();
+    // SAFETY: callout_init_mtx: the stats mutex is held while we run.
+    unsafe {
+        st.stats.with_held(|side| {
+            let mut dev = KernelDevice {
+                dev: st.dev,
+                features: st.features,
+                queues: &st.queues,
+                wait: &st.wait,
+                bufs: Buffers::Stats(&mut side.bufs),
+            };
+            let _ = side.stats.push_tick(&mut dev, &vm);
+            if let PushTimer::Every(ms) = side.timer {
+                if !st.stopping.load(Ordering::Acquire) {
+                    sys::vtbrs_callout_reset(st.callout.get(), ms, Some(push_tick), arg);
+                }
+            }
+        })
+    }
+}
+
+#[no_mangle]
+extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> i32 {
+    let Some(st) = state_of(dev) else { return 1 };
+    if st.stopping.load(Ordering::Acquire) || !st.started.load(Ordering::Acquire) {
+        return 1;
+    }
+    st.config_pending.store(true, Ordering::Release);
+    {
+        let _g = st.wait.lock();
+        wakeup(st.thread_chan());
+    }
+    let timer = st.with_stats(|stats, kdev, vm| stats.config_changed(kdev, vm));
+    let current = st.push_interval.load(Ordering::Relaxed);
+    let new = match timer {
+        PushTimer::Off => 0,
+        PushTimer::Every(ms) => u64::from(ms),
+    };
+    if new != current {
+        apply_push_timer(st, timer);
+    }
+    1
+}
+
+/// The balloon kthread: sleeps until the host changes its config, then
+/// resizes; no timer while idle.
+unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
+    // SAFETY: detach waits for this thread to exit before freeing the State.
+    let st = unsafe { &*arg.cast::<State>() };
+    let mut idle = false;
+    let mut pause_ms = 0u32;
+    loop {
+        let mut config = false;
+        {
+            let g = st.wait.lock();
+            loop {
+                if st.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                if st.config_pending.swap(false, Ordering::AcqRel) {
+                    config = true;
+                    break;
+                }
+                if !idle && pause_ms == 0 {
+                    break;
+                }
+                // SAFETY: converts a duration.
+                let ticks = if pause_ms > 0 {
+                    unsafe { sys::vtbrs_ms_to_ticks(pause_ms) }
+                } else {
+                    0
+                };
+                if g.sleep(st.thread_chan(), cstr!("vtbidle"), ticks) && pause_ms > 0 {
+                    break;
+                }
+            }
+        }
+        if st.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        pause_ms = 0;
+        let step = st.balloon.with(|side| {
+            let mut dev = st.balloon_device(&mut side.bufs);
+            if config {
+                side.balloon.config_changed();
+            }
+            side.balloon.step(&mut dev, &mut side.mem)
+        });
+        idle = false;
+        match step {
+            Step::Idle => idle = true,
+            Step::More => {}
+            Step::Backoff { ms } => {
+                st.diag(
+                    cstr!("inflate: guest short of memory, backing off ms"),
+                    u64::from(ms),
+                );
+                pause_ms = ms;
+            }
+            Step::Failed(e) => {
+                st.diag(
+                    cstr!("balloon: host did not answer / queue error"),
+                    e as u64,
+                );
+                pause_ms = FAILED_STEP_PAUSE_MS;
+            }
+        }
+    }
+    thread_exit(st)
+}
+
+fn thread_exit(st: &State) -> ! {
+    {
+        let _g = st.wait.lock();
+        st.threads.fetch_sub(1, Ordering::AcqRel);
+        wakeup(st.thread_chan());
+    }
+    // SAFETY: kthread_exit(9) from our own kthread.
+    unsafe { sys::vtbrs_kthread_exit() }
+}
+
+/// What the reporter reads in the kernel.
+struct KernelEnv<'a>(&'a State);
+
+impl ReportEnv for KernelEnv<'_> {
+    fn vm(&mut self) -> VmCounters {
+        vm_counters()
+    }
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+    fn take_pressure(&mut self) -> bool {
+        self.0.pressure.swap(false, Ordering::AcqRel) || self.0.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// The free page reporting kthread: a bounded pass every interval.
+unsafe extern "C" fn report_thread(arg: *mut c_void) {
+    // SAFETY: detach waits for this thread to exit before freeing the State.
+    let st = unsafe { &*arg.cast::<State>() };
+    let interval = Policy::default().interval_ms;
+    loop {
+        {
+            let g = st.wait.lock();
+            if !st.stopping.load(Ordering::Acquire) {
+                // SAFETY: converts a duration.
+                g.sleep(st.thread_chan(), cstr!("vtbreport"), unsafe {
+                    sys::vtbrs_ms_to_ticks(interval)
+                });
+            }
+        }
+        if st.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        let enabled = st.report_enabled.load(Ordering::Relaxed);
+        st.report.with(|side| {
+            let Some(rep) = side.reporter.as_mut() else {
+                return;
+            };
+            if rep.enabled() != enabled {
+                rep.set_enabled(enabled);
+            }
+            let mut dev = KernelDevice {
+                dev: st.dev,
+                features: st.features,
+                queues: &st.queues,
+                wait: &st.wait,
+                bufs: Buffers::None,
+            };
+            let r = rep.pass(&mut dev, &mut side.blocks, &mut KernelEnv(st));
+            if let crate::reporting::Stop::Host(_) = r.stop {
+                st.diag(
+                    cstr!("reporting: host did not ack, blocks held"),
+                    rep.held() as u64,
+                );
+            }
+        });
+    }
+    thread_exit(st)
+}
+
+/// vm_lowmem: deflate a bounded batch, tell the reporter to back off.
+unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
+    // SAFETY: deregistered in detach before the State is freed.
+    let st = unsafe { &*arg.cast::<State>() };
+    st.pressure.store(true, Ordering::Release);
+    if st.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    let batch = st.oom_batch.load(Ordering::Relaxed);
+    let freed = st.balloon.with(|side| {
+        side.balloon.set_oom_batch(batch);
+        let mut dev = st.balloon_device(&mut side.bufs);
+        side.balloon.lowmem(&mut dev, &mut side.mem)
+    });
+    st.diag(cstr!("vm_lowmem: deflated pages"), u64::from(freed));
+}
+
+#[no_mangle]
+extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
+    let Some(st) = state_of(dev) else { return 0 };
+    st.stopping.store(true, Ordering::Release);
+    if !st.lowmem_tag.is_null() {
+        // SAFETY: registered in attach_completed with this tag.
+        unsafe { sys::vtbrs_lowmem_deregister(st.lowmem_tag) };
+    }
+    // SAFETY: initialized in attach; drained once here.
+    unsafe { sys::vtbrs_callout_drain(st.callout.get()) };
+    {
+        let g = st.wait.lock();
+        while st.threads.load(Ordering::Acquire) > 0 {
+            wakeup(st.thread_chan());
+            // Threads finish their current bounded step, then exit.
+            g.sleep(st.thread_chan(), cstr!("vtbdetach"), 0);
+        }
+    }
+    let deflated = st.balloon.with(|side| {
+        let mut kdev = st.balloon_device(&mut side.bufs);
+        side.balloon.shutdown(&mut kdev, &mut side.mem)
+    });
+    if deflated.is_err() {
+        log(
+            dev,
+            cstr!("host did not take the balloon back in time: resetting the device"),
+        );
+    }
+    // Reset: the host lets go of every buffer, so every page may be freed.
+    // SAFETY: our device; no thread or handler uses the queues any more.
+    unsafe { sys::vtbrs_virtio_stop(dev) };
+    st.balloon.with(|side| {
+        let kdev = st.balloon_device(&mut side.bufs);
+        side.balloon.abandon(&kdev, &mut side.mem);
+    });
+    st.report.with(|side| {
+        if let Some(rep) = side.reporter.as_mut() {
+            rep.release(&mut side.blocks);
+        }
+        side.reporter = None;
+    });
+    free_state(dev, st);
+    0
+}
+
+fn free_state(dev: sys::device_t, st: &State) {
+    let p = (st as *const State).cast_mut();
+    // SAFETY: no thread, handler, callout or interrupt can reach the state
+    // any more (all stopped above, device reset); nothing else refers to it.
+    unsafe {
+        sys::vtbrs_softc_set(dev, core::ptr::null_mut());
+        let side = (*p).balloon.value_ptr();
+        sys::vtbrs_free((*side).mem.list);
+        core::ptr::drop_in_place(addr_of_mut!((*(*p).report.value_ptr()).reporter));
+        (*p).balloon.destroy();
+        (*p).report.destroy();
+        (*p).stats.mtx.destroy();
+        (*p).wait.destroy();
+        sys::vtbrs_free(p.cast());
+    }
+}
