@@ -331,8 +331,6 @@ void
 vtbrs_vm_counters(struct vtbrs_vmcounters *out)
 {
 	int total, used;
-	long bufspace;
-	size_t len;
 
 	out->page_size = PAGE_SIZE;
 	out->page_count = vm_cnt.v_page_count;
@@ -354,12 +352,6 @@ vtbrs_vm_counters(struct vtbrs_vmcounters *out)
 	out->pd_freed = counter_u64_fetch(vm_cnt.v_dfree);
 	swap_pager_status(&total, &used);
 	out->swap_free = total > used ? (uint64_t)(total - used) : 0;
-	bufspace = 0;
-	len = sizeof(bufspace);
-	if (kernel_sysctlbyname(curthread, "vfs.bufspace", &bufspace, &len,
-	    NULL, 0, NULL, 0) != 0 || bufspace < 0)
-		bufspace = 0;
-	out->bufspace_bytes = (uint64_t)bufspace;
 }
 
 uint64_t

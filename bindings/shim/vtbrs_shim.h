@@ -24,7 +24,7 @@ typedef struct _device *device_t;
 struct vtbrs_vmcounters {
 	uint64_t page_size, page_count, free, inactive, laundry, active, wired;
 	uint64_t free_target, free_reserved, free_min, inactive_target;
-	uint64_t swap_in, swap_out, major_faults, faults, bufspace_bytes;
+	uint64_t swap_in, swap_out, major_faults, faults;
 	uint64_t swap_free, freed_total, pd_scanned, pd_freed;
 };
 

@@ -18,7 +18,6 @@
 //!       + inactive - min(inactive / 2, free_min)        clean/idle pages the page daemon frees first
 //!       + laundry' - min(laundry' / 2, free_min)        laundry' = min(laundry, swap_free): dirty pages
 //!                                                       are reclaimable only if there is swap to write them to
-//!       + buf - min(buf / 2, free_min)                  buffer cache (bufspace), freed under pressure
 //! clamped to [0, page_count]
 //! ```
 //!
@@ -28,7 +27,10 @@
 //! it is assumed to be working set, bounded by the page daemon's wakeup
 //! watermark (`v_free_min`, the counterpart of `wmark_low`). Laundry pages are
 //! dirty and need swap, so only as many as swap can take count. Active and
-//! wired pages never count. Free + inactive alone (what a naive port reports)
+//! wired pages never count. The buffer cache is not added: FreeBSD's cache
+//! is unified, file data already sits in the page queues (`vfs.bufspace`
+//! counts mappings of those pages), and reading it needs the sysctl lock,
+//! which the stats interrupt path must not take. Free + inactive alone (what a naive port reports)
 //! overstates availability when there is no swap and ignores reserves.
 
 use crate::platform::VmCounters;
@@ -39,11 +41,8 @@ pub fn available_pages(vm: &VmCounters) -> u64 {
     let free = vm.free.saturating_sub(vm.free_reserved);
     let inactive = half_capped(vm.inactive);
     let laundry = half_capped(vm.laundry.min(vm.swap_free));
-    let buf_pages = vm.bufspace_bytes.checked_div(vm.page_size).unwrap_or(0);
-    let buf = half_capped(buf_pages);
     free.saturating_add(inactive)
         .saturating_add(laundry)
-        .saturating_add(buf)
         .min(vm.page_count)
 }
 
@@ -91,13 +90,6 @@ mod tests {
         let mut v = vm();
         v.inactive = 4_000; // half (2_000) < free_min: keep half.
         assert_eq!(available_pages(&v), 98_000 + 2_000);
-    }
-
-    #[test]
-    fn buffer_cache_counts_like_reclaimable_slab() {
-        let mut v = vm();
-        v.bufspace_bytes = 40_000 * 4096;
-        assert_eq!(available_pages(&v), 98_000 + 194_000 + 34_000);
     }
 
     #[test]

@@ -117,8 +117,6 @@ pub struct VmCounters {
     /// Page faults needing I/O (`v_io_faults`) and all faults (`v_vm_faults`).
     pub major_faults: u64,
     pub faults: u64,
-    /// Buffer cache bytes (`bufspace`) — reclaimable file data outside the page queues.
-    pub bufspace_bytes: u64,
     /// Free swap, in pages (0 without swap): bounds how much of the laundry
     /// queue the page daemon can actually reclaim.
     pub swap_free: u64,

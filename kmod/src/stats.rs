@@ -22,7 +22,7 @@
 //! | MEMFREE | `vm_free_count()` × page size |
 //! | MEMTOT | `v_page_count` × page size |
 //! | AVAIL | [`crate::avail::available_bytes`] |
-//! | CACHES | inactive queue + `bufspace`: what FreeBSD reclaims first |
+//! | CACHES | inactive queue × page size: clean and idle pages FreeBSD reclaims first (its file cache is unified with them) |
 //! | HTLB_* (8, 9) | not sent: FreeBSD has no hugetlb pool |
 //! | ASYNC_SCAN (12) | `v_pdpages`, pages scanned by the page daemon (optional) |
 //! | ASYNC_RECLAIM (14) | `v_dfree`, pages freed by the page daemon (optional) |
@@ -240,7 +240,7 @@ pub fn stat_value(tag: StatTag, vm: &VmCounters) -> u64 {
         StatTag::MemFree => bytes(vm.free),
         StatTag::MemTot => bytes(vm.page_count),
         StatTag::Avail => available_bytes(vm),
-        StatTag::Caches => bytes(vm.inactive).saturating_add(vm.bufspace_bytes),
+        StatTag::Caches => bytes(vm.inactive),
         StatTag::AsyncScan => vm.pd_scanned,
         StatTag::AsyncReclaim => vm.pd_freed,
         _ => 0,

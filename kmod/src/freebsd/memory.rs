@@ -100,7 +100,6 @@ pub fn vm_counters() -> VmCounters {
         swap_out: c.swap_out,
         major_faults: c.major_faults,
         faults: c.faults,
-        bufspace_bytes: c.bufspace_bytes,
         swap_free: c.swap_free,
         freed_total: c.freed_total,
         pd_scanned: c.pd_scanned,

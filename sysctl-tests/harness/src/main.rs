@@ -47,6 +47,7 @@ fn env_path(key: &str, default: &str) -> PathBuf {
 }
 
 fn main() {
+    // `test`, `bench`, or a subset of the guest's phases (e.g. `pressure`).
     let mode = std::env::args().nth(1).unwrap_or_else(|| "test".into());
     let boot = env_path("FREEBSD_BOOT", "/opt/freebsd-boot");
     if !boot.join("kernel/kernel").is_file()
