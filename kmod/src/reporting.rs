@@ -6,7 +6,8 @@
 //! driver does it from outside the allocator:
 //!
 //! 1. While free memory is comfortably above the page daemon's target, take
-//!    free naturally aligned blocks (2 MiB by default) out of the free lists
+//!    free naturally aligned blocks (2 MiB by default, down to 128 KiB when
+//!    memory is fragmented) out of the free lists
 //!    with the normal allocation KPI, non-sleeping and non-reclaiming: only
 //!    memory that is free right now, never a page in use.
 //! 2. Report a batch of them as device-writable ranges, wait (bounded) for
@@ -15,8 +16,8 @@
 //! Re-reporting: FreeBSD frees to the tail of a free list and allocates from
 //! its head, so a pass meets the least recently freed blocks first, and
 //! reported blocks come last. A bitmap (1 bit per block, two generations)
-//! remembers what was reported; a pass that meets a batch's worth of reported
-//! blocks in a row has wrapped around and stops. Which reported blocks the
+//! remembers what was reported; a pass that meets 64 reported blocks in a row
+//! has wrapped around and tries the next smaller size, then stops. Which reported blocks the
 //! guest used and freed since cannot be told (no allocator hook), but how
 //! much it freed can: `v_tfree` less the reporter's own frees. Once others
 //! freed at least `forget_pages`, the bitmap is forgotten (at most once per
@@ -46,14 +47,22 @@ use crate::protocol::Queue;
 /// Most blocks in one report (one scatter-gather list); Linux uses 32.
 pub const MAX_BATCH: usize = 32;
 
+/// Already-reported blocks met in a row before a size counts as all
+/// reported (free lists interleave reported and new blocks).
+const SKIPS_TO_GIVE_UP: usize = 64;
+
 /// Knobs of the reporting policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Block size is `2^order` guest pages (9: 2 MiB on amd64).
+    /// Preferred block size is `2^order` guest pages (9: 2 MiB on amd64).
     pub order: u32,
+    /// When no block of `order` is free, smaller ones down to `2^min_order`
+    /// pages are reported (FreeBSD's per-CPU page caches and partially used
+    /// superpage reservations often leave free memory in smaller runs).
+    pub min_order: u32,
     /// Blocks per report, 1..=[`MAX_BATCH`]; also the most held at once.
     pub batch_blocks: usize,
-    /// Most blocks reported in one pass.
+    /// Most memory reported in one pass, in blocks of `order`.
     pub pass_blocks: u32,
     /// Pause between passes.
     pub interval_ms: u32,
@@ -73,6 +82,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             order: 9,
+            min_order: 5,
             batch_blocks: 16,
             pass_blocks: 256,
             interval_ms: 2_000,
@@ -142,7 +152,7 @@ pub struct ReportCounters {
 }
 
 /// The free page reporter. `S` is the bitmap storage (two generations of
-/// one bit per block), sized with [`Reporter::bitmap_words`].
+/// one bit per `2^min_order` pages), sized with [`Reporter::bitmap_words`].
 #[derive(Debug)]
 pub struct Reporter<B: Copy, S> {
     policy: Policy,
@@ -160,7 +170,7 @@ pub struct Reporter<B: Copy, S> {
     others_freed: u64,
     freed_since_idle: u64,
     last_forget_ms: u64,
-    held: [Option<B>; MAX_BATCH],
+    held: [Option<(B, u32)>; MAX_BATCH],
     held_len: usize,
     /// The held batch is with the host, unacknowledged.
     posted: bool,
@@ -169,14 +179,15 @@ pub struct Reporter<B: Copy, S> {
 
 impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
     /// u64 words of bitmap storage needed for memory up to `max_phys`.
-    pub fn bitmap_words(max_phys: u64, page_size: u64, order: u32) -> usize {
-        let blocks = max_phys.div_ceil(page_size << order);
+    pub fn bitmap_words(max_phys: u64, page_size: u64, min_order: u32) -> usize {
+        let blocks = max_phys.div_ceil(page_size << min_order);
         2 * blocks.div_ceil(64) as usize
     }
 
     /// A reporter over zeroed bitmap storage of [`Reporter::bitmap_words`].
     pub fn new(mut policy: Policy, page_size: u64, bits: S) -> Self {
         policy.batch_blocks = policy.batch_blocks.clamp(1, MAX_BATCH);
+        policy.min_order = policy.min_order.min(policy.order);
         Reporter {
             policy,
             enabled: true,
@@ -214,9 +225,17 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         self.idle = false;
     }
 
-    /// Bytes per block.
+    /// Bytes per block of the preferred order.
     pub fn block_bytes(&self) -> u64 {
         self.page_size << self.policy.order
+    }
+
+    fn held_pages(&self) -> u64 {
+        self.held[..self.held_len]
+            .iter()
+            .flatten()
+            .map(|(_, o)| 1u64 << o)
+            .sum()
     }
 
     fn block_pages(&self) -> u64 {
@@ -231,7 +250,7 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
     /// Free memory stays at least twice the page daemon's target (plus the
     /// batch being taken) while blocks are held.
     fn comfortable(&self, vm: &VmCounters) -> bool {
-        let held = self.held_len as u64 * self.block_pages();
+        let held = self.held_pages();
         let floor = vm
             .free_target
             .saturating_mul(2)
@@ -295,10 +314,13 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         self.idle = false;
         self.freed_since_idle = 0;
         let mut skipped_in_row = 0;
+        let mut order = self.policy.order;
+        let budget = u64::from(self.policy.pass_blocks) << self.policy.order;
+        let mut reported_pages = 0u64;
         loop {
             // Fill one batch.
             while self.held_len < self.policy.batch_blocks
-                && result.reported + (self.held_len as u32) < self.policy.pass_blocks
+                && reported_pages + self.held_pages() < budget
             {
                 let vm = env.vm();
                 if env.take_pressure() {
@@ -310,26 +332,36 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
                     self.give_back(mem);
                     return Stop::MemoryLow;
                 }
-                let Some(block) = mem.alloc_block(self.policy.order) else {
+                let Some(block) = mem.alloc_block(order) else {
+                    if order > self.policy.min_order {
+                        order -= 1;
+                        continue;
+                    }
                     if self.held_len == 0 {
                         self.idle = true;
                         return Stop::NoFreeBlocks;
                     }
                     break;
                 };
-                if self.is_reported(mem.block_phys(block)) {
-                    mem.free_block(block, self.policy.order);
-                    self.own_freed += self.block_pages();
+                if self.is_reported(mem.block_phys(block), order) {
+                    mem.free_block(block, order);
+                    self.own_freed += 1 << order;
                     result.skipped += 1;
                     self.counters.skipped.inc();
                     skipped_in_row += 1;
-                    if skipped_in_row >= self.policy.batch_blocks {
+                    if skipped_in_row >= SKIPS_TO_GIVE_UP {
+                        // Everything of this size is reported: try smaller runs.
+                        if order > self.policy.min_order {
+                            order -= 1;
+                            skipped_in_row = 0;
+                            continue;
+                        }
                         break;
                     }
                     continue;
                 }
                 skipped_in_row = 0;
-                self.held[self.held_len] = Some(block);
+                self.held[self.held_len] = Some((block, order));
                 self.held_len += 1;
                 self.counters.inflight.set(self.held_len as u64);
             }
@@ -338,15 +370,17 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
                 return Stop::AllReported;
             }
             let n = self.held_len as u32;
+            let pages = self.held_pages();
             if let Err(e) = self.report_held(dev, mem) {
                 return Stop::Host(e);
             }
             result.reported += n;
-            if skipped_in_row >= self.policy.batch_blocks {
+            reported_pages += pages;
+            if skipped_in_row >= SKIPS_TO_GIVE_UP {
                 self.idle = true;
                 return Stop::AllReported;
             }
-            if result.reported >= self.policy.pass_blocks {
+            if reported_pages >= budget {
                 return Stop::Budget;
             }
         }
@@ -359,13 +393,13 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         mem: &mut M,
     ) -> Result<(), Error> {
         let mut ranges = [PhysRange { addr: 0, len: 0 }; MAX_BATCH];
-        for (r, b) in ranges
+        for (r, (b, order)) in ranges
             .iter_mut()
             .zip(self.held[..self.held_len].iter().flatten())
         {
             *r = PhysRange {
                 addr: mem.block_phys(*b),
-                len: self.block_bytes(),
+                len: self.page_size << order,
             };
         }
         if let Err(e) = dev.post_ranges(Queue::Reporting, 0, &ranges[..self.held_len]) {
@@ -390,12 +424,12 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         self.counters.acks.inc();
         let n = self.held_len as u64;
         for i in 0..self.held_len {
-            if let Some(b) = self.held[i] {
-                self.mark_reported(mem.block_phys(b));
+            if let Some((b, order)) = self.held[i] {
+                self.mark_reported(mem.block_phys(b), order);
             }
         }
         self.counters.blocks.add(n);
-        self.counters.bytes.add(n * self.block_bytes());
+        self.counters.bytes.add(self.held_pages() * self.page_size);
         self.give_back(mem);
         Ok(())
     }
@@ -406,9 +440,9 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
             return;
         }
         for slot in self.held[..self.held_len].iter_mut() {
-            if let Some(b) = slot.take() {
-                mem.free_block(b, self.policy.order);
-                self.own_freed += 1 << self.policy.order;
+            if let Some((b, order)) = slot.take() {
+                mem.free_block(b, order);
+                self.own_freed += 1 << order;
             }
         }
         self.held_len = 0;
@@ -434,25 +468,33 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         self.posted
     }
 
-    fn index(&self, phys: u64) -> Option<(usize, u64)> {
-        let block = phys / self.block_bytes();
-        let word = (block / 64) as usize;
-        let half = self.bits.as_ref().len() / 2;
-        (word < half).then_some((word, 1u64 << (block % 64)))
+    /// Bitmap units (of `2^min_order` pages) covered by a block.
+    fn units(&self, phys: u64, order: u32) -> core::ops::Range<u64> {
+        let unit = self.page_size << self.policy.min_order;
+        let first = phys / unit;
+        first..first + (1u64 << (order.saturating_sub(self.policy.min_order)))
     }
 
-    fn is_reported(&self, phys: u64) -> bool {
-        let Some((w, bit)) = self.index(phys) else {
-            return false;
-        };
+    fn bit(&self, unit: u64) -> Option<(usize, u64)> {
+        let word = (unit / 64) as usize;
+        (word < self.bits.as_ref().len() / 2).then_some((word, 1u64 << (unit % 64)))
+    }
+
+    /// Reported (in either generation) over the whole block.
+    fn is_reported(&self, phys: u64, order: u32) -> bool {
         let bits = self.bits.as_ref();
         let half = bits.len() / 2;
-        (bits[w] | bits[half + w]) & bit != 0
+        self.units(phys, order).all(|u| {
+            self.bit(u)
+                .is_some_and(|(w, bit)| (bits[w] | bits[half + w]) & bit != 0)
+        })
     }
 
-    fn mark_reported(&mut self, phys: u64) {
-        if let Some((w, bit)) = self.index(phys) {
-            self.bits.as_mut()[w] |= bit;
+    fn mark_reported(&mut self, phys: u64, order: u32) {
+        for u in self.units(phys, order) {
+            if let Some((w, bit)) = self.bit(u) {
+                self.bits.as_mut()[w] |= bit;
+            }
         }
     }
 

@@ -43,7 +43,11 @@ type Rep = Reporter<usize, Vec<u64>>;
 
 fn setup(policy: Policy) -> (Shared, SimDevice, SimMemory, Env, Rep) {
     let (w, dev, mem) = sim(FEATURES, PAGES);
-    let words = Rep::bitmap_words(sim::RAM_BASE + (PAGES as u64) * 4096, 4096, policy.order);
+    let words = Rep::bitmap_words(
+        sim::RAM_BASE + (PAGES as u64) * 4096,
+        4096,
+        policy.min_order,
+    );
     let rep = Reporter::new(policy, 4096, vec![0; words]);
     let env = Env {
         w: w.clone(),
@@ -238,4 +242,30 @@ fn each_pass_is_bounded() {
     assert_eq!(w.borrow().reports, 3);
     assert!(w.borrow().most_blocks_held <= 2);
     clean(&w);
+}
+
+#[test]
+fn fragmented_memory_is_reported_in_smaller_blocks() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    // One used page in every 2 MiB block: no order-9 block is free.
+    for block in 0..PAGES / BLOCK {
+        w.borrow_mut().workload_pin(block * BLOCK + 7);
+    }
+    let before = w.borrow().resident();
+    loop {
+        let r = rep.pass(&mut dev, &mut mem, &mut env);
+        if r.stop != Stop::Budget {
+            break;
+        }
+    }
+    let world = w.borrow();
+    let dropped = before - world.resident();
+    // Everything free except the 32-page unit holding each pinned page.
+    assert!(
+        dropped >= PAGES - (PAGES / BLOCK) * 32,
+        "only {dropped} pages went back"
+    );
+    assert_eq!(world.free_pages(), PAGES - PAGES / BLOCK);
+    drop(world);
+    clean(&w); // no pinned page was reported
 }

@@ -293,6 +293,16 @@ impl World {
         got
     }
 
+    /// The workload takes one particular page (to fragment free memory).
+    pub fn workload_pin(&mut self, page: usize) {
+        if !self.allocated[page] {
+            self.free.retain(|&p| p != page);
+            self.allocated[page] = true;
+            self.discarded.remove(&page);
+            self.workload.push(page);
+        }
+    }
+
     /// The workload frees everything it holds.
     pub fn workload_free(&mut self) {
         while let Some(page) = self.workload.pop() {
