@@ -454,6 +454,16 @@ vtbrs_vq_post_phys(struct virtqueue *vq, void *cookie, const uint64_t *addr,
 }
 
 void *vtbrs_vq_dequeue(struct virtqueue *vq) { return (virtqueue_dequeue(vq, NULL)); }
+
+/* After a reset: take back every buffer still posted (they are ours). */
+void
+vtbrs_vq_drain(struct virtqueue *vq)
+{
+	int last = 0;
+
+	while (virtqueue_drain(vq, &last) != NULL)
+		;
+}
 int vtbrs_vq_enable_intr(struct virtqueue *vq) { return (virtqueue_enable_intr(vq)); }
 void vtbrs_vq_disable_intr(struct virtqueue *vq) { virtqueue_disable_intr(vq); }
 

@@ -98,6 +98,7 @@ int	 vtbrs_vq_post(struct virtqueue *vq, void *cookie, const void *buf, size_t l
 int	 vtbrs_vq_post_phys(struct virtqueue *vq, void *cookie, const uint64_t *addr,
 	    const uint64_t *len, int n);
 void	*vtbrs_vq_dequeue(struct virtqueue *vq);
+void	 vtbrs_vq_drain(struct virtqueue *vq);
 int	 vtbrs_vq_enable_intr(struct virtqueue *vq);
 void	 vtbrs_vq_disable_intr(struct virtqueue *vq);
 

@@ -650,6 +650,12 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
     // Reset: the host lets go of every buffer, so every page may be freed.
     // SAFETY: our device; no thread or handler uses the queues any more.
     unsafe { sys::vtbrs_virtio_stop(dev) };
+    for vq in st.queues {
+        if !vq.is_null() {
+            // SAFETY: the device is reset; the buffers still posted are ours.
+            unsafe { sys::vtbrs_vq_drain(vq) };
+        }
+    }
     st.balloon.with(|side| {
         let kdev = st.balloon_device(&mut side.bufs);
         side.balloon.abandon(&kdev, &mut side.mem);
