@@ -31,6 +31,22 @@ pub const REQUIRED_SECTIONS: [&str; 3] = [
     "set_sysuninit_set",
 ];
 
+/// `struct mod_metadata` (sys/module.h): `md_version`, `md_type`, then two
+/// pointers. `MODULE_METADATA` entries use structure version 1.
+const MDT_STRUCT_VERSION: u32 = 1;
+/// `md_type` of the entry `DECLARE_MODULE` makes.
+const MDT_MODULE: u32 = 2;
+
+/// Section types `link_elf_obj.c` loads (its "progtab"), when `SHF_ALLOC`
+/// and not empty.
+const LOADED_TYPES: [u32; 5] = [
+    elf::SHT_PROGBITS,
+    elf::SHT_NOBITS,
+    SHT_X86_64_UNWIND,
+    elf::SHT_INIT_ARRAY,
+    elf::SHT_FINI_ARRAY,
+];
+
 /// Sections that hold unwind information.
 pub const UNWIND_SECTIONS: [&str; 3] = [".eh_frame", ".eh_frame_hdr", ".gcc_except_table"];
 
@@ -68,8 +84,23 @@ impl<'data> Module<'data> {
             .unwrap_or_else(|| format!("section#{}", index.0))
     }
 
-    fn has_section(&self, name: &str) -> bool {
-        self.file.section_by_name(name).is_some()
+    /// The section `name` if the kernel linker loads it (puts it in its
+    /// "progtab"): only those are found by `link_elf_lookup_set` and by the
+    /// `__start_`/`__stop_` resolution in `link_elf_fix_link_set`.
+    fn loaded_section(
+        &self,
+        name: &str,
+    ) -> Option<object::read::elf::ElfSection64<'data, '_, Endianness>> {
+        self.file
+            .sections()
+            .find(|s| s.name() == Ok(name) && Self::is_loaded(s))
+    }
+
+    fn is_loaded(section: &object::read::elf::ElfSection64<'data, '_, Endianness>) -> bool {
+        let (sh_type, flags) = Self::sh_type_flags(section);
+        LOADED_TYPES.contains(&sh_type)
+            && flags & u64::from(elf::SHF_ALLOC) != 0
+            && section.size() != 0
     }
 
     fn sh_type_flags(
@@ -176,18 +207,108 @@ impl<'data> Module<'data> {
     }
 
     /// Check 5: the linker sets `DECLARE_MODULE` / `SYSINIT` produce.
+    ///
+    /// Each must be a section the kernel linker loads, holding an array of
+    /// pointers (one `R_X86_64_64` per 8-byte slot, the kernel walks the
+    /// section from `__start_set_X` to `__stop_set_X`), and
+    /// `set_modmetadata_set` must point at an `MDT_MODULE` entry: without one
+    /// `linker_file_register_modules` registers nothing and no driver attaches.
     pub fn check_metadata(&self, out: &mut Vec<Finding>) {
+        let mut fail = |detail: String| {
+            out.push(Finding {
+                check: check::METADATA,
+                detail,
+            })
+        };
         for name in REQUIRED_SECTIONS {
-            if !self.has_section(name) {
-                out.push(Finding {
-                    check: check::METADATA,
-                    detail: format!(
-                        "section {name} is missing; the kernel linker finds the module's \
-                         metadata and init/uninit functions through it"
-                    ),
-                });
+            let Some(section) = self.file.section_by_name(name) else {
+                fail(format!(
+                    "section {name} is missing; the kernel linker finds the module's \
+                     metadata and init/uninit functions through it"
+                ));
+                continue;
+            };
+            if !Self::is_loaded(&section) {
+                let (sh_type, flags) = Self::sh_type_flags(&section);
+                fail(format!(
+                    "section {name} (type {sh_type:#x}, flags {flags:#x}, {} bytes) is not \
+                     loaded by the kernel linker, which needs an SHF_ALLOC PROGBITS section \
+                     with contents",
+                    section.size()
+                ));
+                continue;
+            }
+            let size = section.size();
+            if size % 8 != 0 {
+                fail(format!(
+                    "section {name} is {size} bytes, not a multiple of 8; a linker set is \
+                     an array of pointers"
+                ));
+            }
+            let pointers: Vec<(u64, i64, RelocationTarget)> = section
+                .relocations()
+                .filter(|(_, r)| {
+                    r.flags()
+                        == RelocationFlags::Elf {
+                            r_type: elf::R_X86_64_64,
+                        }
+                })
+                .map(|(offset, r)| (offset, r.addend(), r.target()))
+                .collect();
+            for slot in (0..size / 8).map(|i| i * 8) {
+                if !pointers.iter().any(|(offset, _, _)| *offset == slot) {
+                    fail(format!(
+                        "{name}+{slot:#x} has no R_X86_64_64 relocation; every linker set \
+                         entry must be a pointer the kernel linker relocates"
+                    ));
+                }
+            }
+            if name == "set_modmetadata_set"
+                && !pointers
+                    .iter()
+                    .any(|(_, addend, target)| self.is_module_declaration(*target, *addend))
+            {
+                fail(format!(
+                    "{name} has no MDT_MODULE entry; without DECLARE_MODULE (or \
+                     DRIVER_MODULE) the kernel registers no module"
+                ));
             }
         }
+    }
+
+    /// Whether a pointer `target + addend` points at a `struct mod_metadata`
+    /// with `md_version` 1 and `md_type` `MDT_MODULE`.
+    fn is_module_declaration(&self, target: RelocationTarget, addend: i64) -> bool {
+        let RelocationTarget::Symbol(index) = target else {
+            return false;
+        };
+        let Ok(symbol) = self.file.symbol_by_index(index) else {
+            return false;
+        };
+        let SymbolSection::Section(section) = symbol.section() else {
+            return false;
+        };
+        let Some(data) = self
+            .file
+            .section_by_index(section)
+            .ok()
+            .and_then(|s| s.data().ok())
+        else {
+            return false;
+        };
+        // In a relocatable object a symbol's value is its section offset.
+        let Some(at) = symbol
+            .address()
+            .checked_add_signed(addend)
+            .and_then(|a| usize::try_from(a).ok())
+        else {
+            return false;
+        };
+        let word = |at: usize| -> Option<u32> {
+            let bytes = data.get(at..at.checked_add(4)?)?;
+            Some(u32::from_le_bytes(bytes.try_into().ok()?))
+        };
+        word(at) == Some(MDT_STRUCT_VERSION) && at.checked_add(4).and_then(word) == Some(MDT_MODULE)
     }
 
     /// Undefined symbols, sorted, without duplicates.
@@ -202,8 +323,8 @@ impl<'data> Module<'data> {
     }
 
     /// Check 6: every undefined symbol must be one the kernel exports, or a
-    /// `__start_set_*` / `__stop_set_*` bound of one of the module's own
-    /// linker sets (the kernel linker resolves those itself).
+    /// `__start_X` / `__stop_X` bound of a section `X` the module loads
+    /// (`link_elf_fix_link_set` resolves those before any symbol lookup).
     pub fn check_undefined(
         &self,
         undefined: &[String],
@@ -214,11 +335,11 @@ impl<'data> Module<'data> {
             if kernel.contains(name) {
                 continue;
             }
-            let own_set = name
+            let own_section = name
                 .strip_prefix("__start_")
                 .or_else(|| name.strip_prefix("__stop_"))
-                .filter(|set| set.starts_with("set_") && self.has_section(set));
-            if own_set.is_some() {
+                .filter(|section| self.loaded_section(section).is_some());
+            if own_section.is_some() {
                 continue;
             }
             out.push(Finding {

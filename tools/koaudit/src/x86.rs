@@ -1,8 +1,8 @@
 //! Instruction checks over executable sections, using `iced-x86`.
 
 use iced_x86::{
-    CpuidFeature, Decoder, DecoderOptions, Formatter, GasFormatter, Instruction,
-    InstructionInfoFactory, Mnemonic, OpKind, Register,
+    CpuidFeature, Decoder, DecoderOptions, Formatter, GasFormatter, Instruction, InstructionInfo,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
 use crate::{check, Finding};
@@ -28,9 +28,10 @@ impl Code<'_> {
     }
 }
 
-/// Instructions that carry an SSE-family CPUID bit but touch no FPU/SIMD
-/// state (fences, prefetches, non-temporal GPR stores, crc32).
-const STATELESS: [Mnemonic; 10] = [
+/// Instructions that carry an SSE/XSAVE-family CPUID bit but touch no
+/// FPU/SIMD state (fences, prefetches, non-temporal GPR stores, crc32,
+/// xgetbv).
+const STATELESS: [Mnemonic; 11] = [
     Mnemonic::Lfence,
     Mnemonic::Mfence,
     Mnemonic::Sfence,
@@ -41,6 +42,8 @@ const STATELESS: [Mnemonic; 10] = [
     Mnemonic::Movnti,
     Mnemonic::Crc32,
     Mnemonic::Clflush,
+    // Reads XCR0 (which state components are enabled), not the state.
+    Mnemonic::Xgetbv,
 ];
 
 /// Whether a register lives in the x87/MMX/SSE/AVX/AVX-512/AMX state.
@@ -93,9 +96,8 @@ pub fn is_fpu_simd_feature(feature: CpuidFeature) -> bool {
 }
 
 /// Why an instruction uses FPU/SIMD state, if it does.
-pub fn fpu_simd_use(instr: &Instruction, info: &mut InstructionInfoFactory) -> Option<String> {
+pub fn fpu_simd_use(instr: &Instruction, info: &InstructionInfo) -> Option<String> {
     if let Some(reg) = info
-        .info(instr)
         .used_registers()
         .iter()
         .map(|u| u.register())
@@ -113,22 +115,148 @@ pub fn fpu_simd_use(instr: &Instruction, info: &mut InstructionInfoFactory) -> O
         .map(|f| format!("needs CPUID {f:?}"))
 }
 
-/// Whether an instruction accesses memory below %rsp (the red zone).
+/// Whether an instruction's memory operand is an access (or an address
+/// taken) that the red-zone rules apply to: not a multi-byte nop, not a
+/// `lea` that computes a new `%rsp`.
+fn addresses_memory(instr: &Instruction) -> bool {
+    (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory)
+        && match instr.mnemonic() {
+            Mnemonic::Nop => false,
+            Mnemonic::Lea => instr.op0_register() != Register::RSP,
+            _ => true,
+        }
+}
+
+/// Whether an instruction accesses memory below %rsp (the red zone) through
+/// %rsp itself: a memory operand based on %rsp with a negative displacement.
 pub fn uses_red_zone(instr: &Instruction) -> bool {
-    let has_mem = (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory);
-    if !has_mem || !matches!(instr.memory_base(), Register::RSP | Register::ESP) {
-        return false;
+    addresses_memory(instr)
+        && matches!(instr.memory_base(), Register::RSP | Register::ESP)
+        && (instr.memory_displacement64() as i64) < 0
+}
+
+/// What is known of the stack in the function being decoded, for red-zone
+/// accesses through the frame pointer: a leaf function built with a red zone
+/// and frame pointers (FreeBSD's default, and `-C force-frame-pointers=yes`)
+/// does `push %rbp; mov %rsp,%rbp` and then keeps its locals at negative
+/// offsets from %rbp without ever lowering %rsp.
+///
+/// The decoder sweeps the code linearly, so the frame is approximated by the
+/// deepest %rsp seen so far in the function: an epilogue laid out before
+/// another path's code does not make that path's locals look unallocated.
+/// This can miss a red-zone access but does not invent one.
+#[derive(Debug, Default)]
+pub struct Frame {
+    /// Bytes below the function's entry %rsp at the current instruction.
+    depth: i64,
+    /// The deepest `depth` so far; `None` once %rsp was lowered by an amount
+    /// not known statically (`sub %rax,%rsp`, `and $-32,%rsp`, `enter`).
+    deepest: Option<i64>,
+    /// `depth` when `mov %rsp,%rbp` made %rbp the frame pointer.
+    rbp: Option<i64>,
+}
+
+impl Frame {
+    /// Forget everything: a new function starts.
+    pub fn reset(&mut self) {
+        *self = Frame {
+            deepest: Some(0),
+            ..Frame::default()
+        };
     }
-    if (instr.memory_displacement64() as i64) >= 0 {
-        return false;
+
+    /// If the instruction accesses memory below %rsp through the frame
+    /// pointer (base %rbp, no index, a negative displacement beyond what the
+    /// function allocated below %rbp): the displacement and that allocation.
+    pub fn below_rsp_via_rbp(&self, instr: &Instruction) -> Option<(i64, i64)> {
+        // With an index register the address is not known statically
+        // (`-0x12(%rbp,%rcx)` with %rcx counting down a local buffer), and
+        // a `lea` only computes an address: `lea -0x81(%rbp),%r13` for a
+        // buffer at -0x80(%rbp) is the pointer-before-the-buffer idiom.
+        if !addresses_memory(instr)
+            || instr.mnemonic() == Mnemonic::Lea
+            || instr.memory_base() != Register::RBP
+            || instr.memory_index() != Register::None
+        {
+            return None;
+        }
+        let disp = instr.memory_displacement64() as i64;
+        let allocated = self.deepest? - self.rbp?;
+        (disp < 0 && -disp > allocated).then_some((disp, allocated))
     }
-    match instr.mnemonic() {
-        // Multi-byte nops do not access memory.
-        Mnemonic::Nop => false,
-        // `lea -N(%rsp),%rsp` moves the stack pointer; any other lea takes
-        // the address of red-zone memory.
-        Mnemonic::Lea => instr.op0_register() != Register::RSP,
-        _ => true,
+
+    /// Account for the instruction's effect on %rsp and %rbp.
+    pub fn step(&mut self, instr: &Instruction, info: &InstructionInfo) {
+        let op0 = instr.op0_register();
+        let imm = || {
+            (instr.op_count() == 2 && instr.op_kind(1) != OpKind::Register)
+                .then(|| instr.immediate(1) as i64)
+        };
+        let writes = |reg: Register| {
+            info.used_registers().iter().any(|u| {
+                u.register().full_register() == reg
+                    && matches!(
+                        u.access(),
+                        OpAccess::Write
+                            | OpAccess::CondWrite
+                            | OpAccess::ReadWrite
+                            | OpAccess::ReadCondWrite
+                    )
+            })
+        };
+        match instr.mnemonic() {
+            // The callee pops the return address again.
+            Mnemonic::Call => {}
+            Mnemonic::Pop if op0 == Register::RSP => self.deepest = None,
+            // A `pop %rbp` in an epilogue leaves `rbp` alone: code laid out
+            // after it still runs with the frame.
+            Mnemonic::Push
+            | Mnemonic::Pushf
+            | Mnemonic::Pushfq
+            | Mnemonic::Pop
+            | Mnemonic::Popf
+            | Mnemonic::Popfq => {
+                self.depth -= i64::from(instr.stack_pointer_increment());
+            }
+            Mnemonic::Sub if op0 == Register::RSP => match imm() {
+                Some(n) => self.depth += n,
+                None => self.deepest = None,
+            },
+            Mnemonic::Add if op0 == Register::RSP => match imm() {
+                Some(n) => self.depth -= n,
+                None => self.deepest = None,
+            },
+            Mnemonic::Lea if op0 == Register::RSP => match instr.memory_base() {
+                Register::RSP if instr.memory_index() == Register::None => {
+                    self.depth -= instr.memory_displacement64() as i64;
+                }
+                Register::RBP if instr.memory_index() == Register::None => match self.rbp {
+                    Some(r) => self.depth = r - instr.memory_displacement64() as i64,
+                    None => self.deepest = None,
+                },
+                _ => self.deepest = None,
+            },
+            Mnemonic::Mov if op0 == Register::RSP && instr.op1_register() == Register::RBP => {
+                match self.rbp {
+                    Some(r) => self.depth = r,
+                    None => self.deepest = None,
+                }
+            }
+            Mnemonic::Mov if op0 == Register::RBP && instr.op1_register() == Register::RSP => {
+                self.rbp = Some(self.depth);
+            }
+            Mnemonic::Leave => match self.rbp {
+                Some(r) => self.depth = r - 8,
+                None => self.deepest = None,
+            },
+            // Any other write of %rsp (`sub %rax,%rsp`, `and $-32,%rsp`,
+            // `enter`, a return to a saved %rsp): give up on this function.
+            _ if writes(Register::RSP) => self.deepest = None,
+            // %rbp reused as a general register: no longer a frame pointer.
+            _ if writes(Register::RBP) => self.rbp = None,
+            _ => {}
+        }
+        self.deepest = self.deepest.map(|d| d.max(self.depth));
     }
 }
 
@@ -145,14 +273,36 @@ pub fn check_code(code: &Code<'_>, out: &mut Vec<Finding>) {
     let mut info = InstructionInfoFactory::new();
     let mut instr = Instruction::default();
     let mut text = String::new();
+    let mut frame = Frame::default();
+    let mut next_symbol = 0;
     while decoder.can_decode() {
         decoder.decode_out(&mut instr);
+        // Each symbol starts a new function.
+        while code
+            .symbols
+            .get(next_symbol)
+            .is_some_and(|(at, _)| *at <= instr.ip())
+        {
+            frame.reset();
+            next_symbol += 1;
+        }
         if instr.is_invalid() {
             continue;
         }
-        let fpu = fpu_simd_use(&instr, &mut info);
-        let red = uses_red_zone(&instr);
-        if fpu.is_none() && !red {
+        let used = info.info(&instr);
+        let fpu = fpu_simd_use(&instr, used);
+        let red = if uses_red_zone(&instr) {
+            Some(String::new())
+        } else {
+            frame.below_rsp_via_rbp(&instr).map(|(disp, allocated)| {
+                format!(
+                    " (%rbp{}, only {allocated:#x} bytes allocated below %rbp)",
+                    disp_hex(disp)
+                )
+            })
+        };
+        frame.step(&instr, used);
+        if fpu.is_none() && red.is_none() {
             continue;
         }
         text.clear();
@@ -164,11 +314,20 @@ pub fn check_code(code: &Code<'_>, out: &mut Vec<Finding>) {
                 detail: format!("{at}: `{text}` {why}; the kernel is soft-float and does not save FPU/SIMD state"),
             });
         }
-        if red {
+        if let Some(how) = red {
             out.push(Finding {
                 check: check::RED_ZONE,
-                detail: format!("{at}: `{text}` accesses below %rsp; interrupts and exceptions push onto the kernel stack there"),
+                detail: format!("{at}: `{text}` accesses below %rsp{how}; interrupts and exceptions push onto the kernel stack there"),
             });
         }
+    }
+}
+
+/// `-0x18`, `+0x8`.
+fn disp_hex(value: i64) -> String {
+    if value < 0 {
+        format!("-{:#x}", value.unsigned_abs())
+    } else {
+        format!("+{value:#x}")
     }
 }

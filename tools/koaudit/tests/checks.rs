@@ -27,6 +27,10 @@ const GOOD_CODE: &[u8] = &[
     0xc3, // ret
 ];
 const CALL_RELOC_AT: u64 = 0xe;
+const MDT_STRUCT_VERSION: u32 = 1;
+const MDT_DEPEND: u32 = 1;
+const MDT_MODULE: u32 = 2;
+const MDT_VERSION: u32 = 3;
 const DATA_RELOC_AT: u64 = 0x15;
 
 /// A kld under construction: a `.text` with one function `func` and,
@@ -65,11 +69,45 @@ impl Kld {
         });
         let mut kld = Kld { obj, text, func };
         for set in sets {
-            // Each set holds a pointer to `func`, as SYSINIT and MODULE_METADATA do.
+            // Each set holds one pointer: to a `struct mod_metadata` of type
+            // MDT_MODULE for the metadata set, as DECLARE_MODULE makes, and to
+            // `func` for the others (standing in for a `struct sysinit`).
             let id = kld.section(set, SectionKind::Data, &[0; 8]);
-            kld.reloc(id, 0, kld.func, elf::R_X86_64_64);
+            let target = if *set == "set_modmetadata_set" {
+                kld.mod_metadata(MDT_MODULE)
+            } else {
+                kld.func
+            };
+            kld.reloc(id, 0, target, elf::R_X86_64_64);
         }
         kld
+    }
+
+    /// A `struct mod_metadata { int md_version; int md_type; const void
+    /// *md_data; const char *md_cval; }` in its own data section, as
+    /// MODULE_METADATA makes; returns a local symbol for it.
+    fn mod_metadata(&mut self, md_type: u32) -> object::write::SymbolId {
+        let mut bytes = MDT_STRUCT_VERSION.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&md_type.to_le_bytes());
+        bytes.extend_from_slice(&[0; 16]);
+        let section = self.obj.add_section(
+            Vec::new(),
+            format!(".data.md{md_type}").into_bytes(),
+            SectionKind::Data,
+        );
+        let offset = self.obj.append_section_data(section, &bytes, 8);
+        let func = self.func;
+        self.reloc(section, offset + 8, func, elf::R_X86_64_64);
+        self.obj.add_symbol(Symbol {
+            name: format!("_mod_metadata_{md_type}").into_bytes(),
+            value: offset,
+            size: bytes.len() as u64,
+            kind: SymbolKind::Data,
+            scope: SymbolScope::Compilation,
+            weak: false,
+            section: SymbolSection::Section(section),
+            flags: SymbolFlags::None,
+        })
     }
 
     fn section(&mut self, name: &str, kind: SectionKind, data: &[u8]) -> object::write::SectionId {
@@ -93,6 +131,8 @@ impl Kld {
         })
     }
 
+    /// A relocation with the usual addend: 0 for a pointer, -4 for the
+    /// 32-bit pc-relative forms.
     fn reloc(
         &mut self,
         section: object::write::SectionId,
@@ -100,13 +140,25 @@ impl Kld {
         symbol: object::write::SymbolId,
         r_type: u32,
     ) {
+        let addend = if r_type == elf::R_X86_64_64 { 0 } else { -4 };
+        self.reloc_addend(section, offset, symbol, r_type, addend);
+    }
+
+    fn reloc_addend(
+        &mut self,
+        section: object::write::SectionId,
+        offset: u64,
+        symbol: object::write::SymbolId,
+        r_type: u32,
+        addend: i64,
+    ) {
         self.obj
             .add_relocation(
                 section,
                 Relocation {
                     offset,
                     symbol,
-                    addend: if r_type == elf::R_X86_64_64 { 0 } else { -4 },
+                    addend,
                     flags: RelocationFlags::Elf { r_type },
                 },
             )
@@ -241,16 +293,25 @@ fn sse_instruction_is_reported_with_function_offset_and_text() {
 
 #[test]
 fn fpu_simd_forms_are_all_caught() {
-    let cases: [(&str, &[u8]); 9] = [
+    let cases: [(&str, &[u8]); 18] = [
         ("fxsave", &[0x0f, 0xae, 0x07]), // fxsave (%rdi): no register operand
+        ("fxrstor", &[0x0f, 0xae, 0x0f]), // fxrstor (%rdi)
+        ("xsave", &[0x0f, 0xae, 0x27]),  // xsave (%rdi)
         ("ldmxcsr", &[0x0f, 0xae, 0x17]), // ldmxcsr (%rdi)
+        ("stmxcsr", &[0x0f, 0xae, 0x1f]), // stmxcsr (%rdi)
         ("emms", &[0x0f, 0x77]),         // emms
         ("flds", &[0xd9, 0x07]),         // x87 load
+        ("fnstcw", &[0xd9, 0x3f]),       // x87 control word store
         ("fninit", &[0xdb, 0xe3]),       // x87 control
         ("movq", &[0x0f, 0x6f, 0x07]),   // movq (%rdi),%mm0
+        ("movups", &[0x0f, 0x11, 0x07]), // movups %xmm0,(%rdi)
+        ("movdqa", &[0x66, 0x0f, 0x6f, 0x07]), // movdqa (%rdi),%xmm0
         ("vmovdqu", &[0xc5, 0xfe, 0x6f, 0x07]), // AVX ymm load
+        ("vzeroupper", &[0xc5, 0xf8, 0x77]), // AVX, no operand
+        ("vmovdqu64", &[0x62, 0xf1, 0xfe, 0x48, 0x6f, 0x07]), // AVX-512 zmm load
         ("movd", &[0x66, 0x0f, 0x6e, 0xc7]), // movd %edi,%xmm0
         ("pxor", &[0x66, 0x0f, 0xef, 0xc0]), // pxor %xmm0,%xmm0
+        ("cvtsi2sd", &[0xf2, 0x48, 0x0f, 0x2a, 0xc7]), // cvtsi2sd %rdi,%xmm0
     ];
     for (name, bytes) in cases {
         let found = details(&one_instruction(bytes).audit(None), check::FPU_SIMD);
@@ -261,13 +322,21 @@ fn fpu_simd_forms_are_all_caught() {
 
 #[test]
 fn fences_prefetch_crc32_and_gpr_code_pass() {
-    let cases: [&[u8]; 6] = [
+    let cases: [&[u8]; 14] = [
         &[0x0f, 0xae, 0xf0],             // mfence
         &[0x0f, 0xae, 0xe8],             // lfence
+        &[0x0f, 0xae, 0xf8],             // sfence
         &[0x0f, 0x18, 0x0f],             // prefetcht0 (%rdi)
+        &[0x0f, 0x0d, 0x0f],             // prefetchw (%rdi)
+        &[0x66, 0x0f, 0xae, 0x3f],       // clflushopt (%rdi)
         &[0xf2, 0x0f, 0x38, 0xf1, 0xc7], // crc32 %edi,%eax
         &[0x48, 0x0f, 0xc3, 0x07],       // movnti %rax,(%rdi)
         &[0xf3, 0x48, 0x0f, 0xb8, 0xc7], // popcnt %rdi,%rax
+        &[0xf3, 0x90],                   // pause (core::hint::spin_loop)
+        &[0x0f, 0x31],                   // rdtsc
+        &[0x0f, 0xa2],                   // cpuid
+        &[0x48, 0x0f, 0xc7, 0x0f],       // cmpxchg16b (%rdi)
+        &[0xf3, 0x48, 0x0f, 0xbc, 0xc7], // tzcnt %rdi,%rax
     ];
     for bytes in cases {
         let report = one_instruction(bytes).audit(None);
@@ -324,6 +393,157 @@ fn stack_accesses_above_rsp_pass() {
     }
 }
 
+const PUSH_RBP: &[u8] = &[0x55];
+const MOV_RSP_RBP: &[u8] = &[0x48, 0x89, 0xe5];
+const POP_RBP_RET: &[u8] = &[0x5d, 0xc3];
+const SUB_16_RSP: &[u8] = &[0x48, 0x83, 0xec, 0x10];
+const ADD_16_RSP: &[u8] = &[0x48, 0x83, 0xc4, 0x10];
+const STORE_RBP_M16: &[u8] = &[0x48, 0x89, 0x7d, 0xf0]; // mov %rdi,-0x10(%rbp)
+const STORE_RBP_M8: &[u8] = &[0x48, 0x89, 0x7d, 0xf8]; // mov %rdi,-0x8(%rbp)
+
+fn red_zone_findings(parts: &[&[u8]]) -> Vec<String> {
+    details(&Kld::new(&parts.concat()).audit(None), check::RED_ZONE)
+}
+
+#[test]
+fn red_zone_through_the_frame_pointer_is_reported() {
+    // A hosted leaf function with frame pointers: locals below %rbp, %rsp
+    // never lowered (what clang -O2 makes for FreeBSD without -mno-red-zone).
+    let found = red_zone_findings(&[PUSH_RBP, MOV_RSP_RBP, STORE_RBP_M16, POP_RBP_RET]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "koaudit: FAIL red-zone: func+0x4 (.text+0x4): `mov %rdi,-0x10(%rbp)` accesses \
+             below %rsp (%rbp-0x10, only 0x0 bytes allocated below %rbp)"
+        ),
+        "{}",
+        found[0]
+    );
+
+    // One callee-saved push covers -0x8(%rbp) but not -0x10(%rbp).
+    let push_rbx: &[u8] = &[0x53];
+    let pop_rbx: &[u8] = &[0x5b];
+    assert!(red_zone_findings(&[
+        PUSH_RBP,
+        MOV_RSP_RBP,
+        push_rbx,
+        STORE_RBP_M8,
+        pop_rbx,
+        POP_RBP_RET
+    ])
+    .is_empty());
+    let found = red_zone_findings(&[
+        PUSH_RBP,
+        MOV_RSP_RBP,
+        push_rbx,
+        STORE_RBP_M16,
+        pop_rbx,
+        POP_RBP_RET,
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("only 0x8 bytes allocated"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn frame_pointer_accesses_inside_the_frame_pass() {
+    let test_je: &[u8] = &[0x48, 0x85, 0xff, 0x74, 0x06]; // test %rdi,%rdi; je +6
+    let cases: [(&str, Vec<&[u8]>); 5] = [
+        (
+            "allocated frame",
+            vec![
+                PUSH_RBP,
+                MOV_RSP_RBP,
+                SUB_16_RSP,
+                STORE_RBP_M16,
+                ADD_16_RSP,
+                POP_RBP_RET,
+            ],
+        ),
+        (
+            // The early-return epilogue is laid out before the other
+            // path, which still runs with the 16-byte frame.
+            "epilogue before another path",
+            vec![
+                PUSH_RBP,
+                MOV_RSP_RBP,
+                SUB_16_RSP,
+                test_je,
+                ADD_16_RSP,
+                POP_RBP_RET,
+                STORE_RBP_M16,
+                ADD_16_RSP,
+                POP_RBP_RET,
+            ],
+        ),
+        (
+            // Indexed: the address depends on %rcx; lea: only an address.
+            "indexed access and lea",
+            vec![
+                PUSH_RBP,
+                MOV_RSP_RBP,
+                &[0x88, 0x54, 0x0d, 0xee], // mov %dl,-0x12(%rbp,%rcx)
+                &[0x4c, 0x8d, 0xad, 0x7f, 0xff, 0xff, 0xff], // lea -0x81(%rbp),%r13
+                POP_RBP_RET,
+            ],
+        ),
+        (
+            // %rsp lowered by a run-time amount: nothing is known.
+            "dynamic allocation",
+            vec![
+                PUSH_RBP,
+                MOV_RSP_RBP,
+                &[0x48, 0x29, 0xc4], // sub %rax,%rsp
+                STORE_RBP_M16,
+                &[0xc9, 0xc3], // leave; ret
+            ],
+        ),
+        (
+            // Without `mov %rsp,%rbp`, %rbp is an ordinary register.
+            "no frame pointer",
+            vec![PUSH_RBP, STORE_RBP_M16, POP_RBP_RET],
+        ),
+    ];
+    for (name, parts) in cases {
+        let found = red_zone_findings(&parts);
+        assert!(found.is_empty(), "{name}: {found:?}");
+    }
+}
+
+#[test]
+fn each_function_starts_with_an_unknown_frame() {
+    // `func` allocates 16 bytes; `leaf`, right after it, allocates nothing
+    // and must not inherit func's frame.
+    let first = [
+        PUSH_RBP,
+        MOV_RSP_RBP,
+        SUB_16_RSP,
+        STORE_RBP_M16,
+        ADD_16_RSP,
+        POP_RBP_RET,
+    ]
+    .concat();
+    let second = [PUSH_RBP, MOV_RSP_RBP, STORE_RBP_M16, POP_RBP_RET].concat();
+    let mut kld = Kld::new(&[first.clone(), second].concat());
+    let text = kld.text;
+    kld.obj.add_symbol(Symbol {
+        name: b"leaf".to_vec(),
+        value: first.len() as u64,
+        size: 0,
+        kind: SymbolKind::Text,
+        scope: SymbolScope::Compilation,
+        weak: false,
+        section: SymbolSection::Section(text),
+        flags: SymbolFlags::None,
+    });
+    let found = details(&kld.audit(None), check::RED_ZONE);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("leaf+0x4 (.text+0x16)"), "{}", found[0]);
+}
+
 #[test]
 fn unwind_sections_are_reported() {
     for (name, kind) in [
@@ -363,6 +583,119 @@ fn each_missing_linker_set_is_reported() {
     assert_eq!(found.len(), 3);
 }
 
+/// A kld whose three sets are present, with `set` replaced by a section of
+/// the given kind and contents (its relocations added by `relocate`).
+fn with_set(
+    set: &str,
+    kind: SectionKind,
+    data: &[u8],
+    relocate: impl FnOnce(&mut Kld, object::write::SectionId),
+) -> Report {
+    let all = [
+        "set_modmetadata_set",
+        "set_sysinit_set",
+        "set_sysuninit_set",
+    ];
+    let others: Vec<&str> = all.iter().copied().filter(|s| *s != set).collect();
+    let mut kld = Kld::with_sets(GOOD_CODE, &others);
+    let id = kld.section(set, kind, data);
+    relocate(&mut kld, id);
+    kld.audit(None)
+}
+
+#[test]
+fn linker_sets_must_be_loaded_sections() {
+    // Not SHF_ALLOC: the kernel linker does not load it, so
+    // linker_file_lookup_set finds no set.
+    let report = with_set("set_sysinit_set", SectionKind::Other, &[0; 8], |k, id| {
+        let func = k.func;
+        k.reloc(id, 0, func, elf::R_X86_64_64);
+    });
+    let found = details(&report, check::METADATA);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("set_sysinit_set") && found[0].contains("not loaded"),
+        "{}",
+        found[0]
+    );
+
+    // Empty: skipped by the kernel linker as well.
+    let report = with_set("set_sysuninit_set", SectionKind::Data, &[], |_, _| {});
+    let found = details(&report, check::METADATA);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("set_sysuninit_set (type 0x1, flags 0x3, 0 bytes) is not loaded"));
+}
+
+#[test]
+fn linker_set_entries_must_be_relocated_pointers() {
+    // Two slots, only the first relocated.
+    let report = with_set("set_sysinit_set", SectionKind::Data, &[0; 16], |k, id| {
+        let func = k.func;
+        k.reloc(id, 0, func, elf::R_X86_64_64);
+    });
+    let found = details(&report, check::METADATA);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("set_sysinit_set+0x8 has no R_X86_64_64 relocation"),
+        "{}",
+        found[0]
+    );
+
+    // A size that is not a whole number of pointers.
+    let report = with_set("set_sysuninit_set", SectionKind::Data, &[0; 12], |k, id| {
+        let func = k.func;
+        k.reloc(id, 0, func, elf::R_X86_64_64);
+    });
+    let found = details(&report, check::METADATA);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("not a multiple of 8"), "{}", found[0]);
+}
+
+#[test]
+fn module_metadata_needs_an_mdt_module_entry() {
+    // MODULE_DEPEND and MODULE_VERSION entries, but no DECLARE_MODULE.
+    let report = with_set(
+        "set_modmetadata_set",
+        SectionKind::Data,
+        &[0; 16],
+        |k, id| {
+            let depend = k.mod_metadata(MDT_DEPEND);
+            let version = k.mod_metadata(MDT_VERSION);
+            k.reloc(id, 0, depend, elf::R_X86_64_64);
+            k.reloc(id, 8, version, elf::R_X86_64_64);
+        },
+    );
+    let found = details(&report, check::METADATA);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("set_modmetadata_set has no MDT_MODULE entry"),
+        "{}",
+        found[0]
+    );
+
+    // As `ld -r` emits it: pointers relative to the section symbol of the
+    // data section holding the entries, the module entry second.
+    let report = with_set(
+        "set_modmetadata_set",
+        SectionKind::Data,
+        &[0; 16],
+        |k, id| {
+            let mut entries = Vec::new();
+            for md_type in [MDT_DEPEND, MDT_MODULE] {
+                entries.extend_from_slice(&MDT_STRUCT_VERSION.to_le_bytes());
+                entries.extend_from_slice(&md_type.to_le_bytes());
+                entries.extend_from_slice(&[0; 16]);
+            }
+            let data = k.obj.section_id(StandardSection::Data);
+            let base = k.obj.append_section_data(data, &entries, 8) as i64;
+            let section_sym = k.obj.section_symbol(data);
+            k.reloc_addend(id, 0, section_sym, elf::R_X86_64_64, base);
+            k.reloc_addend(id, 8, section_sym, elf::R_X86_64_64, base + 24);
+        },
+    );
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
 #[test]
 fn undefined_symbol_missing_from_kernel_list_is_reported() {
     let mut kld = good();
@@ -392,6 +725,25 @@ fn linker_set_bounds_resolve_only_for_the_modules_own_sets() {
     // The kernel's own set bounds are fine when the kernel exports them.
     let list = kernel(&["printf", "__start_set_pcpu"]);
     assert!(kld.audit(Some(&list)).findings.is_empty());
+
+    // link_elf_fix_link_set resolves the bounds of any section it loads,
+    // whatever its name, but not of an empty or unallocated one.
+    let mut kld = good();
+    kld.section("my_table", SectionKind::ReadOnlyData, &[0; 8]);
+    kld.section("empty_table", SectionKind::Data, &[]);
+    kld.section("note_table", SectionKind::Other, &[0; 8]);
+    for name in [
+        "__start_my_table",
+        "__stop_my_table",
+        "__start_empty_table",
+        "__stop_note_table",
+    ] {
+        kld.undefined(name);
+    }
+    let found = details(&kld.audit(Some(&kernel(&["printf"]))), check::UNDEFINED);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("__start_empty_table"), "{}", found[0]);
+    assert!(found[1].contains("__stop_note_table"), "{}", found[1]);
 }
 
 #[test]
