@@ -195,10 +195,15 @@ fn generate_bindings(cflags: &[String], out: &Path) {
         .allowlist_type("sx")
         .allowlist_type("callout")
         .allowlist_type("timeval")
+        .allowlist_type("task")
+        .allowlist_type("sysctl_ctx_list")
         .allowlist_var(
             "PAGE_SIZE|PAGE_SHIFT|ENOMEM|EINVAL|ENXIO|EBUSY|ETIMEDOUT|EWOULDBLOCK|ENOSPC",
         )
-        .opaque_type("mtx|sx|callout|vm_page")
+        .allowlist_var("VTBRS_.*")
+        // Kernel objects Rust only stores and hands back: their size and
+        // alignment, never their fields.
+        .opaque_type("mtx|sx|callout|vm_page|task|sysctl_ctx_list")
         .generate()
         .expect("bindgen over the FreeBSD headers");
     bindings

@@ -6,6 +6,8 @@
 #include <sys/mutex.h>
 #include <sys/sx.h>
 #include <sys/callout.h>
+#include <sys/_task.h>
+#include <sys/sysctl.h>
 #include <sys/time.h>
 #include <vm/vm.h>
 #include <vm/vm_page.h>

@@ -1,65 +1,121 @@
 #!/bin/sh
 # Builds vtballoonrs.ko: the driver crate as a staticlib for the kernel
 # target, linked with the C shim into a relocatable object the FreeBSD
-# kernel linker loads (design.md §2).
+# kernel linker loads (design.md §2). Called by `make build` with SYSDIR.
 #
 # Toolchain: rustc with its library source and RUSTC_BOOTSTRAP=1, because
 # core/alloc must be rebuilt for x86_64-unknown-none (soft-float, no red
 # zone) with -Z build-std. On Debian: rustc-web cargo-web rust-web-src
-# (rustc 1.96). On FreeBSD: `pkg install rust` (ships rust-src) or rustup
-# with `rustup component add rust-src`; then RUSTC/CARGO point at it.
+# (rustc 1.96, /usr/bin/cargo and /usr/bin/rustc). On FreeBSD the same
+# build works with `pkg install rust` (its sysroot ships the library source)
+# or with rustup (`rustup component add rust-src`, then KLD_CARGO/KLD_RUSTC
+# pointing at the toolchain's cargo/rustc); clang and ld.lld come with the
+# base system, SYSDIR is the usual /usr/src/sys.
 #   -C code-model=kernel          the kernel lives in the top 2 GiB
 #   -C relocation-model=static    no GOT: the kernel linker has no GOT support
 #   -Z plt=yes                    calls to kernel functions as PLT32, not GOTPCREL
 #   -C force-frame-pointers=yes   stack traces in ddb/kgdb
+#   -C force-unwind-tables=no     no .eh_frame: the kernel never unwinds
+# The C shim (module metadata, newbus method table, wrappers for kernel
+# macros) is compiled by bindings/build.rs with the kernel's flags and ends
+# up inside the staticlib: this script has one archive to link.
 set -eu
 cd "$(dirname "$0")/.."
 SYSDIR=${SYSDIR:-/usr/src/sys}
 export SYSDIR
 if [ ! -f "$SYSDIR/sys/param.h" ]; then
-	echo "skipped: no FreeBSD headers at $SYSDIR (set SYSDIR)"
+	echo "skipped: no FreeBSD headers at $SYSDIR (set SYSDIR); vtballoonrs.ko not built"
 	exit 0
 fi
 CARGO=${KLD_CARGO:-/usr/bin/cargo}
 RUSTC=${KLD_RUSTC:-/usr/bin/rustc}
 if [ ! -x "$CARGO" ] || [ ! -x "$RUSTC" ]; then
-	echo "error: need cargo and rustc with library source (Debian: rustc-web cargo-web rust-web-src; set KLD_CARGO/KLD_RUSTC)" >&2
+	echo "error: need cargo and rustc with library source at $CARGO, $RUSTC (Debian: rustc-web cargo-web rust-web-src; FreeBSD: pkg install rust; set KLD_CARGO/KLD_RUSTC)" >&2
 	exit 1
 fi
 sysroot=$("$RUSTC" --print sysroot)
 if [ ! -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
-	echo "error: $RUSTC has no library source (Debian: rust-web-src; rustup: rust-src)" >&2
+	echo "error: $RUSTC has no library source in $sysroot/lib/rustlib/src (Debian: rust-web-src; rustup: rustup component add rust-src)" >&2
 	exit 1
 fi
-LD=$(command -v ld.lld-19 || command -v ld.lld || command -v ld)
-OBJCOPY=$(command -v llvm-objcopy-19 || command -v llvm-objcopy || command -v objcopy)
-NM=$(command -v llvm-nm-19 || command -v llvm-nm || command -v nm)
+tool() {
+	for t in "$@"; do
+		if command -v "$t" >/dev/null 2>&1; then
+			command -v "$t"
+			return 0
+		fi
+	done
+	echo "error: none of $* found" >&2
+	exit 1
+}
+LD=$(tool ld.lld-19 ld.lld)
+AR=$(tool llvm-ar-19 llvm-ar ar)
+NM=$(tool llvm-nm-19 llvm-nm nm)
+OBJCOPY=$(tool llvm-objcopy-19 llvm-objcopy objcopy)
+READELF=$(tool llvm-readelf-19 llvm-readelf readelf)
 
 out=target/kld
 build=target/kld-build
 mkdir -p "$out"
-# LTO over our code, core and compiler_builtins: only what the exported
-# entry points reach is kept (a -r link cannot garbage-collect sections).
-CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+# Fat LTO over our code, core and alloc: only what the exported entry points
+# reach is kept (a -r link cannot garbage-collect sections).
+# compiler_builtins stays out of LTO; one function per codegen unit (as in
+# Rust's own sysroot build) lets the archive link pull single builtins
+# instead of the whole library (libm, f128 arithmetic).
+CARGO_PROFILE_RELEASE_LTO=fat \
 RUSTC="$RUSTC" RUSTC_BOOTSTRAP=1 \
 RUSTFLAGS="-C code-model=kernel -C relocation-model=static -C force-frame-pointers=yes -Z plt=yes -C panic=abort -C force-unwind-tables=no" \
 	"$CARGO" rustc -p vtballoon --lib --features kernel --release \
 	--target x86_64-unknown-none -Z build-std=core,alloc \
+	--config 'profile.release.package.vtballoon.codegen-units=1' \
+	--config 'profile.release.package.compiler_builtins.codegen-units=10000' \
 	--target-dir "$build" --crate-type staticlib
 lib="$build/x86_64-unknown-none/release/libvtballoon.a"
 ko="$out/vtballoonrs.ko"
+work="$out/link"
+rm -rf "$work"
+mkdir -p "$work"
+cp "$lib" "$work/libvtballoon.a"
+# compiler_builtins defines weak memcpy & co. for targets without a libc.
+# The kernel exports these (libkern, tuned for it): drop the archive
+# members that define them, so the module's references stay undefined and
+# the kernel linker binds them to the kernel's. (The kernel has no bcmp
+# symbol; compiler_builtins' bcmp stays available should LLVM emit a call.)
+kernel_mem='^(memcpy|memmove|memset|memcmp|strlen)$'
+"$NM" -A --defined-only "$work/libvtballoon.a" 2>/dev/null |
+	awk -v re="$kernel_mem" '$NF ~ re { n = split($1, f, ":"); print f[n - 1] }' |
+	sort -u > "$work/kernel-provided.txt"
+while read -r member; do
+	"$AR" d "$work/libvtballoon.a" "$member"
+done < "$work/kernel-provided.txt"
 # A plain -r link pulls from the archive only what the shim (forced in by
-# its anchor symbol) references, transitively: not all of core.
+# its anchor symbol) references, transitively: not all of core. The ldscript
+# is the one kmod.mk uses on amd64.
 "$LD" -m elf_x86_64_fbsd -r -d -T "$SYSDIR/conf/ldscript.kmod.amd64" \
-	-u vtbrs_module_anchor -o "$ko.full" "$lib"
-# Unwind tables are useless in the kernel (and only the stack-probe helper's
-# assembly emits them): drop them. Like kmod.mk with EXPORT_SYMS=NO: keep only what the module defines for the
-# kernel linker's sets local, so our symbols never clash with the kernel's
-# or another module's.
-"$NM" -g --defined-only "$ko.full" | awk '{print $3}' | sort -u > "$out/localize.txt"
-"$OBJCOPY" --localize-symbols="$out/localize.txt" --strip-debug \
-	--remove-section=.eh_frame --remove-section=.rela.eh_frame "$ko.full" "$ko"
-rm -f "$ko.full"
+	-u vtbrs_module_anchor -o "$work/vtballoonrs.full" "$work/libvtballoon.a"
+# Like kmod.mk with EXPORT_SYMS=NO: every symbol the module defines becomes
+# local, so none clashes with the kernel's or another module's (the kernel
+# linker finds the module through its linker sets, not by name). Debug info,
+# unwind tables (only hand-written assembly could still emit them) and LLVM's
+# embedded bitcode are of no use in the kernel.
+"$NM" -g --defined-only "$work/vtballoonrs.full" | awk '{print $3}' | sort -u > "$work/localize.txt"
+"$OBJCOPY" --localize-symbols="$work/localize.txt" --strip-debug \
+	--remove-section=.eh_frame --remove-section=.rela.eh_frame \
+	--remove-section=.llvmbc --remove-section=.llvmcmd \
+	--remove-section=.llvm_addrsig \
+	"$work/vtballoonrs.full" "$ko"
+# Fail fast on what kldload would refuse (tools/koaudit does the full audit).
+bad=$("$READELF" -r -W "$ko" | awk '$3 ~ /^R_X86_64_/ && $3 !~ /^R_X86_64_(NONE|64|PC32|PLT32|32S)$/ {print $3}' | sort -u)
+if [ -n "$bad" ]; then
+	echo "error: $ko has relocations the kernel linker refuses: $bad" >&2
+	exit 1
+fi
+for set in set_modmetadata_set set_sysinit_set set_sysuninit_set; do
+	if ! "$READELF" -S -W "$ko" | grep -q " $set "; then
+		echo "error: $ko has no $set section (module metadata missing)" >&2
+		exit 1
+	fi
+done
 echo "built $ko ($(wc -c < "$ko") bytes)"
-echo "undefined symbols (must be exported by the kernel):"
+echo "undefined symbols (the kernel must export them; __start_/__stop_set_* are the kernel linker's):"
 "$NM" -u "$ko" | awk '{print "  " $2}'

@@ -20,6 +20,7 @@
 #include <sys/callout.h>
 #include <sys/sglist.h>
 #include <sys/queue.h>
+#include <sys/taskqueue.h>
 #include <sys/time.h>
 #include <sys/vmmeter.h>
 
@@ -29,6 +30,7 @@
 #include <vm/vm_extern.h>
 #include <vm/swap_pager.h>
 
+#include <machine/atomic.h>
 #include <machine/bus.h>
 #include <machine/md_var.h>
 
@@ -41,7 +43,8 @@
 static MALLOC_DEFINE(M_VTBRS, "vtballoonrs", "VirtIO balloon driver (Rust)");
 
 struct vtbrs_softc {
-	void	*state;
+	void		*state;		/* the Rust state; NULL when quiesced */
+	volatile u_int	 intr_active;	/* handlers running on `state` */
 };
 
 VIRTIO_SIMPLE_PNPINFO(vtballoonrs, VIRTIO_ID_BALLOON,
@@ -49,10 +52,15 @@ VIRTIO_SIMPLE_PNPINFO(vtballoonrs, VIRTIO_ID_BALLOON,
 
 /*
  * Probe below the in-tree driver (BUS_PROBE_DEFAULT): on a kernel with
- * `device virtio_balloon` the in-tree driver keeps the device until the
- * administrator moves it, e.g. `devctl detach vtballoon0;
- * devctl set driver -f vtballoon0 vtballoonrs` (and back with
- * `devctl set driver -f vtballoonrs0 vtballoon`).
+ * `device virtio_balloon` (GENERIC) the in-tree driver keeps the device
+ * until the administrator moves it:
+ *	kldload vtballoonrs
+ *	devctl set driver -f vtballoon0 vtballoonrs
+ * and back with `devctl set driver -f vtballoonrs0 vtballoon`. With the
+ * in-tree driver as a module: `kldunload virtio_balloon; kldload vtballoonrs`.
+ * devctl attaches outside virtio_pci's own probe-and-attach, which would set
+ * DRIVER_OK and call VIRTIO_ATTACH_COMPLETED: the Rust side notices and does
+ * both itself (see start_check in kmod/src/freebsd/driver.rs).
  */
 static int
 vtbrs_probe(device_t dev)
@@ -82,10 +90,68 @@ vtbrs_attach_completed(device_t dev)
 	return (0);
 }
 
+/*
+ * Interrupt-side entry to the Rust state. Handlers may run until virtio_pci
+ * tears the device's interrupts down, which happens after our detach
+ * returned: they reach the state only through the softc, under a count that
+ * vtbrs_softc_quiesce() waits out.
+ */
+static void *
+vtbrs_intr_enter(device_t dev)
+{
+	struct vtbrs_softc *sc = device_get_softc(dev);
+	void *state;
+
+	atomic_add_int(&sc->intr_active, 1);
+	atomic_thread_fence_seq_cst();
+	state = atomic_load_ptr(&sc->state);
+	if (state == NULL)
+		atomic_subtract_rel_int(&sc->intr_active, 1);
+	return (state);
+}
+
+static void
+vtbrs_intr_exit(device_t dev)
+{
+	struct vtbrs_softc *sc = device_get_softc(dev);
+
+	atomic_subtract_rel_int(&sc->intr_active, 1);
+}
+
 static int
 vtbrs_config_change(device_t dev)
 {
-	return (vtbrs_rs_config_change(dev));
+	void *state;
+
+	if ((state = vtbrs_intr_enter(dev)) != NULL) {
+		vtbrs_rs_config_change(state);
+		vtbrs_intr_exit(dev);
+	}
+	return (1);
+}
+
+static void
+vtbrs_vq_intr_wake(void *xdev)
+{
+	device_t dev = xdev;
+	void *state;
+
+	if ((state = vtbrs_intr_enter(dev)) != NULL) {
+		vtbrs_rs_intr(state, VTBRS_INTR_WAKE);
+		vtbrs_intr_exit(dev);
+	}
+}
+
+static void
+vtbrs_vq_intr_stats(void *xdev)
+{
+	device_t dev = xdev;
+	void *state;
+
+	if ((state = vtbrs_intr_enter(dev)) != NULL) {
+		vtbrs_rs_intr(state, VTBRS_INTR_STATS);
+		vtbrs_intr_exit(dev);
+	}
 }
 
 static device_method_t vtbrs_methods[] = {
@@ -119,7 +185,20 @@ vtbrs_softc_get(device_t dev)
 void
 vtbrs_softc_set(device_t dev, void *state)
 {
-	((struct vtbrs_softc *)device_get_softc(dev))->state = state;
+	struct vtbrs_softc *sc = device_get_softc(dev);
+
+	atomic_store_rel_ptr((volatile uintptr_t *)&sc->state, (uintptr_t)state);
+}
+
+void
+vtbrs_softc_quiesce(device_t dev)
+{
+	struct vtbrs_softc *sc = device_get_softc(dev);
+
+	atomic_store_ptr(&sc->state, NULL);
+	atomic_thread_fence_seq_cst();
+	while (atomic_load_acq_int(&sc->intr_active) != 0)
+		pause("vtbquie", 1);
 }
 
 /* Memory and logging. */
@@ -128,6 +207,19 @@ void *
 vtbrs_malloc(size_t size)
 {
 	return (malloc(size, M_VTBRS, M_NOWAIT | M_ZERO));
+}
+
+/*
+ * Memory the device reads: malloc(9) aligns a power-of-two allocation to its
+ * size, so with `align` a power of two no larger than PAGE_SIZE, no
+ * `align`-aligned slot crosses a page: each is physically contiguous.
+ */
+void *
+vtbrs_dma_alloc(size_t size, size_t align)
+{
+	if (align == 0 || !powerof2(align) || align > PAGE_SIZE)
+		return (NULL);
+	return (malloc_aligned(size, align, M_VTBRS, M_NOWAIT | M_ZERO));
 }
 
 void
@@ -223,6 +315,25 @@ vtbrs_kthread_exit(void)
 {
 	kthread_exit();
 }
+
+void
+vtbrs_pause_ms(const char *wmesg, uint32_t ms)
+{
+	pause(wmesg, vtbrs_ms_to_ticks(ms));
+}
+
+/* Task and topology lock. */
+
+void
+vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg)
+{
+	TASK_INIT(t, 0, fn, arg);
+}
+
+void vtbrs_task_enqueue(struct task *t) { taskqueue_enqueue(taskqueue_thread, t); }
+void vtbrs_task_drain(struct task *t) { taskqueue_drain(taskqueue_thread, t); }
+void vtbrs_topo_lock(void) { bus_topo_lock(); }
+void vtbrs_topo_unlock(void) { bus_topo_unlock(); }
 
 /* Callout. */
 
@@ -382,8 +493,9 @@ vtbrs_alloc_vqs(device_t dev, int n, struct vtbrs_vq_req *reqs)
 	if (n > 5)
 		return (EINVAL);
 	for (i = 0; i < n; i++)
-		VQ_ALLOC_INFO_INIT(&info[i], reqs[i].maxindirsz, reqs[i].intr,
-		    reqs[i].arg, reqs[i].vqp, "%s %s",
+		VQ_ALLOC_INFO_INIT(&info[i], reqs[i].maxindirsz,
+		    reqs[i].kind == VTBRS_INTR_STATS ? vtbrs_vq_intr_stats :
+		    vtbrs_vq_intr_wake, dev, reqs[i].vqp, "%s %s",
 		    device_get_nameunit(dev), reqs[i].name);
 	return (virtio_alloc_virtqueues(dev, 0, n, info));
 }
@@ -393,6 +505,9 @@ vtbrs_setup_intr(device_t dev)
 {
 	return (virtio_setup_intr(dev, INTR_TYPE_MISC));
 }
+
+/* DRIVER_OK (and, on modern devices, queue enable) outside probe-and-attach. */
+void vtbrs_reinit_complete(device_t dev) { virtio_reinit_complete(dev); }
 
 uint32_t
 vtbrs_config_read4(device_t dev, int offset)
@@ -469,6 +584,9 @@ void vtbrs_vq_disable_intr(struct virtqueue *vq) { virtqueue_disable_intr(vq); }
 
 /* sysctl. */
 
+void vtbrs_sysctl_ctx_init(struct sysctl_ctx_list *ctx) { sysctl_ctx_init(ctx); }
+int vtbrs_sysctl_ctx_free(struct sysctl_ctx_list *ctx) { return (sysctl_ctx_free(ctx)); }
+
 static struct sysctl_oid_list *
 vtbrs_sysctl_children(device_t dev)
 {
@@ -476,18 +594,19 @@ vtbrs_sysctl_children(device_t dev)
 }
 
 void
-vtbrs_sysctl_u64(device_t dev, const char *name, uint64_t *p, const char *descr)
+vtbrs_sysctl_u64(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+    uint64_t *p, const char *descr)
 {
-	SYSCTL_ADD_U64(device_get_sysctl_ctx(dev), vtbrs_sysctl_children(dev),
-	    OID_AUTO, name, CTLFLAG_RD | CTLFLAG_STATS, p, 0, descr);
+	SYSCTL_ADD_U64(ctx, vtbrs_sysctl_children(dev), OID_AUTO, name,
+	    CTLFLAG_RD | CTLFLAG_STATS, p, 0, descr);
 }
 
 void
-vtbrs_sysctl_string(device_t dev, const char *name, const char *p, const char *descr)
+vtbrs_sysctl_string(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+    const char *p, const char *descr)
 {
-	SYSCTL_ADD_STRING(device_get_sysctl_ctx(dev),
-	    vtbrs_sysctl_children(dev), OID_AUTO, name, CTLFLAG_RD,
-	    __DECONST(char *, p), 0, descr);
+	SYSCTL_ADD_STRING(ctx, vtbrs_sysctl_children(dev), OID_AUTO, name,
+	    CTLFLAG_RD, __DECONST(char *, p), 0, descr);
 }
 
 static int
@@ -521,17 +640,19 @@ vtbrs_sysctl_ro_handler(SYSCTL_HANDLER_ARGS)
 }
 
 void
-vtbrs_sysctl_rw_int(device_t dev, const char *name, int which, const char *descr)
+vtbrs_sysctl_rw_int(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+    void *state, int which, const char *descr)
 {
-	SYSCTL_ADD_PROC(device_get_sysctl_ctx(dev), vtbrs_sysctl_children(dev),
-	    OID_AUTO, name, CTLTYPE_INT | CTLFLAG_RWTUN | CTLFLAG_MPSAFE,
-	    vtbrs_softc_get(dev), which, vtbrs_sysctl_rw_handler, "I", descr);
+	SYSCTL_ADD_PROC(ctx, vtbrs_sysctl_children(dev), OID_AUTO, name,
+	    CTLTYPE_INT | CTLFLAG_RWTUN | CTLFLAG_MPSAFE, state, which,
+	    vtbrs_sysctl_rw_handler, "I", descr);
 }
 
 void
-vtbrs_sysctl_ro_u64(device_t dev, const char *name, int which, const char *descr)
+vtbrs_sysctl_ro_u64(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+    void *state, int which, const char *descr)
 {
-	SYSCTL_ADD_PROC(device_get_sysctl_ctx(dev), vtbrs_sysctl_children(dev),
-	    OID_AUTO, name, CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE,
-	    vtbrs_softc_get(dev), which, vtbrs_sysctl_ro_handler, "QU", descr);
+	SYSCTL_ADD_PROC(ctx, vtbrs_sysctl_children(dev), OID_AUTO, name,
+	    CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE, state, which,
+	    vtbrs_sysctl_ro_handler, "QU", descr);
 }

@@ -18,6 +18,7 @@ struct thread;
 struct timeval;
 struct sysctl_ctx_list;
 struct sysctl_oid;
+struct task;
 typedef struct _device *device_t;
 
 /* Counters the balloon logic reads; mirrors kmod's VmCounters. */
@@ -28,17 +29,21 @@ struct vtbrs_vmcounters {
 	uint64_t swap_free, freed_total, pd_scanned, pd_freed;
 };
 
+/* What a virtqueue's interrupt does (vtbrs_rs_intr's `kind`). */
+#define	VTBRS_INTR_WAKE		0	/* wake the thread waiting for the host */
+#define	VTBRS_INTR_STATS	1	/* the host returned a statistics buffer */
+
 /* One virtqueue to allocate: index order as the device numbers them. */
 struct vtbrs_vq_req {
 	int		 maxindirsz;
-	void		(*intr)(void *);
-	void		*arg;
+	int		 kind;		/* VTBRS_INTR_* */
 	struct virtqueue **vqp;
 	const char	*name;
 };
 
 /* Memory and logging. */
 void	*vtbrs_malloc(size_t size);
+void	*vtbrs_dma_alloc(size_t size, size_t align);
 void	 vtbrs_free(void *p);
 void	 vtbrs_log(device_t dev, const char *msg);
 void	 vtbrs_log_u64(device_t dev, const char *msg, uint64_t v);
@@ -63,6 +68,14 @@ void	 vtbrs_sx_xlock(struct sx *s);
 void	 vtbrs_sx_xunlock(struct sx *s);
 int	 vtbrs_kthread_add(void (*fn)(void *), void *arg, const char *name);
 void	 vtbrs_kthread_exit(void) __dead2;
+void	 vtbrs_pause_ms(const char *wmesg, uint32_t ms);
+
+/* A one-shot task on taskqueue_thread, and the newbus topology lock. */
+void	 vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg);
+void	 vtbrs_task_enqueue(struct task *t);
+void	 vtbrs_task_drain(struct task *t);
+void	 vtbrs_topo_lock(void);
+void	 vtbrs_topo_unlock(void);
 
 /* Callout (stats push timer), protected by a mutex. */
 void	 vtbrs_callout_init(struct callout *c, struct mtx *m);
@@ -91,6 +104,7 @@ uint64_t vtbrs_max_phys(void);
 uint64_t vtbrs_negotiate(device_t dev, uint64_t wanted);
 int	 vtbrs_alloc_vqs(device_t dev, int n, struct vtbrs_vq_req *reqs);
 int	 vtbrs_setup_intr(device_t dev);
+void	 vtbrs_reinit_complete(device_t dev);
 uint32_t vtbrs_config_read4(device_t dev, int offset);
 void	 vtbrs_config_write4(device_t dev, int offset, uint32_t v);
 void	 vtbrs_virtio_stop(device_t dev);
@@ -102,23 +116,36 @@ void	 vtbrs_vq_drain(struct virtqueue *vq);
 int	 vtbrs_vq_enable_intr(struct virtqueue *vq);
 void	 vtbrs_vq_disable_intr(struct virtqueue *vq);
 
-/* Per-device softc: just a pointer to the Rust state. */
+/*
+ * Per-device softc (newbus frees it only after the bus has torn down the
+ * device's interrupts): the pointer to the Rust state, and a count of
+ * interrupt handlers running on it. vtbrs_softc_quiesce() clears the pointer
+ * and waits for running handlers, after which no interrupt reaches the state.
+ */
 void	*vtbrs_softc_get(device_t dev);
 void	 vtbrs_softc_set(device_t dev, void *state);
+void	 vtbrs_softc_quiesce(device_t dev);
 
-/* sysctl under the device. */
-void	 vtbrs_sysctl_u64(device_t dev, const char *name, uint64_t *p, const char *descr);
-void	 vtbrs_sysctl_string(device_t dev, const char *name, const char *p, const char *descr);
+/* sysctl nodes under the device, in the driver's own context. */
+void	 vtbrs_sysctl_ctx_init(struct sysctl_ctx_list *ctx);
+int	 vtbrs_sysctl_ctx_free(struct sysctl_ctx_list *ctx);
+void	 vtbrs_sysctl_u64(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+	    uint64_t *p, const char *descr);
+void	 vtbrs_sysctl_string(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+	    const char *p, const char *descr);
 /* A read-write integer node whose writes go through vtbrs_rs_sysctl_set. */
-void	 vtbrs_sysctl_rw_int(device_t dev, const char *name, int which, const char *descr);
+void	 vtbrs_sysctl_rw_int(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+	    void *state, int which, const char *descr);
 /* A read-only computed node: value from vtbrs_rs_sysctl_get. */
-void	 vtbrs_sysctl_ro_u64(device_t dev, const char *name, int which, const char *descr);
+void	 vtbrs_sysctl_ro_u64(device_t dev, struct sysctl_ctx_list *ctx, const char *name,
+	    void *state, int which, const char *descr);
 
 /* Implemented in Rust. */
 int	 vtbrs_rs_attach(device_t dev);
 int	 vtbrs_rs_detach(device_t dev);
 void	 vtbrs_rs_attach_completed(device_t dev);
-int	 vtbrs_rs_config_change(device_t dev);
+void	 vtbrs_rs_config_change(void *state);
+void	 vtbrs_rs_intr(void *state, int kind);
 int	 vtbrs_rs_sysctl_get(void *state, int which, uint64_t *out);
 int	 vtbrs_rs_sysctl_set(void *state, int which, uint64_t value);
 

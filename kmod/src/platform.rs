@@ -141,4 +141,9 @@ pub trait BlockMemory {
     fn free_block(&mut self, block: Self::Block, order: u32);
     /// Physical address of the block's first byte.
     fn block_phys(&self, block: Self::Block) -> u64;
+    /// Sets an allocated block aside (no per-block memory: the kernel links
+    /// it through its first page) until [`BlockMemory::unpark`].
+    fn park(&mut self, block: Self::Block);
+    /// Takes back a parked block.
+    fn unpark(&mut self) -> Option<Self::Block>;
 }

@@ -16,8 +16,9 @@
 //! Re-reporting: FreeBSD frees to the tail of a free list and allocates from
 //! its head, so a pass meets the least recently freed blocks first, and
 //! reported blocks come last. A bitmap (1 bit per block, two generations)
-//! remembers what was reported; a pass that meets 64 reported blocks in a row
-//! has wrapped around and tries the next smaller size, then stops. Which reported blocks the
+//! remembers what was reported; a reported block met again is parked (kept
+//! off the free lists until the scan of that size ends, so the allocator,
+//! which may hand out blocks in address order, moves on to the others). Which reported blocks the
 //! guest used and freed since cannot be told (no allocator hook), but how
 //! much it freed can: `v_tfree` less the reporter's own frees. Once others
 //! freed at least `forget_pages`, the bitmap is forgotten (at most once per
@@ -46,10 +47,6 @@ use crate::protocol::Queue;
 
 /// Most blocks in one report (one scatter-gather list); Linux uses 32.
 pub const MAX_BATCH: usize = 32;
-
-/// Already-reported blocks met in a row before a size counts as all
-/// reported (free lists interleave reported and new blocks).
-const SKIPS_TO_GIVE_UP: usize = 64;
 
 /// Knobs of the reporting policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +171,9 @@ pub struct Reporter<B: Copy, S> {
     held_len: usize,
     /// The held batch is with the host, unacknowledged.
     posted: bool,
+    /// Order and pages of the blocks parked during the current scan.
+    parked_order: u32,
+    parked_pages: u64,
     counters: ReportCounters,
 }
 
@@ -204,6 +204,8 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
             held: [None; MAX_BATCH],
             held_len: 0,
             posted: false,
+            parked_order: 0,
+            parked_pages: 0,
             counters: ReportCounters::default(),
         }
     }
@@ -272,6 +274,7 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
             stop: Stop::Budget,
         };
         result.stop = self.run(dev, mem, env, &mut result);
+        self.release_parked(mem);
         if result.stop != Stop::Disabled {
             self.counters.passes.inc();
         }
@@ -313,7 +316,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         }
         self.idle = false;
         self.freed_since_idle = 0;
-        let mut skipped_in_row = 0;
         let mut order = self.policy.order;
         let budget = u64::from(self.policy.pass_blocks) << self.policy.order;
         let mut reported_pages = 0u64;
@@ -329,38 +331,50 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
                     return Stop::Pressure;
                 }
                 if !self.comfortable(&vm) {
+                    if self.parked_pages > 0 {
+                        // Low only because of what this scan set aside: the
+                        // scan of this size ends here.
+                        self.release_parked(mem);
+                        if order > self.policy.min_order {
+                            order -= 1;
+                            continue;
+                        }
+                        if self.held_len == 0 {
+                            self.idle = result.reported == 0;
+                            return Stop::AllReported;
+                        }
+                        break;
+                    }
                     self.give_back(mem);
                     return Stop::MemoryLow;
                 }
                 let Some(block) = mem.alloc_block(order) else {
+                    // Every free block of this size was met: try smaller runs.
+                    self.release_parked(mem);
                     if order > self.policy.min_order {
                         order -= 1;
                         continue;
                     }
                     if self.held_len == 0 {
                         self.idle = true;
-                        return Stop::NoFreeBlocks;
+                        return if result.reported == 0 && result.skipped > 0 {
+                            Stop::AllReported
+                        } else {
+                            Stop::NoFreeBlocks
+                        };
                     }
                     break;
                 };
                 if self.is_reported(mem.block_phys(block), order) {
-                    mem.free_block(block, order);
-                    self.own_freed += 1 << order;
+                    // Keep it out of the free lists for the rest of this size,
+                    // so the allocator hands out the others.
+                    mem.park(block);
+                    self.parked_order = order;
+                    self.parked_pages += 1 << order;
                     result.skipped += 1;
                     self.counters.skipped.inc();
-                    skipped_in_row += 1;
-                    if skipped_in_row >= SKIPS_TO_GIVE_UP {
-                        // Everything of this size is reported: try smaller runs.
-                        if order > self.policy.min_order {
-                            order -= 1;
-                            skipped_in_row = 0;
-                            continue;
-                        }
-                        break;
-                    }
                     continue;
                 }
-                skipped_in_row = 0;
                 self.held[self.held_len] = Some((block, order));
                 self.held_len += 1;
                 self.counters.inflight.set(self.held_len as u64);
@@ -376,14 +390,19 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
             }
             result.reported += n;
             reported_pages += pages;
-            if skipped_in_row >= SKIPS_TO_GIVE_UP {
-                self.idle = true;
-                return Stop::AllReported;
-            }
             if reported_pages >= budget {
                 return Stop::Budget;
             }
         }
+    }
+
+    /// Frees the blocks set aside during a scan.
+    fn release_parked<M: BlockMemory<Block = B>>(&mut self, mem: &mut M) {
+        while let Some(b) = mem.unpark() {
+            mem.free_block(b, self.parked_order);
+            self.own_freed += 1 << self.parked_order;
+        }
+        self.parked_pages = 0;
     }
 
     /// Posts the held blocks and waits for the ack.

@@ -269,3 +269,30 @@ fn fragmented_memory_is_reported_in_smaller_blocks() {
     drop(world);
     clean(&w); // no pinned page was reported
 }
+
+#[test]
+fn reports_new_free_memory_even_when_the_allocator_returns_reported_blocks_first() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    w.borrow_mut().address_order = true;
+    // The upper half of memory is in use; the lower half is reported.
+    for p in PAGES / 2..PAGES {
+        w.borrow_mut().workload_pin(p);
+    }
+    while rep.pass(&mut dev, &mut mem, &mut env).stop == Stop::Budget {}
+    let low = w.borrow().resident();
+    // The workload frees the upper half: it lies after every reported block.
+    w.borrow_mut().workload_free();
+    w.borrow_mut().now_ms += 6_000;
+    for _ in 0..4 {
+        if rep.pass(&mut dev, &mut mem, &mut env).stop != Stop::Budget {
+            break;
+        }
+    }
+    let dropped = low - w.borrow().resident();
+    assert!(
+        dropped >= PAGES / 2 * 9 / 10,
+        "only {dropped} pages went back"
+    );
+    assert_eq!(w.borrow().free_pages(), PAGES, "parked blocks came back");
+    clean(&w);
+}

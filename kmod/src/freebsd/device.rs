@@ -1,7 +1,7 @@
 //! The virtio balloon device as the logic sees it: config space and
-//! virtqueues. Buffers the host reads are copied into memory owned by the
-//! driver state (allocated once, never moved), so the logic never lends its
-//! own memory to the host.
+//! virtqueues. Buffers the host reads are copied into DMA slots the driver
+//! state owns (allocated at attach, freed after the device reset), so the
+//! logic never lends its own memory to the host.
 
 use core::ffi::c_void;
 
@@ -28,16 +28,71 @@ pub fn queue_slot(q: Queue) -> usize {
 /// The device's virtqueues, null where absent.
 pub type Queues = [*mut sys::virtqueue; 5];
 
-/// Device-readable copies of the PFN buffers in flight.
-pub struct PfnBuffers {
-    data: [[u8; PFNS_PER_BUFFER * 4]; MAX_INFLIGHT],
-    len: [usize; MAX_INFLIGHT],
+/// `N` device-readable slots of up to `S` bytes each, in one malloc(9)
+/// block where every slot lies within one page: one physically contiguous
+/// segment per buffer, whatever the transport or host (some hosts read only
+/// a chain's first descriptor). All zero (no block) until [`DmaSlots::alloc`].
+pub struct DmaSlots<const N: usize, const S: usize> {
+    base: *mut u8,
+    len: [usize; N],
 }
 
+/// Device-readable copies of the PFN buffers in flight.
+pub type PfnBuffers = DmaSlots<MAX_INFLIGHT, { PFNS_PER_BUFFER * 4 }>;
 /// Device-readable copies of the statistics buffers (pull, push).
-pub struct StatsBuffers {
-    data: [[u8; MAX_STATS_BYTES]; 2],
-    len: [usize; 2],
+pub type StatsBuffers = DmaSlots<2, MAX_STATS_BYTES>;
+
+impl<const N: usize, const S: usize> DmaSlots<N, S> {
+    /// Distance between slots: a power of two, so slots never straddle a page.
+    const STRIDE: usize = S.next_power_of_two();
+
+    /// Allocates the slots (M_NOWAIT); false if memory is short.
+    pub fn alloc(&mut self) -> bool {
+        const { assert!(Self::STRIDE <= sys::PAGE_SIZE as usize) };
+        // SAFETY: malloc_aligned(9) with a power-of-two alignment no larger
+        // than a page, M_NOWAIT|M_ZERO; checked for NULL below.
+        let base = unsafe { sys::vtbrs_dma_alloc(N * Self::STRIDE, Self::STRIDE) };
+        self.base = base.cast();
+        !self.base.is_null()
+    }
+
+    fn slot_ptr(&self, i: usize) -> Option<*mut u8> {
+        if self.base.is_null() || i >= N {
+            return None;
+        }
+        // SAFETY: `i < N`, so the offset stays inside the N * STRIDE bytes
+        // allocated in `alloc`.
+        Some(unsafe { self.base.add(i * Self::STRIDE) })
+    }
+
+    /// Slot `i` to fill, and its length.
+    fn slot_mut(&mut self, i: usize) -> Option<(&mut [u8], &mut usize)> {
+        let p = self.slot_ptr(i)?;
+        // SAFETY: `p` points to S bytes of our allocation, zero-initialized
+        // at allocation; `&mut self` makes the access exclusive (the device
+        // only reads a slot while it is posted, and the logic never refills
+        // a posted slot).
+        let buf = unsafe { core::slice::from_raw_parts_mut(p, S) };
+        Some((buf, &mut self.len[i]))
+    }
+
+    /// The bytes last copied into slot `i`.
+    fn slot(&self, i: usize) -> &[u8] {
+        match self.slot_ptr(i) {
+            // SAFETY: as in `slot_mut`, shared access; `len[i] <= S`.
+            Some(p) => unsafe { core::slice::from_raw_parts(p, self.len[i]) },
+            None => &[],
+        }
+    }
+
+    /// Frees the slots; only once the device can no longer read them.
+    pub fn free(&mut self) {
+        if !self.base.is_null() {
+            // SAFETY: allocated in `alloc`, freed once (the pointer is cleared).
+            unsafe { sys::vtbrs_free(self.base.cast()) };
+            self.base = core::ptr::null_mut();
+        }
+    }
 }
 
 /// Which buffer memory a view of the device may post from.
@@ -69,17 +124,12 @@ impl KernelDevice<'_> {
     }
 
     fn buffer(&mut self, q: Queue, token: Token) -> Result<(&mut [u8], &mut usize), Error> {
-        match &mut self.bufs {
-            Buffers::Pfn(b)
-                if matches!(q, Queue::Inflate | Queue::Deflate) && token < MAX_INFLIGHT =>
-            {
-                Ok((&mut b.data[token][..], &mut b.len[token]))
-            }
-            Buffers::Stats(b) if q == Queue::Stats && token < 2 => {
-                Ok((&mut b.data[token][..], &mut b.len[token]))
-            }
-            _ => Err(Error::QueueFull),
-        }
+        let slot = match &mut self.bufs {
+            Buffers::Pfn(b) if matches!(q, Queue::Inflate | Queue::Deflate) => b.slot_mut(token),
+            Buffers::Stats(b) if q == Queue::Stats => b.slot_mut(token),
+            _ => None,
+        };
+        slot.ok_or(Error::QueueFull)
     }
 
     fn read4(&self, offset: usize) -> u32 {
@@ -121,8 +171,8 @@ impl Device for KernelDevice<'_> {
         buf[..n].copy_from_slice(&data[..n]);
         *len = n;
         let ptr = buf.as_ptr();
-        // SAFETY: the buffer lives in the driver state until detach, and the
-        // logic does not reuse this slot before the host returns it; the
+        // SAFETY: the slot stays allocated until detach has reset the device,
+        // and the logic does not reuse it before the host returns it; the
         // cookie (token + 1) is never NULL.
         let rc = unsafe { sys::vtbrs_vq_post(vq, (token + 1) as *mut c_void, ptr.cast(), n) };
         if rc == 0 {
@@ -134,10 +184,8 @@ impl Device for KernelDevice<'_> {
 
     fn posted(&self, queue: Queue, token: Token) -> &[u8] {
         match (&self.bufs, queue) {
-            (Buffers::Pfn(b), Queue::Inflate | Queue::Deflate) if token < MAX_INFLIGHT => {
-                &b.data[token][..b.len[token]]
-            }
-            (Buffers::Stats(b), Queue::Stats) if token < 2 => &b.data[token][..b.len[token]],
+            (Buffers::Pfn(b), Queue::Inflate | Queue::Deflate) => b.slot(token),
+            (Buffers::Stats(b), Queue::Stats) => b.slot(token),
             _ => &[],
         }
     }

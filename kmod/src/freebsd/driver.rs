@@ -2,9 +2,12 @@
 //!
 //! attach: negotiate features, allocate queues and the state, add sysctl
 //! nodes. attach_completed (after DRIVER_OK): first stats buffer, push
-//! timer, the balloon and reporting kthreads, the vm_lowmem handler.
+//! timer, the balloon and reporting kthreads, the vm_lowmem handler; when
+//! the device was attached outside virtio_pci's probe-and-attach (devctl),
+//! nobody calls attach_completed and [`start_check`] starts the driver.
 //! detach: stop everything that could start work, wait for the threads,
-//! deflate with bounded waits, reset the device, give back every page.
+//! deflate with bounded waits, reset the device, give back every page, wait
+//! out running interrupt handlers, free the state.
 
 use core::ffi::c_void;
 use core::ptr::addr_of_mut;
@@ -61,6 +64,13 @@ pub struct State {
     pub stats: MtxCell<StatsSide>,
     pub report: SxCell<ReportSide>,
     pub callout: core::cell::UnsafeCell<sys::callout>,
+    /// Our sysctl nodes, removed (and their running handlers waited for)
+    /// before the state is freed.
+    pub sysctl_ctx: core::cell::UnsafeCell<sys::sysctl_ctx_list>,
+    /// Starts the driver when attach_completed never comes (see start_check).
+    start_task: core::cell::UnsafeCell<sys::task>,
+    /// Set by whichever of attach_completed and start_check starts first.
+    start_claimed: AtomicBool,
     lowmem_tag: *mut c_void,
     /// Detach in progress: threads exit, handlers do nothing.
     pub stopping: AtomicBool,
@@ -171,6 +181,7 @@ fn attach(dev: sys::device_t) -> Result<(), i32> {
     let st = alloc_state(dev, features)?;
     // SAFETY: the state is fully initialized; the softc owns it from now on.
     unsafe { sys::vtbrs_softc_set(dev, (st as *const State).cast_mut().cast()) };
+    alloc_buffers(st)?;
     alloc_queues(st)?;
     // SAFETY: queues are allocated; virtio(4) sets up their interrupts.
     if unsafe { sys::vtbrs_setup_intr(dev) } != 0 {
@@ -180,6 +191,9 @@ fn attach(dev: sys::device_t) -> Result<(), i32> {
         start_reporter(st);
     }
     sysctl::register(st);
+    // Last: from here the task may run (once newbus releases its lock).
+    // SAFETY: initialized in alloc_state; drained in detach.
+    unsafe { sys::vtbrs_task_enqueue(st.start_task.get()) };
     Ok(())
 }
 
@@ -209,12 +223,16 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         let side = (*p).balloon.value_ptr();
         addr_of_mut!((*side).balloon).write(Balloon::new(features, tun));
         addr_of_mut!((*side).mem).write(KernelMemory { list });
+        sys::vtbrs_sysctl_ctx_init((*p).sysctl_ctx.get());
+        sys::vtbrs_task_init((*p).start_task.get(), Some(start_check), p.cast());
         let stats = (*p).stats.value_ptr();
         addr_of_mut!((*stats).stats).write(Stats::new(features, false));
         addr_of_mut!((*stats).timer).write(PushTimer::Off);
         let rep = (*p).report.value_ptr();
         addr_of_mut!((*rep).reporter).write(None);
-        addr_of_mut!((*rep).blocks).write(KernelBlocks);
+        addr_of_mut!((*rep).blocks).write(KernelBlocks {
+            parked: core::ptr::null_mut(),
+        });
         (*p).oom_batch.store(tun.oom_batch_pages, Ordering::Relaxed);
         (*p).report_enabled.store(true, Ordering::Relaxed);
         let st = &*p;
@@ -234,6 +252,16 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
     }
 }
 
+/// The DMA slots the device reads (the state itself is not page-aligned).
+fn alloc_buffers(st: &State) -> Result<(), i32> {
+    let ok = st.balloon.with(|side| side.bufs.alloc()) && st.stats.with(|side| side.bufs.alloc());
+    if ok {
+        Ok(())
+    } else {
+        Err(sys::ENOMEM as i32)
+    }
+}
+
 /// Writes words separated by commas, NUL-terminated, truncating.
 fn write_text<'a>(buf: &mut [u8], words: impl Iterator<Item = &'a str>) {
     let mut n = 0;
@@ -250,7 +278,6 @@ fn write_text<'a>(buf: &mut [u8], words: impl Iterator<Item = &'a str>) {
 }
 
 fn alloc_queues(st: &State) -> Result<(), i32> {
-    let arg = (st as *const State).cast_mut().cast::<c_void>();
     let mut reqs: [sys::vtbrs_vq_req; 5] = Default::default();
     let mut n = 0;
     let queues = (&st.queues as *const Queues).cast_mut();
@@ -264,17 +291,16 @@ fn alloc_queues(st: &State) -> Result<(), i32> {
         let Some(index) = q.index(st.features) else {
             continue;
         };
-        let (intr, name): (unsafe extern "C" fn(*mut c_void), _) = match q {
-            Queue::Stats => (stats_intr, cstr!("stats")),
-            Queue::Inflate => (vq_intr, cstr!("inflate")),
-            Queue::Deflate => (vq_intr, cstr!("deflate")),
-            Queue::Reporting => (vq_intr, cstr!("reporting")),
-            Queue::FreePageHint => (vq_intr, cstr!("hint")),
+        let (kind, name) = match q {
+            Queue::Stats => (sys::VTBRS_INTR_STATS, cstr!("stats")),
+            Queue::Inflate => (sys::VTBRS_INTR_WAKE, cstr!("inflate")),
+            Queue::Deflate => (sys::VTBRS_INTR_WAKE, cstr!("deflate")),
+            Queue::Reporting => (sys::VTBRS_INTR_WAKE, cstr!("reporting")),
+            Queue::FreePageHint => (sys::VTBRS_INTR_WAKE, cstr!("hint")),
         };
         let r = &mut reqs[usize::from(index)];
         r.maxindirsz = 0;
-        r.intr = Some(intr);
-        r.arg = arg;
+        r.kind = kind as i32;
         // SAFETY: the queue array lives in the state; virtio fills it in.
         r.vqp = unsafe { addr_of_mut!((*queues)[queue_slot(q)]) };
         r.name = name.as_ptr();
@@ -289,21 +315,28 @@ fn alloc_queues(st: &State) -> Result<(), i32> {
     }
 }
 
-/// Inflate, deflate and reporting queues: the waiting thread dequeues; the
-/// interrupt only wakes it.
-unsafe extern "C" fn vq_intr(arg: *mut c_void) {
-    // SAFETY: `arg` is the State registered with this queue; it outlives the
-    // queues' interrupts (detach resets the device before freeing it).
-    let st = unsafe { &*arg.cast::<State>() };
-    let _g = st.wait.lock();
-    wakeup(st.chan());
+/// A virtqueue interrupt (ithread context: may take mutexes, never sleeps).
+///
+/// # Safety
+/// `state` is the live State, from the softc under the shim's interrupt
+/// count (vtbrs_intr_enter), which detach waits out before freeing it.
+#[no_mangle]
+unsafe extern "C" fn vtbrs_rs_intr(state: *mut c_void, kind: i32) {
+    // SAFETY: per the contract.
+    let st = unsafe { &*state.cast::<State>() };
+    if kind == sys::VTBRS_INTR_STATS as i32 {
+        stats_intr(st);
+    } else {
+        // Inflate, deflate and reporting queues: the waiting thread
+        // dequeues; the interrupt only wakes it.
+        let _g = st.wait.lock();
+        wakeup(st.chan());
+    }
 }
 
 /// Stats queue: the host returned a buffer; refill and requeue it here, with
 /// the stats mutex (never sleeps).
-unsafe extern "C" fn stats_intr(arg: *mut c_void) {
-    // SAFETY: as for vq_intr.
-    let st = unsafe { &*arg.cast::<State>() };
+fn stats_intr(st: &State) {
     if st.stopping.load(Ordering::Acquire) {
         return;
     }
@@ -325,6 +358,40 @@ unsafe extern "C" fn stats_intr(arg: *mut c_void) {
 #[no_mangle]
 extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) {
     let Some(st) = state_of(dev) else { return };
+    start(st);
+}
+
+/// Taskqueue task queued at the end of attach. Newbus holds its topology
+/// lock across probe, attach and virtio_pci's DRIVER_OK + attach_completed,
+/// so once this task holds the lock, attach_completed has run, unless the
+/// device was attached by `devctl attach` / `devctl set driver`, which call
+/// device_probe_and_attach directly: then DRIVER_OK is set here (with
+/// virtio_reinit_complete, which also enables modern queues) and the driver
+/// started.
+unsafe extern "C" fn start_check(arg: *mut c_void, _pending: i32) {
+    // SAFETY: detach drains this task before freeing the State.
+    let st = unsafe { &*arg.cast::<State>() };
+    // SAFETY: the newbus topology lock, as any driver code may take it.
+    unsafe { sys::vtbrs_topo_lock() };
+    if !st.stopping.load(Ordering::Acquire) && !st.start_claimed.load(Ordering::Acquire) {
+        log(
+            st.dev,
+            cstr!("attached outside virtio_pci's probe (devctl): setting DRIVER_OK"),
+        );
+        // SAFETY: our attached device; its queues are allocated.
+        unsafe { sys::vtbrs_reinit_complete(st.dev) };
+        start(st);
+    }
+    // SAFETY: taken above.
+    unsafe { sys::vtbrs_topo_unlock() };
+}
+
+/// Everything that may notify the host: after DRIVER_OK, once.
+fn start(st: &State) {
+    if st.start_claimed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let dev = st.dev;
     for q in [
         Queue::Inflate,
         Queue::Deflate,
@@ -382,7 +449,7 @@ fn start_reporter(st: &State) {
     let words = Reporter::<*mut sys::vm_page, Words>::bitmap_words(
         max_phys,
         u64::from(sys::PAGE_SIZE),
-        policy.order,
+        policy.min_order,
     );
     let Some(bits) = Words::new(words) else {
         log(
@@ -391,17 +458,31 @@ fn start_reporter(st: &State) {
         );
         return;
     };
-    st.report
-        .with(|side| side.reporter = Some(Reporter::new(policy, u64::from(sys::PAGE_SIZE), bits)));
+    // SAFETY: TAILQ head allocation, checked below.
+    let parked = unsafe { sys::vtbrs_pagelist_new() };
+    if parked.is_null() {
+        log(
+            st.dev,
+            cstr!("no memory for the reporting lists: reporting off"),
+        );
+        return;
+    }
+    st.report.with(|side| {
+        side.blocks.parked = parked;
+        side.reporter = Some(Reporter::new(policy, u64::from(sys::PAGE_SIZE), bits));
+    });
 }
 
 pub fn apply_push_timer(st: &State, timer: PushTimer) {
     let _g = st.stats.mtx.lock();
-    // SAFETY: the stats mutex is held, as the callout requires.
+    // SAFETY: the stats mutex is held, as the callout requires. Detach sets
+    // `stopping`, then takes this mutex before draining the callout, so a
+    // timer armed here is either seen by the drain or never armed.
     unsafe {
         (*st.stats.value_ptr()).timer = timer;
         match timer {
             PushTimer::Off => sys::vtbrs_callout_stop(st.callout.get()),
+            PushTimer::Every(_) if st.stopping.load(Ordering::Acquire) => {}
             PushTimer::Every(ms) => {
                 let arg = (st as *const State).cast_mut().cast();
                 sys::vtbrs_callout_reset(st.callout.get(), ms, Some(push_tick), arg);
@@ -442,11 +523,16 @@ unsafe extern "C" fn push_tick(arg: *mut c_void) {
     }
 }
 
+/// VIRTIO_CONFIG_CHANGE (interrupt context).
+///
+/// # Safety
+/// As for [`vtbrs_rs_intr`].
 #[no_mangle]
-extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> i32 {
-    let Some(st) = state_of(dev) else { return 1 };
+unsafe extern "C" fn vtbrs_rs_config_change(state: *mut c_void) {
+    // SAFETY: per the contract.
+    let st = unsafe { &*state.cast::<State>() };
     if st.stopping.load(Ordering::Acquire) || !st.started.load(Ordering::Acquire) {
-        return 1;
+        return;
     }
     st.config_pending.store(true, Ordering::Release);
     {
@@ -462,7 +548,6 @@ extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> i32 {
     if new != current {
         apply_push_timer(st, timer);
     }
-    1
 }
 
 /// The balloon kthread: sleeps until the host changes its config, then
@@ -591,15 +676,31 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
                 bufs: Buffers::None,
             };
             let r = rep.pass(&mut dev, &mut side.blocks, &mut KernelEnv(st));
-            if let crate::reporting::Stop::Host(_) = r.stop {
+            if r.reported > 0 || r.skipped > 0 {
                 st.diag(
-                    cstr!("reporting: host did not ack, blocks held"),
-                    rep.held() as u64,
+                    cstr!("reporting pass: blocks reported"),
+                    u64::from(r.reported),
                 );
             }
+            st.diag(cstr!("reporting pass ended, reason"), stop_code(r.stop));
         });
     }
     thread_exit(st)
+}
+
+/// Number for a pass's end reason, for diagnostics.
+fn stop_code(stop: crate::reporting::Stop) -> u64 {
+    use crate::reporting::Stop;
+    match stop {
+        Stop::Disabled => 0,
+        Stop::Pressure => 1,
+        Stop::Unchanged => 2,
+        Stop::MemoryLow => 3,
+        Stop::NoFreeBlocks => 4,
+        Stop::AllReported => 5,
+        Stop::Budget => 6,
+        Stop::Host(_) => 7,
+    }
 }
 
 /// vm_lowmem: deflate a bounded batch, tell the reporter to back off.
@@ -623,11 +724,18 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
 extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
     let Some(st) = state_of(dev) else { return 0 };
     st.stopping.store(true, Ordering::Release);
+    // SAFETY: initialized in alloc_state; once drained it cannot run again
+    // (it is queued only by attach). Sleeping here drops newbus's lock, which
+    // the task may need to finish.
+    unsafe { sys::vtbrs_task_drain(st.start_task.get()) };
     if !st.lowmem_tag.is_null() {
-        // SAFETY: registered in attach_completed with this tag.
+        // SAFETY: registered in start with this tag; waits for a running
+        // handler to return.
         unsafe { sys::vtbrs_lowmem_deregister(st.lowmem_tag) };
     }
-    // SAFETY: initialized in attach; drained once here.
+    // Whoever is arming the push timer now finishes first (apply_push_timer).
+    drop(st.stats.mtx.lock());
+    // SAFETY: initialized in alloc_state; `stopping` keeps it from re-arming.
     unsafe { sys::vtbrs_callout_drain(st.callout.get()) };
     {
         let g = st.wait.lock();
@@ -672,13 +780,28 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
 
 fn free_state(dev: sys::device_t, st: &State) {
     let p = (st as *const State).cast_mut();
-    // SAFETY: no thread, handler, callout or interrupt can reach the state
-    // any more (all stopped above, device reset); nothing else refers to it.
+    // Interrupt handlers can run until virtio_pci tears them down after
+    // detach; from here on they find no state, and none still runs on it.
+    // SAFETY: our device's softc.
+    unsafe { sys::vtbrs_softc_quiesce(dev) };
+    // Our sysctl nodes go, after any handler running on them returned.
+    // SAFETY: initialized in alloc_state; nodes only refer to the State.
+    if unsafe { sys::vtbrs_sysctl_ctx_free(st.sysctl_ctx.get()) } != 0 {
+        log(dev, cstr!("cannot remove the sysctl nodes"));
+    }
+    // SAFETY: no thread, handler, callout, task, sysctl node or interrupt
+    // can reach the state any more (all stopped above, device reset);
+    // nothing else refers to it.
     unsafe {
-        sys::vtbrs_softc_set(dev, core::ptr::null_mut());
         let side = (*p).balloon.value_ptr();
+        (*side).bufs.free();
+        (*(*p).stats.value_ptr()).bufs.free();
         sys::vtbrs_free((*side).mem.list);
         core::ptr::drop_in_place(addr_of_mut!((*(*p).report.value_ptr()).reporter));
+        let parked = (*(*p).report.value_ptr()).blocks.parked;
+        if !parked.is_null() {
+            sys::vtbrs_free(parked);
+        }
         (*p).balloon.destroy();
         (*p).report.destroy();
         (*p).stats.mtx.destroy();

@@ -55,8 +55,11 @@ impl Memory for KernelMemory {
     }
 }
 
-/// Free blocks for reporting.
-pub struct KernelBlocks;
+/// Free blocks for reporting; `parked` is a TAILQ of blocks set aside
+/// during a scan, linked through each block's first page.
+pub struct KernelBlocks {
+    pub parked: *mut c_void,
+}
 
 impl BlockMemory for KernelBlocks {
     type Block = *mut sys::vm_page;
@@ -76,6 +79,18 @@ impl BlockMemory for KernelBlocks {
     fn block_phys(&self, block: Self::Block) -> u64 {
         // SAFETY: `block` is a live run of pages we hold.
         unsafe { sys::vtbrs_page_phys(block) }
+    }
+
+    fn park(&mut self, block: Self::Block) {
+        // SAFETY: the block is ours, unmanaged and on no queue; `parked` is
+        // our TAILQ head, used only by the reporting thread.
+        unsafe { sys::vtbrs_pagelist_push(self.parked, block) }
+    }
+
+    fn unpark(&mut self) -> Option<Self::Block> {
+        // SAFETY: as above.
+        let m = unsafe { sys::vtbrs_pagelist_pop(self.parked) };
+        (!m.is_null()).then_some(m)
     }
 }
 

@@ -39,28 +39,62 @@ impl Node {
     }
 }
 
+// Every node lives in the State's own sysctl context, which detach frees
+// (waiting for running handlers) before it frees the State: what a node
+// points at outlives the node.
+
 fn u64_node(st: &State, name: &CStr, p: *mut u64, descr: &CStr) {
-    // SAFETY: `p` points into the State, which outlives the device's sysctl
-    // context (torn down by newbus right after detach returns... before the
-    // State is freed, since detach frees it last and nodes are only read
-    // through the context while attached).
-    unsafe { sys::vtbrs_sysctl_u64(st.dev, name.as_ptr(), p, descr.as_ptr()) }
+    // SAFETY: `p` points into the State (see above); names and descriptions
+    // are static strings.
+    unsafe {
+        sys::vtbrs_sysctl_u64(
+            st.dev,
+            st.sysctl_ctx.get(),
+            name.as_ptr(),
+            p,
+            descr.as_ptr(),
+        )
+    }
 }
 
 fn proc_node(st: &State, name: &CStr, node: Node, rw: bool, descr: &CStr) {
-    // SAFETY: registers a handler with `which`; the State is in the softc.
+    let state = (st as *const State).cast_mut().cast::<c_void>();
+    let ctx = st.sysctl_ctx.get();
+    // SAFETY: registers a handler called with the State and `which` (see above).
     unsafe {
         if rw {
-            sys::vtbrs_sysctl_rw_int(st.dev, name.as_ptr(), node as i32, descr.as_ptr());
+            sys::vtbrs_sysctl_rw_int(
+                st.dev,
+                ctx,
+                name.as_ptr(),
+                state,
+                node as i32,
+                descr.as_ptr(),
+            );
         } else {
-            sys::vtbrs_sysctl_ro_u64(st.dev, name.as_ptr(), node as i32, descr.as_ptr());
+            sys::vtbrs_sysctl_ro_u64(
+                st.dev,
+                ctx,
+                name.as_ptr(),
+                state,
+                node as i32,
+                descr.as_ptr(),
+            );
         }
     }
 }
 
 fn text_node(st: &State, name: &CStr, text: &[u8], descr: &CStr) {
-    // SAFETY: `text` is a NUL-terminated buffer inside the State.
-    unsafe { sys::vtbrs_sysctl_string(st.dev, name.as_ptr(), text.as_ptr().cast(), descr.as_ptr()) }
+    // SAFETY: `text` is a NUL-terminated buffer inside the State (see above).
+    unsafe {
+        sys::vtbrs_sysctl_string(
+            st.dev,
+            st.sysctl_ctx.get(),
+            name.as_ptr(),
+            text.as_ptr().cast(),
+            descr.as_ptr(),
+        )
+    }
 }
 
 pub fn register(st: &State) {

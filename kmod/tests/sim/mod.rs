@@ -83,6 +83,9 @@ pub struct World {
     pub reported_bytes: u64,
     block_cursor: usize,
     pub most_blocks_held: usize,
+    parked: Vec<usize>,
+    /// Hand out free blocks lowest address first instead of round-robin.
+    pub address_order: bool,
 }
 
 pub type Shared = Rc<RefCell<World>>;
@@ -128,6 +131,8 @@ impl World {
             reported_bytes: 0,
             block_cursor: 0,
             most_blocks_held: 0,
+            parked: Vec::new(),
+            address_order: false,
         }))
     }
 
@@ -557,16 +562,18 @@ impl BlockMemory for SimMemory {
             return None;
         }
         for i in 0..blocks {
+            // Lowest address first, as FreeBSD's contiguous search may do:
+            // the reporter must make progress even then.
             let b = (w.block_cursor + i) % blocks;
             let first = b * n;
             if (first..first + n).all(|p| !w.allocated[p]) {
-                w.block_cursor = b + 1;
+                w.block_cursor = if w.address_order { 0 } else { b + 1 };
                 for p in first..first + n {
                     w.allocated[p] = true;
                     w.reporter_pages.insert(p);
                 }
                 w.free.retain(|p| !(first..first + n).contains(p));
-                let held = w.reporter_pages.len() / n;
+                let held = (w.reporter_pages.len() / n).saturating_sub(w.parked.len());
                 w.most_blocks_held = w.most_blocks_held.max(held);
                 return Some(first);
             }
@@ -588,5 +595,13 @@ impl BlockMemory for SimMemory {
 
     fn block_phys(&self, block: usize) -> u64 {
         RAM_BASE + block as u64 * self.0.borrow().page_size
+    }
+
+    fn park(&mut self, block: usize) {
+        self.0.borrow_mut().parked.push(block);
+    }
+
+    fn unpark(&mut self) -> Option<usize> {
+        self.0.borrow_mut().parked.pop()
     }
 }

@@ -594,7 +594,10 @@ extern "C" fn main_rust() -> ! {
             "no device",
         );
         let only = read_mode();
-        if attached && only.starts_with(b"pressure") {
+        if attached && only.starts_with(b"report") {
+            let _ = set_int(node("debug").bytes(), 1);
+            check_reporting(&mut t);
+        } else if attached && only.starts_with(b"pressure") {
             check_pressure(&mut t);
             check_reporting(&mut t);
         } else if attached {

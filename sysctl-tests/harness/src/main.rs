@@ -173,7 +173,16 @@ fn drive(r: &mut Run, limit: Duration) -> Result<Option<(u32, u32)>, String> {
             println!("guest: {}", line.trim_end());
         }
         match console::parse(&line) {
-            Line::Fatal(what) => return Err(format!("guest kernel: {what}")),
+            Line::Fatal(what) => {
+                // Let the kernel print its backtrace into the log first.
+                let until = Instant::now() + Duration::from_secs(10);
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    if r.vm.lines.recv_timeout(left).is_err() {
+                        break;
+                    }
+                }
+                return Err(format!("guest kernel: {what}"));
+            }
             Line::Summary { passed, failed } => summary = Some((passed, failed)),
             Line::Host { cmd, arg } => {
                 let reply = match host(r, &cmd, arg) {
@@ -205,7 +214,13 @@ fn check(r: &mut Run, name: &str, ok: bool, why: &str) -> Result<u64, String> {
 /// Carries out one request of the guest; the value goes back in the reply.
 fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
     match cmd {
-        "balloon-mib" => r.qmp.balloon(r.ram - arg * MIB).map(|_| 0),
+        "balloon-mib" => {
+            println!(
+                "host: QEMU RSS {} MiB; balloon to {arg} MiB",
+                r.vm.rss_bytes() / MIB
+            );
+            r.qmp.balloon(r.ram - arg * MIB).map(|_| 0)
+        }
         "rapid" => {
             for mib in [64, 512, 32, 768, 0, 384, 96] {
                 r.qmp.balloon(r.ram - mib * MIB)?;
