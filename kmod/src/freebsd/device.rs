@@ -245,9 +245,7 @@ impl Device for KernelDevice<'_> {
                 return Err(Error::Timeout);
             }
             let left = u32::try_from(deadline - now).unwrap_or(u32::MAX);
-            // SAFETY: converts a duration; no other effect.
-            let ticks = unsafe { sys::vtbrs_ms_to_ticks(left) };
-            guard.sleep(chan, cstr!("vtbwait"), ticks);
+            guard.sleep(chan, cstr!("vtbwait"), left);
         }
     }
 }

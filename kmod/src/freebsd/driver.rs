@@ -572,13 +572,8 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
                 if !idle && pause_ms == 0 {
                     break;
                 }
-                // SAFETY: converts a duration.
-                let ticks = if pause_ms > 0 {
-                    unsafe { sys::vtbrs_ms_to_ticks(pause_ms) }
-                } else {
-                    0
-                };
-                if g.sleep(st.thread_chan(), cstr!("vtbidle"), ticks) && pause_ms > 0 {
+                // Idle: no timeout; backing off: `pause_ms`.
+                if g.sleep(st.thread_chan(), cstr!("vtbidle"), pause_ms) && pause_ms > 0 {
                     break;
                 }
             }
@@ -651,10 +646,7 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
         {
             let g = st.wait.lock();
             if !st.stopping.load(Ordering::Acquire) {
-                // SAFETY: converts a duration.
-                g.sleep(st.thread_chan(), cstr!("vtbreport"), unsafe {
-                    sys::vtbrs_ms_to_ticks(interval)
-                });
+                g.sleep(st.thread_chan(), cstr!("vtbreport"), interval.max(1));
             }
         }
         if st.stopping.load(Ordering::Acquire) {

@@ -47,9 +47,16 @@ impl Mutex {
 pub struct MutexGuard<'a>(&'a Mutex);
 
 impl MutexGuard<'_> {
-    /// Sleeps on `chan`, dropping the mutex while asleep, for at most
-    /// `ticks` (0: until woken). Returns true if it timed out.
-    pub fn sleep(&self, chan: *const c_void, wmesg: &'static CStr, ticks: i32) -> bool {
+    /// Sleeps on `chan`, dropping the mutex while asleep, for at most `ms`
+    /// milliseconds (0: until woken; at least one tick otherwise). Returns
+    /// true if it timed out.
+    pub fn sleep(&self, chan: *const c_void, wmesg: &'static CStr, ms: u32) -> bool {
+        let ticks = if ms == 0 {
+            0
+        } else {
+            // SAFETY: converts a duration; no other effect.
+            unsafe { sys::vtbrs_ms_to_ticks(ms) }
+        };
         // SAFETY: we hold the mutex (this guard exists), as msleep(9) requires.
         let rc = unsafe { sys::vtbrs_msleep(chan.cast_mut(), self.0.raw(), wmesg.as_ptr(), ticks) };
         rc != 0
