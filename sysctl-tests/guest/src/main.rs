@@ -1,42 +1,93 @@
-//! vtbtest: checks vtballoonrs from inside a FreeBSD guest through its
-//! sysctl interface. Static, libc-free: runs as /sbin/init of a minimal
-//! image (then powers the guest off) or as a normal root program.
+//! vtbtest: checks vtballoonrs from inside a FreeBSD amd64 guest through
+//! its sysctl interface. Static and libc-free: it runs as /sbin/init of a
+//! minimal image (then powers the guest off) or as a root program on any
+//! FreeBSD 14.x guest:
 //!
-//! Host protocol (serial console): the guest prints `HOST: <command>` and
-//! reads one reply line, `OK [value]` or `FAIL <why>`. Commands:
-//! `balloon-mib N` (set the balloon to N MiB), `rapid N` (a burst of
-//! targets ending at N MiB), `check-stats` (host polls guest-stats and checks
-//! them), `rss-peak`, `rss-drop N` (host checks QEMU's RSS fell by 90% of
-//! N MiB since rss-peak), `actual` (host's query-balloon in MiB), `bench
-//! <driver>` (host times inflate/deflate). It ends with `N passed, N failed`.
+//! ```text
+//! vtbtest [--no-host] [--module PATH] [phase ...]
+//! ```
+//!
+//! As init it reads its phases from /etc/vtbtest.mode. Each check prints
+//! `ok - <name>` or `not ok - <name>: <why>`; the last line is exactly
+//! `N passed, N failed`. Checks that need the host (see [`host`]) are
+//! skipped with `--no-host`, and say so.
 #![no_std]
 #![no_main]
 
+mod host;
 mod out;
 mod sys;
 
-use out::{Out, CONSOLE};
+use host::{Host, Reply};
+use out::{note, Line};
 
 const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+const PAGES_PER_MIB: u64 = MIB / PAGE;
 const NODE: &[u8] = b"dev.vtballoonrs.0.";
-const OURS: &[u8] = b"/boot/modules/vtballoonrs.ko\0";
+const OURS_DEFAULT: &[u8] = b"/boot/modules/vtballoonrs.ko\0";
 const THEIRS: &[u8] = b"/boot/modules/virtio_balloon.ko\0";
+const THEIRS_DESC: &[u8] = b"dev.vtballoon.0.%desc";
+const OURS_DESC: &[u8] = b"dev.vtballoonrs.0.%desc";
 
-struct Tests {
+/// Counters of the run and the host channel.
+struct Ctx {
     passed: u32,
     failed: u32,
+    skipped: u32,
+    host: Host,
+    /// Our module's path, NUL-terminated.
+    ours: &'static [u8],
 }
 
-impl Tests {
-    fn check(&mut self, name: &str, ok: bool, why: &str) {
-        let o = Out::new();
+impl Ctx {
+    fn check(&mut self, name: &str, ok: bool, why: &str) -> bool {
+        self.check_n(name, ok, why, None)
+    }
+
+    /// A check whose failure message carries a number (what was seen).
+    fn check_n(&mut self, name: &str, ok: bool, why: &str, seen: Option<u64>) -> bool {
+        let mut l = Line::new();
         if ok {
             self.passed += 1;
-            o.s("ok - ").s(name).nl();
+            l.s("ok - ").s(name);
         } else {
             self.failed += 1;
-            o.s("not ok - ").s(name).s(": ").s(why).nl();
+            l.s("not ok - ").s(name).s(": ").s(why);
+            if let Some(v) = seen {
+                l.s(" (").u(v).s(")");
+            }
         }
+        l.end();
+        ok
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        self.skipped += 1;
+        Line::new().s("# skip - ").s(name).s(": ").s(why).end();
+    }
+
+    /// A check on a host reply: skipped without a host, failed if the host
+    /// refused or never answered.
+    fn check_host(&mut self, name: &str, r: Reply, ok: impl Fn(u64) -> bool, why: &str) -> bool {
+        match r {
+            Reply::NoHost => {
+                self.skip(name, "no host");
+                false
+            }
+            Reply::Lost => self.check(name, false, "the host did not answer"),
+            Reply::Fail => self.check(name, false, "the host reported a failure"),
+            Reply::Ok(v) => self.check_n(name, ok(v), why, Some(v)),
+        }
+    }
+}
+
+/// Asks the host for an action that has no check of its own: records a
+/// failed (or skipped) `name` unless the host did it.
+fn ask_ok(c: &mut Ctx, name: &str, cmd: &str, arg: u64, secs: u64) -> bool {
+    match c.host.ask(cmd, arg, secs) {
+        Reply::Ok(_) => true,
+        r => c.check_host(name, r, |_| true, ""),
     }
 }
 
@@ -88,84 +139,115 @@ fn set_int(name: &[u8], v: i32) -> Result<usize, i64> {
     sys::sysctlbyname(name, None, Some(&v.to_le_bytes()))
 }
 
+fn set(leaf: &str, v: i32) -> bool {
+    set_int(node(leaf).bytes(), v).is_ok()
+}
+
 fn get_str<'a>(name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
     let n = sys::sysctlbyname(name, Some(buf), None).ok()?;
     let s = &buf[..n];
     Some(s.split(|&b| b == 0).next().unwrap_or(s))
 }
 
-/// The description of a sysctl node (name2oid, then oiddescr).
+fn exists(name: &[u8]) -> bool {
+    let mut b = [0u8; 128];
+    get_str(name, &mut b).is_some()
+}
+
+/// The description of a sysctl node: sysctl.name2oid ({0,3}), then
+/// sysctl.oiddescr ({0,5,<oid>}), as sysctl(8) -d does.
 fn description(name: &[u8], buf: &mut [u8]) -> Option<usize> {
     let mut oid = [0u8; 24 * 4];
     let n = sys::sysctl(&[0, 3], &mut oid, Some(name)).ok()?;
+    let len = (n / 4).min(24);
     let mut mib = [0i32; 26];
-    mib[0] = 0;
     mib[1] = 5;
-    let len = n / 4;
     for i in 0..len {
-        mib[2 + i] =
-            i32::from_le_bytes([oid[4 * i], oid[4 * i + 1], oid[4 * i + 2], oid[4 * i + 3]]);
+        let w = [oid[4 * i], oid[4 * i + 1], oid[4 * i + 2], oid[4 * i + 3]];
+        mib[2 + i] = i32::from_le_bytes(w);
     }
     let d = sys::sysctl(&mib[..2 + len], buf, None).ok()?;
     Some(d.saturating_sub(1))
 }
 
-fn free_bytes() -> u64 {
-    get_u64(b"vm.stats.vm.v_free_count").unwrap_or(0) * get_u64(b"hw.pagesize").unwrap_or(4096)
+fn page_size() -> u64 {
+    get_u64(b"hw.pagesize").unwrap_or(PAGE)
 }
 
-/// Polls `leaf` until `pred` holds or `secs` pass.
-fn wait_for(leaf: &str, secs: u64, pred: impl Fn(u64) -> bool) -> Option<u64> {
-    for _ in 0..secs * 10 {
-        if let Some(v) = get(leaf) {
+fn free_bytes() -> u64 {
+    get_u64(b"vm.stats.vm.v_free_count").unwrap_or(0) * page_size()
+}
+
+fn mib_of(bytes: u64) -> u64 {
+    bytes / MIB
+}
+
+/// Polls `leaf` every 100 ms until `pred` holds or `secs` pass; the last
+/// value read either way.
+fn wait_for(leaf: &str, secs: u64, pred: impl Fn(u64) -> bool) -> Result<u64, Option<u64>> {
+    let deadline = sys::now_ms() + secs * 1000;
+    let mut last = None;
+    loop {
+        last = get(leaf).or(last);
+        if let Some(v) = last {
             if pred(v) {
-                return Some(v);
+                return Ok(v);
             }
+        }
+        if sys::now_ms() >= deadline {
+            return Err(last);
         }
         sys::sleep_ms(100);
     }
-    None
 }
 
-/// Asks the host to act and reads its reply: Ok(value) or Err.
-fn host(cmd: &str, arg: u64) -> Result<u64, ()> {
-    Out::new().s("HOST: ").s(cmd).s(" ").u(arg).nl();
-    let mut line = [0u8; 128];
-    let mut n = 0;
-    loop {
-        let mut c = [0u8; 1];
-        match sys::read(CONSOLE.get(), &mut c) {
-            Ok(1) => {}
-            _ => return Err(()),
+fn wait_exists(name: &[u8], secs: u64) -> bool {
+    let deadline = sys::now_ms() + secs * 1000;
+    while !exists(name) {
+        if sys::now_ms() >= deadline {
+            return false;
         }
-        if c[0] == b'\n' || c[0] == b'\r' {
-            if n == 0 {
-                continue;
-            }
-            break;
-        }
-        if n < line.len() {
-            line[n] = c[0];
-            n += 1;
-        }
+        sys::sleep_ms(100);
     }
-    let l = &line[..n];
-    if !l.starts_with(b"OK") {
-        return Err(());
-    }
-    let mut v = 0u64;
-    for &b in l.iter().skip(2).skip_while(|b| **b == b' ') {
-        if !b.is_ascii_digit() {
-            break;
-        }
-        v = v * 10 + u64::from(b - b'0');
-    }
-    Ok(v)
+    true
 }
 
-fn load(path: &[u8]) -> Result<u64, i64> {
-    sys::kldload(path)
+// ---------------------------------------------------------------- modules
+
+/// kldunload of the file `path` if loaded; true when it is gone.
+fn unload(path: &[u8]) -> bool {
+    match sys::kldfind(path) {
+        Ok(id) => sys::kldunload(id).is_ok(),
+        Err(_) => true,
+    }
 }
+
+/// Loads our module (unloading the in-tree one first) and waits for the
+/// device to attach. Err: what went wrong.
+fn ensure_ours(c: &Ctx) -> Result<(), &'static str> {
+    if exists(OURS_DESC) {
+        return Ok(());
+    }
+    if !unload(THEIRS) {
+        return Err("the in-tree driver would not unload");
+    }
+    match sys::kldload(c.ours) {
+        Ok(_) | Err(sys::EEXIST) => {}
+        Err(_) => return Err("kldload failed"),
+    }
+    if wait_exists(OURS_DESC, 30) {
+        Ok(())
+    } else {
+        Err("dev.vtballoonrs.0 did not appear")
+    }
+}
+
+/// No balloon driver loaded; true on success.
+fn ensure_none(c: &Ctx) -> bool {
+    unload(c.ours) && unload(THEIRS)
+}
+
+// ----------------------------------------------------------------- phases
 
 const RO_NODES: &[&str] = &[
     "target_pages",
@@ -202,178 +284,355 @@ const RW_NODES: &[&str] = &[
     "stats_linux_tags",
     "report_enabled",
 ];
+/// RW nodes with values they must refuse.
+const BAD_VALUES: &[(&str, &[i32])] = &[
+    ("debug", &[2, -1]),
+    ("oom_batch_pages", &[0, 65_537, -1]),
+    ("stats_linux_tags", &[2, -1]),
+    ("report_enabled", &[2, -1]),
+];
 
-/// A comment line on the console (TAP style).
-fn note(s: &str) {
-    Out::new().s("# ").s(s).nl();
+/// The raw bytes of any node (integer or string) for before/after compares.
+fn raw(leaf: &str, buf: &mut [u8; 128]) -> Option<usize> {
+    sys::sysctlbyname(node(leaf).bytes(), Some(buf), None).ok()
 }
 
-fn check_nodes(t: &mut Tests) {
-    let mut missing = 0;
-    let mut undescribed = 0;
+fn phase_nodes(c: &mut Ctx) {
+    let mut missing: Option<&str> = None;
+    let mut undescribed: Option<&str> = None;
     for leaf in RO_NODES.iter().chain(RW_NODES) {
-        let n = node(leaf);
         let mut d = [0u8; 256];
-        match description(n.bytes(), &mut d) {
-            None => missing += 1,
-            Some(0) => undescribed += 1,
+        match description(node(leaf).bytes(), &mut d) {
+            None => missing = missing.or(Some(leaf)),
+            Some(0) => undescribed = undescribed.or(Some(leaf)),
             Some(_) => {}
         }
     }
-    t.check(
+    c.check(
         "every sysctl node is present",
-        missing == 0,
-        "missing nodes",
+        missing.is_none(),
+        missing.unwrap_or(""),
     );
-    t.check(
+    c.check(
         "every sysctl node has a description",
-        undescribed == 0,
-        "empty descriptions",
+        undescribed.is_none(),
+        undescribed.unwrap_or(""),
     );
-    let mut refused = true;
-    for leaf in [
-        "actual_pages",
-        "inflated_pages",
-        "lowmem_events",
-        "target_bytes",
-    ] {
-        if set_int(node(leaf).bytes(), 5).is_ok() {
-            refused = false;
+    let mut desc = [0u8; 128];
+    let d = get_str(OURS_DESC, &mut desc).unwrap_or(&[]);
+    c.check("the device has a %desc", !d.is_empty(), "empty");
+
+    // Read-only nodes: EPERM and no change, whatever is written.
+    let mut bad: Option<&str> = None;
+    for leaf in RO_NODES {
+        let (mut a, mut b) = ([0u8; 128], [0u8; 128]);
+        let before = raw(leaf, &mut a);
+        let refused = set_int(node(leaf).bytes(), 5) == Err(sys::EPERM);
+        let after = raw(leaf, &mut b);
+        let volatile = leaf.starts_with("report_") || leaf.starts_with("stats_");
+        let unchanged = volatile || (before == after && a == b);
+        if !(refused && unchanged) {
+            bad = bad.or(Some(leaf));
         }
     }
-    t.check(
-        "read-only nodes refuse writes",
-        refused,
-        "a write succeeded",
+    c.check(
+        "read-only nodes refuse writes with EPERM",
+        bad.is_none(),
+        bad.unwrap_or(""),
     );
-    let before = get("oom_batch_pages");
-    let bad = [0, 70_000, -1]
-        .iter()
-        .all(|&v| set_int(node("oom_batch_pages").bytes(), v) == Err(sys::EINVAL));
-    t.check("bad oom_batch_pages gets EINVAL", bad, "accepted");
-    t.check(
-        "a refused write changes nothing",
-        get("oom_batch_pages") == before,
-        "value changed",
+
+    // Settings: bad values get EINVAL and change nothing.
+    let mut bad: Option<&str> = None;
+    for (leaf, values) in BAD_VALUES {
+        let before = get(leaf);
+        for &v in *values {
+            if set_int(node(leaf).bytes(), v) != Err(sys::EINVAL) || get(leaf) != before {
+                bad = bad.or(Some(leaf));
+            }
+        }
+    }
+    c.check(
+        "bad values get EINVAL and change nothing",
+        bad.is_none(),
+        bad.unwrap_or(""),
     );
-    let debug_bad = set_int(node("debug").bytes(), 2) == Err(sys::EINVAL);
-    t.check("bad debug value gets EINVAL", debug_bad, "accepted");
-    let on = set_int(node("debug").bytes(), 1).is_ok() && get("debug") == Some(1);
-    let off = set_int(node("debug").bytes(), 0).is_ok() && get("debug") == Some(0);
-    t.check("debug toggle round-trips", on && off, "did not stick");
+    let on = set("debug", 1) && get("debug") == Some(1);
+    let off = set("debug", 0) && get("debug") == Some(0);
+    c.check("debug toggle round-trips", on && off, "did not stick");
+    let batch = get("oom_batch_pages").unwrap_or(256) as i32;
+    let rt = set("oom_batch_pages", 1) && get("oom_batch_pages") == Some(1);
+    let rt = rt && set("oom_batch_pages", 65_536) && get("oom_batch_pages") == Some(65_536);
+    let restored = set("oom_batch_pages", batch);
+    c.check(
+        "oom_batch_pages takes 1 and 65536",
+        rt && restored,
+        "did not stick",
+    );
+    let tags = get("stats_linux_tags").unwrap_or(0) as i32;
+    let rt = set("stats_linux_tags", 1 - tags) && get("stats_linux_tags") == Some((1 - tags) as u64);
+    let restored = set("stats_linux_tags", tags);
+    c.check(
+        "stats_linux_tags round-trips",
+        rt && restored,
+        "did not stick",
+    );
+
     let mut f = [0u8; 200];
     let feats = get_str(node("features").bytes(), &mut f).unwrap_or(&[]);
-    Out::new()
+    Line::new()
         .s("# features: ")
-        .s(core::str::from_utf8(feats).unwrap_or("?"))
-        .nl();
-    let has = |w: &[u8]| feats.windows(w.len()).any(|x| x == w);
-    // QEMU offers no MUST_TELL_HOST; the driver keeps tell-before-free anyway.
-    t.check(
-        "negotiated STATS_VQ, DEFLATE_ON_OOM, REPORTING (what QEMU offers)",
+        .b(feats)
+        .end();
+    let has = |w: &[u8]| {
+        feats
+            .split(|&b| b == b',' || b == b' ')
+            .any(|x| x == w)
+    };
+    // What QEMU 7.2 offers with deflate-on-oom=on,free-page-reporting=on
+    // (no MUST_TELL_HOST; STATS_PUSH is not a QEMU feature).
+    c.check(
+        "negotiated STATS_VQ, DEFLATE_ON_OOM, REPORTING",
         has(b"STATS_VQ") && has(b"DEFLATE_ON_OOM") && has(b"REPORTING"),
         "feature missing",
     );
+    c.check(
+        "no STATS_PUSH with a device that does not offer it",
+        !has(b"STATS_PUSH"),
+        "negotiated",
+    );
     let mut a = [0u8; 128];
     let acct = get_str(node("memory_accounting").bytes(), &mut a).unwrap_or(&[]);
-    t.check(
-        "accounting says ballooned memory counts as used",
+    c.check(
+        "memory_accounting: ballooned memory counts as used (DEFLATE_ON_OOM)",
         acct.starts_with(b"used"),
         "unexpected text",
     );
 }
 
-/// Sets the balloon to `mib` and waits for the driver to follow.
-fn resize(t: &mut Tests, name: &str, mib: u64, secs: u64) -> bool {
-    let pages = mib * MIB / 4096;
-    let asked = host("balloon-mib", mib).is_ok();
-    let reached = wait_for("actual_pages", secs, |v| v == pages).is_some();
-    t.check(
-        name,
-        asked && reached,
-        "actual_pages did not reach the target",
+/// Loader tunable set by the harness: dev.vtballoonrs.0.oom_batch_pages=4096.
+fn phase_tunable(c: &mut Ctx) {
+    let v = get("oom_batch_pages");
+    let ok = c.check_n(
+        "a loader tunable sets oom_batch_pages (RWTUN)",
+        v == Some(4096),
+        "not 4096",
+        v,
     );
-    asked && reached
+    if !ok {
+        // Tell a driver that ignored the tunable from an image without it.
+        let mut k = [0u8; 32];
+        let kenv = sys::kenv_get(b"dev.vtballoonrs.0.oom_batch_pages\0", &mut k);
+        Line::new()
+            .s("# kenv dev.vtballoonrs.0.oom_batch_pages=")
+            .b(kenv.unwrap_or(b"(unset)"))
+            .end();
+    }
 }
 
-fn check_resizing(t: &mut Tests) {
+/// Stops free page reporting (so free memory stays put) and waits until
+/// no reported block is held; returns the old setting.
+fn pause_reporting() -> Option<i32> {
+    let old = get("report_enabled")? as i32;
+    set("report_enabled", 0);
+    let _ = wait_for("report_inflight", 10, |v| v == 0);
+    Some(old)
+}
+
+fn resume_reporting(old: Option<i32>) {
+    if let Some(v) = old {
+        set("report_enabled", v);
+    }
+}
+
+/// Sets the balloon to `mib` through the host and waits for the driver:
+/// target_pages shows it, then actual_pages reaches it.
+fn resize(c: &mut Ctx, name: &str, mib: u64, secs: u64) -> bool {
+    let pages = mib * PAGES_PER_MIB;
+    if !ask_ok(c, name, "set-target", pages, 30) {
+        return false;
+    }
+    if let Err(seen) = wait_for("target_pages", 30, |v| v == pages) {
+        return c.check_n(name, false, "target_pages never showed the target", seen);
+    }
+    match wait_for("actual_pages", secs, |v| v == pages) {
+        Ok(_) => c.check(name, true, ""),
+        Err(seen) => c.check_n(name, false, "actual_pages did not reach the target", seen),
+    }
+}
+
+/// The host's view of the balloon (pages) matches `mib`.
+fn host_agrees(c: &mut Ctx, name: &str, mib: u64) -> bool {
+    let r = c.host.ask("host-actual", 0, 30);
+    c.check_host(name, r, |v| v == mib * PAGES_PER_MIB, "host sees another size")
+}
+
+fn phase_resize(c: &mut Ctx) {
+    let paused = pause_reporting();
     let free0 = free_bytes();
     let inflated0 = get("inflated_pages").unwrap_or(0);
-    if resize(t, "inflate to 256 MiB", 256, 120) {
+    let deflated0 = get("deflated_pages").unwrap_or(0);
+    let changes0 = get("config_changes").unwrap_or(0);
+    if resize(c, "inflate to 256 MiB", 256, 120) {
         let drop = free0.saturating_sub(free_bytes());
-        t.check(
-            "free memory fell by about 256 MiB",
-            drop >= 240 * MIB,
-            "free memory did not fall",
+        c.check_n(
+            "free memory fell by 256 MiB",
+            drop >= 248 * MIB && drop <= 272 * MIB,
+            "fell by (MiB)",
+            Some(mib_of(drop)),
         );
-        t.check(
-            "target_bytes matches",
-            get("target_bytes") == Some(256 * MIB),
-            "wrong target",
+        c.check(
+            "target_bytes and actual_bytes in bytes",
+            get("target_bytes") == Some(256 * MIB) && get("actual_bytes") == Some(256 * MIB),
+            "wrong value",
         );
-        t.check(
+        c.check(
             "held_bytes shows the balloon",
             get("held_bytes") == Some(256 * MIB),
             "held_bytes wrong",
         );
+        host_agrees(c, "the host sees 256 MiB", 256);
     }
-    resize(t, "inflate to 1 GiB", 1024, 240);
-    resize(t, "deflate to 0", 0, 240);
-    let moved = get("inflated_pages").unwrap_or(0) >= inflated0 + 262_144
-        && get("deflated_pages").unwrap_or(0) >= 262_144;
-    t.check(
-        "inflated/deflated counters moved",
-        moved,
-        "counters did not move",
+    if resize(c, "inflate to 1 GiB", 1024, 240) {
+        host_agrees(c, "the host sees 1 GiB", 1024);
+    }
+    if resize(c, "deflate to 0", 0, 240) {
+        let back = free_bytes() + 8 * MIB >= free0;
+        c.check_n(
+            "free memory is back",
+            back,
+            "short by (MiB)",
+            Some(mib_of(free0.saturating_sub(free_bytes()))),
+        );
+        host_agrees(c, "the host sees an empty balloon", 0);
+    }
+    let inflated = get("inflated_pages").unwrap_or(0) - inflated0;
+    let deflated = get("deflated_pages").unwrap_or(0) - deflated0;
+    c.check_n(
+        "inflated_pages counted 1 GiB",
+        inflated == 1024 * PAGES_PER_MIB,
+        "counted",
+        Some(inflated),
     );
-    let asked = host("rapid", 128).is_ok();
-    let reached = wait_for("actual_pages", 240, |v| v == 128 * MIB / 4096).is_some();
-    t.check(
-        "rapid target changes settle on the last one",
-        asked && reached,
-        "did not settle",
+    c.check_n(
+        "deflated_pages counted 1 GiB",
+        deflated == 1024 * PAGES_PER_MIB,
+        "counted",
+        Some(deflated),
     );
-    let host_mib = host("actual", 0).unwrap_or(u64::MAX);
-    t.check(
-        "the host sees the same balloon size",
-        host_mib == 128,
-        "host disagrees",
+    let changes = get("config_changes").unwrap_or(0) - changes0;
+    c.check_n(
+        "config_changes counted the host's changes",
+        changes >= 3,
+        "counted",
+        Some(changes),
     );
-    resize(t, "back to 0", 0, 120);
+    if ask_ok(c, "rapid target changes", "rapid", 128 * PAGES_PER_MIB, 60) {
+        let settled = wait_for("actual_pages", 240, |v| v == 128 * PAGES_PER_MIB);
+        c.check_n(
+            "rapid target changes settle on the last one",
+            settled.is_ok(),
+            "actual_pages",
+            settled.err().flatten(),
+        );
+        host_agrees(c, "the host agrees after the burst", 128);
+    }
+    resize(c, "back to 0", 0, 120);
+    for leaf in ["errors", "host_timeouts", "alloc_failures"] {
+        let v = get(leaf);
+        let mut n = [0u8; 40];
+        let name = concat(&mut n, b"no ", leaf.as_bytes());
+        c.check_n(name, v == Some(0), "counted", v);
+    }
+    resume_reporting(paused);
 }
 
-fn check_stats(t: &mut Tests) {
+/// `a` + `b` in `buf`, as a str (ASCII inputs).
+fn concat<'a>(buf: &'a mut [u8], a: &[u8], b: &[u8]) -> &'a str {
+    let mut n = 0;
+    for &x in a.iter().chain(b) {
+        if n < buf.len() {
+            buf[n] = x;
+            n += 1;
+        }
+    }
+    core::str::from_utf8(&buf[..n]).unwrap_or("?")
+}
+
+fn phase_stats(c: &mut Ctx) {
+    const MEMFREE: u64 = 4;
+    const MEMTOT: u64 = 5;
+    const AVAIL: u64 = 6;
     let before = get("stats_requests").unwrap_or(0);
-    let host_ok = host("check-stats", 0).is_ok();
-    t.check(
-        "host sees real memfree/memtot/avail in guest-stats",
-        host_ok,
-        "host check failed",
+    let free_lo = free_bytes();
+    let r = c.host.ask("stats-poll", 2, 60);
+    let free_hi = free_bytes();
+    if !c.check_host("the host receives guest-stats", r, |_| true, "") {
+        return;
+    }
+    let (lo, hi) = (free_lo.min(free_hi) / 1024, free_lo.max(free_hi) / 1024);
+    let r = c.host.ask("stats-get", MEMFREE, 30);
+    c.check_host(
+        "stat-free-memory is the guest's free memory",
+        r,
+        |v| v + 16 * 1024 >= lo && v <= hi + 16 * 1024,
+        "KiB",
+    );
+    let total = get_u64(b"vm.stats.vm.v_page_count").unwrap_or(0) * page_size() / 1024;
+    let r = c.host.ask("stats-get", MEMTOT, 30);
+    c.check_host(
+        "stat-total-memory is v_page_count",
+        r,
+        |v| v == total,
+        "KiB",
+    );
+    let r = c.host.ask("stats-get", AVAIL, 30);
+    c.check_host(
+        "stat-available-memory is between free/2 and total",
+        r,
+        |v| v >= lo / 2 && v <= total,
+        "KiB",
     );
     let after = get("stats_requests").unwrap_or(0);
-    t.check(
-        "stats requests are counted",
+    c.check_n(
+        "stats_requests counts the host's requests",
         after > before,
-        "stats_requests did not move",
+        "did not move",
+        Some(after),
     );
+    let e = get("stats_errors");
+    c.check_n("no stats_errors", e == Some(0), "counted", e);
 }
 
-/// A child touches memory in steps until it has `mib` MiB, then exits 0.
-fn toucher(mib: u64, step_ms: u64) -> u64 {
+/// Forks a child that touches `mib` MiB, 4 MiB per `step_ms`; the child
+/// then raises `flag[0]` (if given) and exits 0 once `flag[1]` is set, or
+/// at once. 0 if fork failed.
+fn toucher(mib: u64, step_ms: u64, flag: Option<u64>) -> u64 {
     match sys::fork() {
         Ok(0) => {
             let step = 4 * MIB;
             for _ in 0..mib / 4 {
-                let Ok(p) = sys::mmap_anon(step) else {
+                let Ok(p) = sys::mmap_anon(step, false) else {
                     sys::exit(2)
                 };
                 let mut off = 0;
                 while off < step {
                     // SAFETY: inside a fresh private mapping of `step` bytes.
                     unsafe { core::ptr::write_volatile((p + off) as *mut u8, 1) };
-                    off += 4096;
+                    off += PAGE;
                 }
-                sys::sleep_ms(step_ms);
+                if step_ms > 0 {
+                    sys::sleep_ms(step_ms);
+                }
+            }
+            if let Some(f) = flag {
+                // SAFETY: `f` is a shared page mapped by the parent before
+                // the fork: two u64 words, written by one side each.
+                unsafe {
+                    core::ptr::write_volatile(f as *mut u64, 1);
+                    while core::ptr::read_volatile((f + 8) as *const u64) == 0 {
+                        sys::sleep_ms(50);
+                    }
+                }
             }
             sys::exit(0)
         }
@@ -382,255 +641,607 @@ fn toucher(mib: u64, step_ms: u64) -> u64 {
     }
 }
 
-fn check_pressure(t: &mut Tests) {
-    note("pressure: tuning");
-    let _ = set_int(node("oom_batch_pages").bytes(), 16_384);
-    note("pressure: batch set");
+/// Waits up to `secs` for the child; kills it after that. The raw status,
+/// or None if it had to be killed or was never there.
+fn reap(pid: u64, secs: u64) -> Option<i32> {
+    if pid == 0 {
+        return None;
+    }
+    let deadline = sys::now_ms() + secs * 1000;
+    loop {
+        match sys::wait(pid, true) {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if sys::now_ms() < deadline => sys::sleep_ms(100),
+            Ok(None) => {
+                let _ = sys::kill(pid, 9);
+                let _ = sys::wait(pid, false);
+                return None;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn phase_pressure(c: &mut Ctx) {
+    let batch = get("oom_batch_pages").unwrap_or(256) as i32;
+    let period = get_u64(b"vm.lowmem_period").unwrap_or(10) as i32;
+    let oom_seq = get_u64(b"vm.pageout_oom_seq").unwrap_or(12) as i32;
+    // vm_lowmem fires at most once per vm.lowmem_period: make it 1 s and
+    // the batch 64 MiB so the balloon can keep ahead of the child; give the
+    // page daemon more passes before the OOM killer.
+    set("oom_batch_pages", 16_384);
     let _ = set_int(b"vm.lowmem_period", 1);
-    note("pressure: period set");
     let _ = set_int(b"vm.pageout_oom_seq", 120);
-    note("pressure: tuned");
-    let phys = get_u64(b"hw.physmem").unwrap_or(0) / MIB;
+    let phys = mib_of(get_u64(b"hw.physmem").unwrap_or(0));
     let balloon = phys / 2;
-    if !resize(t, "inflate before pressure", balloon, 300) {
+    if resize(c, "inflate to half of memory before pressure", balloon, 300) {
+        let events0 = get("lowmem_events").unwrap_or(0);
+        let lowmem0 = get("lowmem_pages").unwrap_or(0);
+        let pages0 = get("actual_pages").unwrap_or(0);
+        // More than the guest has outside the balloon: only deflating saves it.
+        let pid = toucher(phys - balloon / 4, 40, None);
+        let status = reap(pid, 600);
+        let events = get("lowmem_events").unwrap_or(0);
+        let pages = get("actual_pages").unwrap_or(0);
+        let lowmem = get("lowmem_pages").unwrap_or(0) - lowmem0;
+        Line::new()
+            .s("# pressure: balloon ")
+            .u(pages0 / PAGES_PER_MIB)
+            .s(" -> ")
+            .u(pages / PAGES_PER_MIB)
+            .s(" MiB, lowmem events ")
+            .u(events - events0)
+            .s(", child status ")
+            .u(status.map_or(u64::MAX, |s| s as u64))
+            .end();
+        c.check(
+            "memory pressure raises vm_lowmem events",
+            events > events0,
+            "no lowmem event",
+        );
+        c.check_n(
+            "the balloon deflated under pressure",
+            pages < pages0,
+            "actual_pages",
+            Some(pages),
+        );
+        c.check_n(
+            "lowmem_pages counts what was given back",
+            lowmem >= pages0 - pages && lowmem > 0,
+            "lowmem_pages",
+            Some(lowmem),
+        );
+        c.check(
+            "the child was not killed while the balloon held pages",
+            status == Some(0) || (status.is_some() && pages == 0),
+            "child killed or stuck",
+        );
+        // WANTSIZE: the host did not speak, so no re-inflation.
+        sys::sleep_ms(10_000);
+        let later = get("actual_pages").unwrap_or(u64::MAX);
+        c.check_n(
+            "no re-inflation until the host changes its target",
+            later <= pages,
+            "actual_pages",
+            Some(later),
+        );
+        let target = get("target_pages").unwrap_or(0);
+        c.check_n(
+            "the host's target is unchanged meanwhile",
+            target == balloon * PAGES_PER_MIB,
+            "target_pages",
+            Some(target),
+        );
+        resize(c, "the host's next target is followed", 64, 240);
+    }
+    resize(c, "back to 0 after pressure", 0, 240);
+    set("oom_batch_pages", batch);
+    let _ = set_int(b"vm.lowmem_period", period);
+    let _ = set_int(b"vm.pageout_oom_seq", oom_seq);
+}
+
+fn phase_report(c: &mut Ctx) {
+    if get("report_enabled") != Some(1) {
+        c.skip("free page reporting", "report_enabled is not 1");
         return;
     }
-    let events0 = get("lowmem_events").unwrap_or(0);
-    let pages0 = get("actual_pages").unwrap_or(0);
-    // More than the guest has outside the balloon: only deflating saves it.
-    let pid = toucher(phys - balloon / 4, 40);
-    let status = sys::wait(pid).unwrap_or(-1);
-    let events = get("lowmem_events").unwrap_or(0);
-    let pages = get("actual_pages").unwrap_or(0);
-    t.check(
-        "memory pressure is seen as vm_lowmem events",
-        events > events0,
-        "no lowmem event",
-    );
-    t.check(
-        "the balloon deflated under pressure",
-        pages < pages0,
-        "balloon did not shrink",
-    );
-    t.check(
-        "the child was not killed while the balloon held pages",
-        status == 0 || pages == 0,
-        "child killed",
-    );
-    sys::sleep_ms(5_000);
-    let later = get("actual_pages").unwrap_or(0);
-    t.check(
-        "no re-inflation until the host changes its target",
-        later <= pages,
-        "re-inflated by itself",
-    );
-    resize(t, "the host's new target is followed", 0, 240);
-}
-
-fn check_reporting(t: &mut Tests) {
+    // The driver's diagnostics go to the console log for this phase.
+    let debug = get("debug").unwrap_or(0) as i32;
+    set("debug", 1);
     let blocks0 = get("report_blocks").unwrap_or(0);
+    let acks0 = get("report_acks").unwrap_or(0);
     let mib = 512;
-    match sys::fork() {
-        Ok(0) => {
-            let len = mib * MIB;
-            let Ok(p) = sys::mmap_anon(len) else {
-                sys::exit(2)
-            };
-            let mut off = 0;
-            while off < len {
-                // SAFETY: inside our fresh mapping.
-                unsafe { core::ptr::write_volatile((p + off) as *mut u8, 7) };
-                off += 4096;
-            }
-            let _ = host("rss-peak", mib);
-            sys::exit(0)
-        }
-        Ok(pid) => {
-            let _ = sys::wait(pid);
-        }
-        Err(_) => {}
+    // A shared page for the handshake: the child touches `mib` MiB, says so,
+    // and exits when told, after the host has taken QEMU's RSS.
+    let Ok(flag) = sys::mmap_anon(PAGE, true) else {
+        c.check("free page reporting", false, "mmap failed");
+        return;
+    };
+    let pid = toucher(mib, 0, Some(flag));
+    let deadline = sys::now_ms() + 300_000;
+    // SAFETY: `flag` is our shared page (two u64 words).
+    while unsafe { core::ptr::read_volatile(flag as *const u64) } == 0 && sys::now_ms() < deadline
+    {
+        sys::sleep_ms(100);
     }
-    let host_ok = host("rss-drop", mib).is_ok();
-    for leaf in ["report_blocks", "report_passes", "report_acks", "report_errors", "report_time_ms"] {
-        Out::new().s("# ").s(leaf).s(" ").u(get(leaf).unwrap_or(0)).nl();
-    }
-    t.check(
-        "freed memory goes back to the host (QEMU RSS drops 90%)",
-        host_ok,
-        "RSS did not drop",
+    let marked = ask_ok(c, "the host marks QEMU's RSS", "rss-mark", 0, 30);
+    // SAFETY: as above; the second word tells the child to exit.
+    unsafe { core::ptr::write_volatile((flag + 8) as *mut u64, 1) };
+    let status = reap(pid, 60);
+    c.check(
+        "a child touched 512 MiB and exited",
+        status == Some(0),
+        "child failed",
     );
-    t.check(
+    if marked {
+        let r = c.host.ask("rss-drop", mib, 200);
+        c.check_host(
+            "freed memory goes back to the host (QEMU RSS drops 90%)",
+            r,
+            |_| true,
+            "",
+        );
+    }
+    for leaf in ["report_blocks", "report_bytes", "report_passes", "report_acks", "report_time_ms"] {
+        Line::new().s("# ").s(leaf).s(" ").u(get(leaf).unwrap_or(0)).end();
+    }
+    let blocks = get("report_blocks").unwrap_or(0);
+    c.check_n(
         "reported blocks are counted",
-        get("report_blocks").unwrap_or(0) > blocks0,
-        "report_blocks did not move",
+        blocks > blocks0,
+        "report_blocks",
+        Some(blocks),
     );
-    t.check(
-        "no reporting errors",
-        get("report_errors") == Some(0),
-        "report_errors",
+    let acks = get("report_acks").unwrap_or(0);
+    c.check_n("the host acked reports", acks > acks0, "report_acks", Some(acks));
+    let e = get("report_errors");
+    c.check_n("no report_errors", e == Some(0), "report_errors", e);
+    let _ = wait_for("report_inflight", 10, |v| v == 0);
+    let held = get("report_inflight");
+    c.check_n(
+        "no reported block is held when idle",
+        held == Some(0),
+        "report_inflight",
+        held,
     );
+    set("debug", debug);
 }
 
-/// Finds the kld file id of a loaded module file by name (kldfind, 306).
-fn kldfind(name: &[u8]) -> Option<u64> {
-    // SAFETY: NUL-terminated name.
-    unsafe { sys::syscall6(306, [name.as_ptr() as u64, 0, 0, 0, 0, 0]) }.ok()
+fn phase_unload(c: &mut Ctx) {
+    let paused = pause_reporting();
+    // Free memory with an empty balloon, as the baseline.
+    resize(c, "empty balloon before unload", 0, 120);
+    let free0 = free_bytes();
+    if !resize(c, "inflate to 512 MiB before unload", 512, 240) {
+        resume_reporting(paused);
+        return;
+    }
+    let t0 = sys::now_ms();
+    let unloaded = unload(c.ours);
+    let ms = sys::now_ms() - t0;
+    c.check_n(
+        "kldunload with the balloon inflated (ms)",
+        unloaded && !exists(OURS_DESC),
+        "unload failed",
+        Some(ms),
+    );
+    Line::new().s("# kldunload took ").u(ms).s(" ms").end();
+    let back = {
+        let deadline = sys::now_ms() + 10_000;
+        while free_bytes() + 16 * MIB < free0 && sys::now_ms() < deadline {
+            sys::sleep_ms(100);
+        }
+        free_bytes()
+    };
+    c.check_n(
+        "unload gives all balloon memory back",
+        back + 16 * MIB >= free0,
+        "short by (MiB)",
+        Some(mib_of(free0.saturating_sub(back))),
+    );
+    let r = c.host.ask("wait-actual", 0, 60);
+    c.check_host("the host sees an empty balloon", r, |v| v == 0, "pages");
+    // The setting went away with the device: nothing to resume.
 }
 
-fn check_unload(t: &mut Tests) {
-    if !resize(t, "inflate before unload", 512, 240) {
+fn phase_cycles(c: &mut Ctx) {
+    const N: u64 = 20;
+    const MIB_CYCLE: u64 = 64;
+    if !ensure_none(c) {
+        c.check("20 load/unload cycles", false, "could not unload first");
+        return;
+    }
+    if !ask_ok(c, "20 load/unload cycles", "set-target", MIB_CYCLE * PAGES_PER_MIB, 30) {
         return;
     }
     let free0 = free_bytes();
-    let id = kldfind(b"vtballoonrs.ko\0");
-    let unloaded = id.is_some_and(|id| sys::kldunload(id).is_ok());
-    t.check(
-        "kldunload with the balloon inflated",
-        unloaded,
-        "unload failed",
-    );
-    let gained = free_bytes().saturating_sub(free0);
-    t.check(
-        "unload gives all balloon memory back",
-        gained >= 500 * MIB,
-        "memory not returned",
-    );
-    t.check(
-        "the host sees an empty balloon",
-        host("actual", 0) == Ok(0),
-        "host still ballooned",
-    );
-    let _ = host("balloon-mib", 64);
-    let mut ok = true;
-    for _ in 0..20 {
-        let Ok(id) = load(OURS) else {
-            ok = false;
-            break;
+    let mut failed_at = None;
+    let t0 = sys::now_ms();
+    for i in 0..N {
+        let ok = match sys::kldload(c.ours) {
+            Ok(id) => {
+                let full = wait_for("actual_pages", 60, |v| v == MIB_CYCLE * PAGES_PER_MIB).is_ok();
+                sys::kldunload(id).is_ok() && full
+            }
+            Err(_) => false,
         };
-        if wait_for("actual_pages", 60, |v| v == 64 * MIB / 4096).is_none()
-            || sys::kldunload(id).is_err()
-        {
-            ok = false;
+        if !ok {
+            failed_at = Some(i + 1);
             break;
         }
     }
-    t.check(
-        "20 load/unload cycles with a 64 MiB balloon",
-        ok,
-        "a cycle failed",
+    Line::new()
+        .s("# ")
+        .u(N)
+        .s(" cycles in ")
+        .u((sys::now_ms() - t0) / 1000)
+        .s(" s")
+        .end();
+    c.check_n(
+        "20 load/unload cycles, each inflating 64 MiB",
+        failed_at.is_none(),
+        "failed at cycle",
+        failed_at,
     );
-    let _ = host("balloon-mib", 0);
+    let deadline = sys::now_ms() + 10_000;
+    while free_bytes() + 16 * MIB < free0 && sys::now_ms() < deadline {
+        sys::sleep_ms(100);
+    }
+    let short = free0.saturating_sub(free_bytes());
+    c.check_n(
+        "no memory lost over the cycles",
+        short <= 16 * MIB,
+        "short by (MiB)",
+        Some(mib_of(short)),
+    );
+    let _ = c.host.ask("set-target", 0, 30);
 }
 
-fn check_in_tree_swap(t: &mut Tests) {
-    let Ok(id) = load(THEIRS) else {
-        Out::new()
-            .s("# skipped: in-tree virtio_balloon.ko not on the image")
-            .nl();
+/// Loads the in-tree module; None (and a skip) if the image has none.
+fn load_theirs(c: &mut Ctx, name: &str) -> Option<bool> {
+    match sys::kldload(THEIRS) {
+        Err(sys::ENOENT) => {
+            c.skip(name, "virtio_balloon.ko is not on this system");
+            None
+        }
+        Ok(_) | Err(sys::EEXIST) => Some(wait_exists(THEIRS_DESC, 30)),
+        Err(_) => Some(false),
+    }
+}
+
+/// The in-tree driver follows the host to `mib` (seen by the host: it has
+/// no sysctl for its balloon).
+fn theirs_follow(c: &mut Ctx, name: &str, mib: u64) -> bool {
+    let pages = mib * PAGES_PER_MIB;
+    if !ask_ok(c, name, "set-target", pages, 30) {
+        return false;
+    }
+    let r = c.host.ask("wait-actual", pages, 150);
+    c.check_host(name, r, |v| v == pages, "pages")
+}
+
+fn phase_intree(c: &mut Ctx) {
+    if !ensure_none(c) {
+        c.check("the in-tree driver attaches", false, "could not unload ours");
+        return;
+    }
+    let Some(attached) = load_theirs(c, "the in-tree driver attaches") else {
         return;
     };
-    let mut d = [0u8; 64];
-    let theirs = get_str(b"dev.vtballoon.0.%desc", &mut d).is_some();
-    t.check(
-        "the in-tree driver takes the device",
-        theirs,
-        "vtballoon0 missing",
-    );
-    let back = sys::kldunload(id).is_ok();
-    let ours = load(OURS);
-    let attached = wait_for("actual_pages", 30, |_| true).is_some();
-    t.check(
-        "and the device moves back to ours",
-        back && ours.is_ok() && attached,
-        "vtballoonrs0 missing",
-    );
-}
-
-/// The image's /etc/vtbtest.mode: "bench" selects the benchmark.
-fn read_mode() -> [u8; 16] {
-    let mut m = [0u8; 16];
-    if let Ok(fd) = sys::open(b"/etc/vtbtest.mode\0", 0) {
-        let _ = sys::read(fd, &mut m);
+    if c.check("the in-tree driver attaches", attached, "no vtballoon0") {
+        theirs_follow(c, "the in-tree driver inflates to 64 MiB", 64);
+        theirs_follow(c, "the in-tree driver deflates to 0", 0);
     }
-    m
+    c.check("the in-tree module unloads", unload(THEIRS), "kldunload failed");
 }
 
-fn bench() {
-    for (path, name) in [(OURS, "ours"), (THEIRS, "theirs")] {
-        let Ok(id) = load(path) else { continue };
-        sys::sleep_ms(2_000);
-        let _ = host(
-            if name == "ours" {
-                "bench-ours"
-            } else {
-                "bench-theirs"
-            },
-            0,
+fn phase_swap(c: &mut Ctx) {
+    const SWAP_MIB: u64 = 32;
+    let pages = SWAP_MIB * PAGES_PER_MIB;
+    if !ensure_none(c) {
+        c.check("the device moves between drivers", false, "could not unload ours");
+        return;
+    }
+    if !ask_ok(c, "the device moves between drivers", "set-target", pages, 30) {
+        return;
+    }
+    for round in 0..2 {
+        let Some(theirs) = load_theirs(c, "the device moves to the in-tree driver") else {
+            break;
+        };
+        if c.check("the device moves to the in-tree driver", theirs, "no vtballoon0") {
+            let r = c.host.ask("wait-actual", pages, 150);
+            c.check_host("the in-tree driver inflates to the target", r, |v| v == pages, "pages");
+        }
+        c.check("the in-tree module unloads", unload(THEIRS), "kldunload failed");
+        // virtio_balloon(4) frees its pages after resetting the device at
+        // detach, without telling the host: QEMU keeps counting them.
+        if let Reply::Ok(v) = c.host.ask("host-actual", 0, 30) {
+            Line::new()
+                .s("# after the in-tree driver left, QEMU counts ")
+                .u(v / PAGES_PER_MIB)
+                .s(" MiB in the balloon")
+                .end();
+        }
+        let ours = ensure_ours(c);
+        c.check(
+            "the device moves back to vtballoonrs",
+            ours.is_ok(),
+            ours.err().unwrap_or(""),
         );
-        let _ = sys::kldunload(id);
-        sys::sleep_ms(1_000);
+        let reached = wait_for("actual_pages", 120, |v| v == pages);
+        if c.check_n(
+            "vtballoonrs inflates to the target it finds at attach",
+            reached.is_ok(),
+            "actual_pages",
+            reached.err().flatten(),
+        ) {
+            host_agrees(c, "and the host sees it", SWAP_MIB);
+        }
+        if round == 0 && !unload(c.ours) {
+            c.check("vtballoonrs unloads for the next round", false, "kldunload failed");
+            break;
+        }
     }
+    resize(c, "back to 0 after the swap", 0, 120);
+}
+
+/// Runs of each benchmark operation (the host reports the median).
+const BENCH_RUNS: u32 = 3;
+
+fn phase_bench(c: &mut Ctx) {
+    // Memory is touched before each inflate so the host has pages to drop.
+    let phys = mib_of(get_u64(b"hw.physmem").unwrap_or(0));
+    for (driver, path) in [(0u64, c.ours), (1, THEIRS)] {
+        let name = if driver == 0 { "bench vtballoonrs" } else { "bench virtio_balloon" };
+        if !ensure_none(c) {
+            c.check(name, false, "could not unload the drivers");
+            return;
+        }
+        match sys::kldload(path) {
+            Ok(_) => {}
+            Err(sys::ENOENT) => {
+                c.skip(name, "module not on this system");
+                continue;
+            }
+            Err(_) => {
+                c.check(name, false, "kldload failed");
+                continue;
+            }
+        }
+        let desc = if driver == 0 { OURS_DESC } else { THEIRS_DESC };
+        if !c.check(name, wait_exists(desc, 30), "did not attach") {
+            continue;
+        }
+        if driver == 0 {
+            // The in-tree driver does not report free pages: compare like with like.
+            set("report_enabled", 0);
+            let _ = wait_for("report_inflight", 10, |v| v == 0);
+        }
+        sys::sleep_ms(2_000);
+        let _ = c.host.ask("bench-driver", driver, 30);
+        for mib in [1024u64, 3072] {
+            let mut ok = true;
+            for _ in 0..BENCH_RUNS {
+                let touch = (mib + 256).min(phys.saturating_sub(512));
+                if reap(toucher(touch, 0, None), 600) != Some(0) {
+                    note("bench: the toucher failed");
+                }
+                ok &= matches!(c.host.ask("bench-inflate", mib, 900), Reply::Ok(_));
+                ok &= matches!(c.host.ask("bench-deflate", mib, 900), Reply::Ok(_));
+            }
+            let mut n = [0u8; 40];
+            let what = concat(&mut n, name.as_bytes(), if mib == 1024 { b" 1 GiB" } else { b" 3 GiB" });
+            c.check(what, ok, "the host could not time it");
+        }
+    }
+    ensure_none(c);
+}
+
+// ------------------------------------------------------------------- main
+
+type Phase = fn(&mut Ctx);
+
+/// Phase name, function, whether it needs our driver attached first.
+const PHASES: &[(&str, Phase, bool)] = &[
+    ("tunable", phase_tunable, true),
+    ("nodes", phase_nodes, true),
+    ("resize", phase_resize, true),
+    ("stats", phase_stats, true),
+    ("pressure", phase_pressure, true),
+    ("report", phase_report, true),
+    ("unload", phase_unload, true),
+    ("cycles", phase_cycles, false),
+    ("swap", phase_swap, false),
+    ("intree", phase_intree, false),
+    ("bench", phase_bench, false),
+];
+
+/// Without phase arguments.
+const DEFAULT_PHASES: &[&str] = &[
+    "nodes", "resize", "stats", "pressure", "report", "unload", "cycles", "swap",
+];
+
+/// The words of a NUL-free byte string.
+fn words(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    s.split(|&b| b == b' ' || b == b'\n' || b == b'\t' || b == 0)
+        .filter(|w| !w.is_empty())
+}
+
+/// The C string at `p` (without its NUL).
+///
+/// # Safety
+/// `p` points to a NUL-terminated string that lives for the program's life.
+unsafe fn cstr(p: *const u8) -> &'static [u8] {
+    let mut n = 0;
+    // SAFETY: per the contract, bytes up to the NUL are readable.
+    while unsafe { *p.add(n) } != 0 {
+        n += 1;
+    }
+    // SAFETY: the n bytes before the NUL, which live forever.
+    unsafe { core::slice::from_raw_parts(p, n) }
+}
+
+struct Args {
+    no_host: bool,
+    module: Option<&'static [u8]>,
+    phases: [&'static [u8]; 16],
+    n: usize,
+}
+
+/// Parses argv from the initial stack: argc, then argv pointers.
+///
+/// # Safety
+/// `sp` is the process's initial stack pointer.
+unsafe fn parse_args(sp: *const u64) -> Args {
+    let mut a = Args {
+        no_host: false,
+        module: None,
+        phases: [&[]; 16],
+        n: 0,
+    };
+    // SAFETY: the exec ABI: argc at sp, then argc argv pointers.
+    let argc = unsafe { *sp } as usize;
+    let mut i = 1;
+    while i < argc {
+        // SAFETY: argv[i] for i < argc is a NUL-terminated string on the stack.
+        let w = unsafe { cstr(*sp.add(1 + i) as *const u8) };
+        i += 1;
+        match w {
+            b"--no-host" => a.no_host = true,
+            b"--module" if i < argc => {
+                // SAFETY: as above; the pointer includes the NUL byte.
+                let m = unsafe { cstr(*sp.add(1 + i) as *const u8) };
+                // SAFETY: m is followed by its NUL, within the same string.
+                a.module = Some(unsafe { core::slice::from_raw_parts(m.as_ptr(), m.len() + 1) });
+                i += 1;
+            }
+            _ if w.starts_with(b"-") => {}
+            _ if a.n < a.phases.len() => {
+                a.phases[a.n] = w;
+                a.n += 1;
+            }
+            _ => {}
+        }
+    }
+    a
+}
+
+static mut MODE: [u8; 256] = [0; 256];
+
+/// The image's /etc/vtbtest.mode (phases, space-separated), when init.
+fn read_mode() -> &'static [u8] {
+    // SAFETY: single-threaded program; MODE is written once, here, before
+    // any reference to it is handed out.
+    let m = unsafe { &mut *core::ptr::addr_of_mut!(MODE) };
+    if let Ok(fd) = sys::open(b"/etc/vtbtest.mode\0", sys::O_RDONLY) {
+        let n = sys::read(fd, m).unwrap_or(0) as usize;
+        return &m[..n];
+    }
+    &m[..0]
 }
 
 #[no_mangle]
-extern "C" fn main_rust() -> ! {
-    out::open_console();
+extern "C" fn main_rust(sp: *const u64) -> ! {
     let init = sys::getpid() == 1;
-    let bench_mode = read_mode().starts_with(b"bench");
-    if bench_mode {
-        bench();
-        Out::new().s("bench done").nl();
-    } else {
-        let mut t = Tests {
-            passed: 0,
-            failed: 0,
-        };
-        let loaded = load(OURS).is_ok() || get("actual_pages").is_some();
-        t.check("kldload vtballoonrs.ko", loaded, "kldload failed");
-        let attached = wait_for("actual_pages", 30, |_| true).is_some();
-        t.check(
-            "the device attaches (dev.vtballoonrs.0)",
-            attached,
-            "no device",
-        );
-        let only = read_mode();
-        if attached && only.starts_with(b"report") {
-            let _ = set_int(node("debug").bytes(), 1);
-            check_reporting(&mut t);
-        } else if attached && only.starts_with(b"pressure") {
-            check_pressure(&mut t);
-            check_reporting(&mut t);
-        } else if attached {
-            check_nodes(&mut t);
-            check_resizing(&mut t);
-            check_stats(&mut t);
-            check_pressure(&mut t);
-            check_reporting(&mut t);
-            check_unload(&mut t);
-            check_in_tree_swap(&mut t);
-        }
-        Out::new()
-            .u(u64::from(t.passed))
-            .s(" passed, ")
-            .u(u64::from(t.failed))
-            .s(" failed")
-            .nl();
+    if init {
+        out::open_console();
     }
+    // SAFETY: sp is the initial stack pointer handed over by _start.
+    let mut args = unsafe { parse_args(sp) };
+    if init {
+        for w in words(read_mode()) {
+            if args.n < args.phases.len() {
+                args.phases[args.n] = w;
+                args.n += 1;
+            }
+        }
+    }
+    let mut c = Ctx {
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        host: Host::new(!args.no_host),
+        ours: args.module.unwrap_or(OURS_DEFAULT),
+    };
+    let mut list: [&[u8]; 16] = [&[]; 16];
+    let n = if args.n == 0 {
+        for (i, p) in DEFAULT_PHASES.iter().enumerate() {
+            list[i] = p.as_bytes();
+        }
+        DEFAULT_PHASES.len()
+    } else {
+        list[..args.n].copy_from_slice(&args.phases[..args.n]);
+        args.n
+    };
+    let mut l = Line::new();
+    l.s("# vtbtest phases:");
+    for p in &list[..n] {
+        l.s(" ").b(p);
+    }
+    l.end();
+
+    let needs_ours = list[..n]
+        .iter()
+        .any(|p| PHASES.iter().any(|(name, _, needs)| *needs && name.as_bytes() == *p));
+    let mut ours_ok = true;
+    if needs_ours {
+        let already = exists(OURS_DESC);
+        let loaded = ensure_ours(&c);
+        ours_ok = loaded.is_ok();
+        if already {
+            note("vtballoonrs was already attached");
+        }
+        c.check(
+            "kldload vtballoonrs.ko and the device attaches (dev.vtballoonrs.0)",
+            ours_ok,
+            loaded.err().unwrap_or(""),
+        );
+    }
+    for p in &list[..n] {
+        let Some((name, f, needs)) = PHASES.iter().find(|(name, _, _)| name.as_bytes() == *p) else {
+            Line::new().s("not ok - unknown phase ").b(p).end();
+            c.failed += 1;
+            continue;
+        };
+        Line::new().s("# phase ").s(name).end();
+        if *needs {
+            if !ours_ok {
+                c.skip(name, "vtballoonrs is not attached");
+                continue;
+            }
+            if let Err(why) = ensure_ours(&c) {
+                c.check(name, false, why);
+                continue;
+            }
+        }
+        f(&mut c);
+    }
+    if c.skipped > 0 {
+        Line::new().s("# ").u(u64::from(c.skipped)).s(" skipped").end();
+    }
+    Line::new()
+        .u(u64::from(c.passed))
+        .s(" passed, ")
+        .u(u64::from(c.failed))
+        .s(" failed")
+        .end();
     if init {
         sys::poweroff()
     }
-    sys::exit(0)
+    sys::exit(u64::from(c.failed > 0))
 }
 
-/// Entry point: align the stack and call main_rust.
+/// Entry point: hand the initial stack pointer (argc, argv) to main_rust on
+/// an aligned stack.
 #[unsafe(naked)]
 #[no_mangle]
 pub extern "C" fn _start() -> ! {
-    core::arch::naked_asm!("and rsp, -16", "call main_rust", "ud2")
+    core::arch::naked_asm!("mov rdi, rsp", "and rsp, -16", "call main_rust", "ud2")
 }
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    Out::new().s("vtbtest: panic").nl();
+    Line::new().s("not ok - vtbtest panicked").end();
     sys::exit(3)
 }

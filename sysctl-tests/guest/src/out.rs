@@ -1,57 +1,91 @@
-//! Console output without allocation or core::fmt.
+//! Console lines without allocation or core::fmt. Each line leaves in one
+//! write(2) and the terminal is drained after it, so kernel messages (which
+//! bypass the tty queue) do not land in the middle of our lines.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys;
 
-/// File descriptor of the console (stdout when not init).
-pub struct Console(AtomicU64);
+/// Descriptors of the console: stdout/stdin for a normal program.
+static OUT_FD: AtomicU64 = AtomicU64::new(1);
+static IN_FD: AtomicU64 = AtomicU64::new(0);
 
-impl Console {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+pub fn out_fd() -> u64 {
+    OUT_FD.load(Ordering::Relaxed)
+}
+
+pub fn in_fd() -> u64 {
+    IN_FD.load(Ordering::Relaxed)
+}
+
+/// As init there are no open descriptors: open the console (the kernel
+/// mounts devfs on /dev before it starts init).
+pub fn open_console() {
+    if let Ok(fd) = sys::open(b"/dev/console\0", sys::O_RDWR) {
+        OUT_FD.store(fd, Ordering::Relaxed);
+        IN_FD.store(fd, Ordering::Relaxed);
     }
 }
 
-pub static CONSOLE: Console = Console(AtomicU64::new(1));
+/// One console line, built in place and written at once by [`Line::end`].
+pub struct Line {
+    buf: [u8; 240],
+    len: usize,
+}
 
-/// As init there are no open descriptors: open the console (devfs is
-/// mounted on /dev by the kernel).
-pub fn open_console() {
-    const O_RDWR: u64 = 2;
-    if sys::getpid() == 1 {
-        if let Ok(fd) = sys::open(b"/dev/console\0", O_RDWR) {
-            CONSOLE.0.store(fd, Ordering::Relaxed);
+impl Line {
+    pub fn new() -> Line {
+        Line {
+            buf: [0; 240],
+            len: 0,
         }
     }
-}
 
-/// Builder writing pieces of one line straight to the console.
-pub struct Out;
-
-impl Out {
-    pub fn new() -> Out {
-        Out
-    }
-    pub fn s(&self, s: &str) -> &Self {
-        sys::write(CONSOLE.get(), s.as_bytes());
-        self
-    }
-    pub fn u(&self, mut v: u64) -> &Self {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
+    pub fn b(&mut self, s: &[u8]) -> &mut Self {
+        for &c in s {
+            // Keep the protocol line-based whatever we print.
+            let c = if c == b'\n' || c == b'\r' { b' ' } else { c };
+            if self.len < self.buf.len() {
+                self.buf[self.len] = c;
+                self.len += 1;
             }
         }
-        sys::write(CONSOLE.get(), &buf[i..]);
         self
     }
-    pub fn nl(&self) {
-        sys::write(CONSOLE.get(), b"\n");
+
+    pub fn s(&mut self, s: &str) -> &mut Self {
+        self.b(s.as_bytes())
     }
+
+    pub fn u(&mut self, v: u64) -> &mut Self {
+        let mut d = [0u8; 20];
+        self.b(fmt_u64(v, &mut d))
+    }
+
+    pub fn end(&mut self) {
+        self.len = self.len.min(self.buf.len() - 1);
+        self.buf[self.len] = b'\n';
+        let _ = sys::write(out_fd(), &self.buf[..=self.len]);
+        sys::drain(out_fd());
+        self.len = 0;
+    }
+}
+
+/// Decimal digits of `v` in `d`.
+pub fn fmt_u64(mut v: u64, d: &mut [u8; 20]) -> &[u8] {
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &d[i..]
+}
+
+/// A `# ...` comment line (TAP style: the harness shows it, counts nothing).
+pub fn note(s: &str) {
+    Line::new().s("# ").s(s).end();
 }

@@ -3,39 +3,57 @@
 
 use core::arch::asm;
 
-pub const SYS_EXIT: u64 = 1;
-pub const SYS_FORK: u64 = 2;
-pub const SYS_READ: u64 = 3;
-pub const SYS_WRITE: u64 = 4;
-pub const SYS_OPEN: u64 = 5;
-pub const SYS_WAIT4: u64 = 7;
-pub const SYS_GETPID: u64 = 20;
-pub const SYS_REBOOT: u64 = 55;
-pub const SYS_SYSCTL: u64 = 202;
-pub const SYS_NANOSLEEP: u64 = 240;
-pub const SYS_KLDLOAD: u64 = 304;
-pub const SYS_KLDUNLOAD: u64 = 305;
-pub const SYS_MMAP: u64 = 477;
-pub const SYS_SYSCTLBYNAME: u64 = 570;
+const SYS_EXIT: u64 = 1;
+const SYS_FORK: u64 = 2;
+const SYS_READ: u64 = 3;
+const SYS_WRITE: u64 = 4;
+const SYS_OPEN: u64 = 5;
+const SYS_WAIT4: u64 = 7;
+const SYS_GETPID: u64 = 20;
+const SYS_KILL: u64 = 37;
+const SYS_IOCTL: u64 = 54;
+const SYS_REBOOT: u64 = 55;
+const SYS_SYSCTL: u64 = 202;
+const SYS_POLL: u64 = 209;
+const SYS_CLOCK_GETTIME: u64 = 232;
+const SYS_NANOSLEEP: u64 = 240;
+const SYS_KENV: u64 = 390;
+const SYS_KLDLOAD: u64 = 304;
+const SYS_KLDUNLOAD: u64 = 305;
+const SYS_KLDFIND: u64 = 306;
+const SYS_MMAP: u64 = 477;
+const SYS_SYSCTLBYNAME: u64 = 570;
 
+pub const EPERM: i64 = 1;
+pub const ENOENT: i64 = 2;
+pub const EEXIST: i64 = 17;
 pub const EINVAL: i64 = 22;
+
+pub const O_RDONLY: u64 = 0;
+pub const O_RDWR: u64 = 2;
 
 pub type Res = Result<u64, i64>;
 
 /// # Safety
-/// The arguments must be valid for system call `n`.
+/// The arguments must be valid for system call `n` (pointers to memory of
+/// the sizes the call expects).
 pub unsafe fn syscall6(n: u64, a: [u64; 6]) -> Res {
     let ret: u64;
     let failed: u8;
-    // SAFETY: FreeBSD amd64 syscall ABI; rcx and r11 are clobbered by `syscall`.
+    // SAFETY: FreeBSD amd64 syscall ABI: arguments in rdi, rsi, rdx, r10,
+    // r8, r9; `syscall` clobbers rcx and r11; rdx may carry a second return
+    // value; and the kernel's sysretq path zeroes r8, r9 and r10 (see
+    // fast_syscall_common in amd64/exception.S), so every argument register
+    // is declared clobbered. The caller vouches for the arguments.
     unsafe {
         asm!(
             "syscall",
             "setc {failed}",
             failed = out(reg_byte) failed,
             inlateout("rax") n => ret,
-            in("rdi") a[0], in("rsi") a[1], inlateout("rdx") a[2] => _,
-            in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            inlateout("rdi") a[0] => _, inlateout("rsi") a[1] => _,
+            inlateout("rdx") a[2] => _, inlateout("r10") a[3] => _,
+            inlateout("r8") a[4] => _, inlateout("r9") a[5] => _,
             lateout("rcx") _, lateout("r11") _,
             options(nostack)
         );
@@ -47,14 +65,14 @@ pub unsafe fn syscall6(n: u64, a: [u64; 6]) -> Res {
     }
 }
 
-pub fn write(fd: u64, buf: &[u8]) {
+pub fn write(fd: u64, buf: &[u8]) -> Res {
     // SAFETY: buf is valid for its length.
-    let _ = unsafe {
+    unsafe {
         syscall6(
             SYS_WRITE,
             [fd, buf.as_ptr() as u64, buf.len() as u64, 0, 0, 0],
         )
-    };
+    }
 }
 
 pub fn read(fd: u64, buf: &mut [u8]) -> Res {
@@ -69,8 +87,37 @@ pub fn read(fd: u64, buf: &mut [u8]) -> Res {
 
 /// `path` must end with a NUL byte.
 pub fn open(path: &[u8], flags: u64) -> Res {
+    if path.last() != Some(&0) {
+        return Err(EINVAL);
+    }
     // SAFETY: NUL-terminated path.
     unsafe { syscall6(SYS_OPEN, [path.as_ptr() as u64, flags, 0, 0, 0, 0]) }
+}
+
+/// Waits up to `ms` for `fd` to become readable (poll(2), POLLIN).
+pub fn poll_in(fd: u64, ms: u64) -> bool {
+    #[repr(C)]
+    struct PollFd {
+        fd: i32,
+        events: i16,
+        revents: i16,
+    }
+    let mut p = PollFd {
+        fd: fd as i32,
+        events: 1,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { syscall6(SYS_POLL, [&mut p as *mut PollFd as u64, 1, ms, 0, 0, 0]) };
+    matches!(r, Ok(n) if n > 0) && p.revents & 1 != 0
+}
+
+/// Waits until the terminal's output queue has been sent (tcdrain), so our
+/// lines reach the serial port before the kernel prints anything else.
+pub fn drain(fd: u64) {
+    const TIOCDRAIN: u64 = 0x2000_745e; // _IO('t', 94)
+    // SAFETY: TIOCDRAIN takes no argument; on a non-tty it fails harmlessly.
+    let _ = unsafe { syscall6(SYS_IOCTL, [fd, TIOCDRAIN, 0, 0, 0, 0]) };
 }
 
 pub fn exit(code: u64) -> ! {
@@ -88,11 +135,12 @@ pub fn getpid() -> u64 {
 
 /// Returns 0 in the child, the child's pid in the parent.
 pub fn fork() -> Res {
-    // SAFETY: FreeBSD fork returns the child pid in rax and 1 in rdx for the
-    // child; we read rdx to tell them apart.
     let ret: u64;
     let rdx: u64;
     let failed: u8;
+    // SAFETY: FreeBSD fork returns the child's pid in rax and 1 in rdx in
+    // the child (0 in the parent); every register the kernel may change is
+    // declared clobbered.
     unsafe {
         asm!(
             "syscall",
@@ -114,12 +162,33 @@ pub fn fork() -> Res {
     }
 }
 
-/// Waits for `pid`; returns the raw wait status.
-pub fn wait(pid: u64) -> Result<i32, i64> {
+/// wait4: `Ok(None)` while the child runs (with `nohang`), else its raw status.
+pub fn wait(pid: u64, nohang: bool) -> Result<Option<i32>, i64> {
+    const WNOHANG: u64 = 1;
     let mut status: i32 = 0;
-    // SAFETY: status is a valid out pointer.
-    unsafe { syscall6(SYS_WAIT4, [pid, &mut status as *mut i32 as u64, 0, 0, 0, 0]) }?;
-    Ok(status)
+    let opts = if nohang { WNOHANG } else { 0 };
+    // SAFETY: status is a valid out pointer; no rusage.
+    let r = unsafe {
+        syscall6(
+            SYS_WAIT4,
+            [pid, &mut status as *mut i32 as u64, opts, 0, 0, 0],
+        )
+    }?;
+    Ok(if r == 0 { None } else { Some(status) })
+}
+
+pub fn kill(pid: u64, sig: u64) -> Res {
+    // SAFETY: plain integers.
+    unsafe { syscall6(SYS_KILL, [pid, sig, 0, 0, 0, 0]) }
+}
+
+/// Milliseconds of CLOCK_MONOTONIC.
+pub fn now_ms() -> u64 {
+    const CLOCK_MONOTONIC: u64 = 4;
+    let mut ts = [0u64; 2];
+    // SAFETY: ts is a valid timespec out pointer.
+    let _ = unsafe { syscall6(SYS_CLOCK_GETTIME, [CLOCK_MONOTONIC, ts.as_mut_ptr() as u64, 0, 0, 0, 0]) };
+    ts[0] * 1000 + ts[1] / 1_000_000
 }
 
 pub fn sleep_ms(ms: u64) {
@@ -128,7 +197,11 @@ pub fn sleep_ms(ms: u64) {
     let _ = unsafe { syscall6(SYS_NANOSLEEP, [ts.as_ptr() as u64, 0, 0, 0, 0, 0]) };
 }
 
+/// kldload(2): `path` must end with a NUL byte. Returns the file id.
 pub fn kldload(path: &[u8]) -> Res {
+    if path.last() != Some(&0) {
+        return Err(EINVAL);
+    }
     // SAFETY: NUL-terminated path.
     unsafe { syscall6(SYS_KLDLOAD, [path.as_ptr() as u64, 0, 0, 0, 0, 0]) }
 }
@@ -138,15 +211,45 @@ pub fn kldunload(fileid: u64) -> Res {
     unsafe { syscall6(SYS_KLDUNLOAD, [fileid, 0, 0, 0, 0, 0]) }
 }
 
-/// Anonymous private mapping of `len` bytes.
-pub fn mmap_anon(len: u64) -> Res {
-    const PROT_RW: u64 = 0x3;
-    const MAP_PRIVATE_ANON: u64 = 0x2 | 0x1000;
-    // SAFETY: fresh anonymous mapping; fd -1.
-    unsafe { syscall6(SYS_MMAP, [0, len, PROT_RW, MAP_PRIVATE_ANON, u64::MAX, 0]) }
+/// kldfind(2): the file id of a loaded kld file (`name` ends with NUL).
+pub fn kldfind(name: &[u8]) -> Res {
+    if name.last() != Some(&0) {
+        return Err(EINVAL);
+    }
+    // SAFETY: NUL-terminated name.
+    unsafe { syscall6(SYS_KLDFIND, [name.as_ptr() as u64, 0, 0, 0, 0, 0]) }
 }
 
-/// sysctlbyname(2): `name` without NUL.
+/// kenv(2) KENV_GET: the kernel environment's value of `name` (ends with
+/// NUL) in `buf`, without its NUL.
+pub fn kenv_get<'a>(name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    if name.last() != Some(&0) {
+        return None;
+    }
+    // SAFETY: NUL-terminated name; buf valid for its length.
+    let n = unsafe {
+        syscall6(
+            SYS_KENV,
+            [0, name.as_ptr() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0],
+        )
+    }
+    .ok()? as usize;
+    let s = &buf[..n.min(buf.len())];
+    Some(s.split(|&b| b == 0).next().unwrap_or(s))
+}
+
+/// Anonymous mapping of `len` bytes, private or shared with children.
+pub fn mmap_anon(len: u64, shared: bool) -> Res {
+    const PROT_RW: u64 = 0x3;
+    const MAP_SHARED: u64 = 0x1;
+    const MAP_PRIVATE: u64 = 0x2;
+    const MAP_ANON: u64 = 0x1000;
+    let flags = MAP_ANON | if shared { MAP_SHARED } else { MAP_PRIVATE };
+    // SAFETY: a fresh anonymous mapping (fd -1) disturbs no existing memory.
+    unsafe { syscall6(SYS_MMAP, [0, len, PROT_RW, flags, u64::MAX, 0]) }
+}
+
+/// sysctlbyname(2): `name` without NUL. Returns the old value's length.
 pub fn sysctlbyname(name: &[u8], old: Option<&mut [u8]>, new: Option<&[u8]>) -> Result<usize, i64> {
     let mut oldlen: usize = old.as_ref().map_or(0, |o| o.len());
     let (op, olp) = match old {
@@ -164,7 +267,7 @@ pub fn sysctlbyname(name: &[u8], old: Option<&mut [u8]>, new: Option<&[u8]>) -> 
     Ok(oldlen)
 }
 
-/// sysctl(2) by MIB.
+/// sysctl(2) by MIB. Returns the old value's length.
 pub fn sysctl(mib: &[i32], old: &mut [u8], new: Option<&[u8]>) -> Result<usize, i64> {
     let mut oldlen: usize = old.len();
     let (np, nl) = new.map_or((0, 0), |n| (n.as_ptr() as u64, n.len() as u64));
@@ -187,7 +290,7 @@ pub fn sysctl(mib: &[i32], old: &mut [u8], new: Option<&[u8]>) -> Result<usize, 
 
 pub fn poweroff() -> ! {
     const RB_POWEROFF: u64 = 0x4000;
-    // SAFETY: reboot(2) as init.
+    // SAFETY: reboot(2); as init this powers the guest off.
     let _ = unsafe { syscall6(SYS_REBOOT, [RB_POWEROFF, 0, 0, 0, 0, 0]) };
     exit(0)
 }

@@ -1,10 +1,14 @@
-//! What the guest's console lines mean to the harness.
+//! What the guest's serial console lines mean to the harness, and the
+//! replies it sends back (the protocol is described in the guest's
+//! `host.rs`: `HOST: <seq> <command> <arg>` out, `<seq> OK <value>` or
+//! `<seq> FAIL <reason>` back).
 
 /// One line from the serial console.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// `HOST: <command> <arg>`: the guest asks the host to act.
+    /// `HOST: <seq> <command> <arg>`: the guest asks the host to act.
     Host {
+        seq: u64,
         cmd: String,
         arg: u64,
     },
@@ -13,31 +17,85 @@ pub enum Line {
         passed: u32,
         failed: u32,
     },
-    /// A kernel panic or a WITNESS lock-order warning.
+    /// `ok - ...`, `not ok - ...`, `# ...`: shown, not interpreted.
+    Report,
+    /// The kernel panicked, trapped or entered the debugger.
     Fatal(String),
+    /// A WITNESS warning or another kernel complaint: the run fails, but the
+    /// guest may go on.
+    Warning(String),
     Other,
 }
 
+/// Kernel messages that end the run.
+const FATAL: &[&str] = &[
+    "panic:",
+    "Fatal trap",
+    "KDB: enter",
+    "Memory modified after free",
+];
+
+/// Kernel messages that fail the run: WITNESS, and virtqueues torn down
+/// with buffers still in them.
+const WARNINGS: &[&str] = &[
+    "lock order reversal",
+    "with the following non-sleepable locks held",
+    "with the following sleepable locks held",
+    "owns a non-sleepable lock",
+    "acquiring duplicate lock of same type",
+    "freeing non-empty virtqueue",
+];
+
 pub fn parse(line: &str) -> Line {
     let l = line.trim();
-    if let Some(rest) = l.strip_prefix("HOST: ") {
-        let mut it = rest.split_whitespace();
-        let cmd = it.next().unwrap_or("").to_string();
-        let arg = it.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-        return Line::Host { cmd, arg };
+    // Kernel output may share a line with ours: look for the markers anywhere.
+    if let Some(f) = FATAL.iter().find(|p| l.contains(*p)) {
+        return Line::Fatal(format!("{f} {l}"));
     }
-    if l.starts_with("panic:") || l.contains("lock order reversal") || l.contains("Fatal trap") {
-        return Line::Fatal(l.to_string());
+    if let Some(w) = WARNINGS.iter().find(|p| l.contains(*p)) {
+        return Line::Warning(format!("{w}: {l}"));
+    }
+    if let Some(rest) = l.strip_prefix("HOST: ") {
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        if let [seq, cmd, arg] = w[..] {
+            if let (Ok(seq), Ok(arg)) = (seq.parse(), arg.parse()) {
+                if !cmd.is_empty() && cmd.bytes().all(|c| c.is_ascii_lowercase() || c == b'-') {
+                    return Line::Host {
+                        seq,
+                        cmd: cmd.to_string(),
+                        arg,
+                    };
+                }
+            }
+        }
+        return Line::Other;
+    }
+    if l.starts_with("ok - ") || l.starts_with("not ok - ") || l.starts_with("# ") {
+        return Line::Report;
     }
     if let Some((p, f)) = l.split_once(" passed, ") {
-        if let (Ok(passed), Some(Ok(failed))) = (
-            p.trim().parse(),
-            f.strip_suffix(" failed").map(|x| x.trim().parse()),
-        ) {
+        if let (Ok(passed), Some(Ok(failed))) =
+            (p.parse(), f.strip_suffix(" failed").map(str::parse))
+        {
             return Line::Summary { passed, failed };
         }
     }
     Line::Other
+}
+
+/// The reply line for request `seq` (the console's input wants CR).
+pub fn reply(seq: u64, result: &Result<u64, String>) -> String {
+    match result {
+        Ok(v) => format!("{seq} OK {v}\r"),
+        Err(why) => {
+            let why: String = why
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+                .take(60)
+                .collect();
+            format!("{seq} FAIL {why}\r")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -47,23 +105,36 @@ mod tests {
     #[test]
     fn host_requests() {
         assert_eq!(
-            parse("HOST: balloon-mib 256\r"),
+            parse("HOST: 7 set-target 65536\r"),
             Line::Host {
-                cmd: "balloon-mib".into(),
-                arg: 256
+                seq: 7,
+                cmd: "set-target".into(),
+                arg: 65536
             }
         );
         assert_eq!(
-            parse("HOST: actual 0"),
+            parse("HOST: 1 host-actual 0"),
             Line::Host {
-                cmd: "actual".into(),
+                seq: 1,
+                cmd: "host-actual".into(),
                 arg: 0
             }
         );
+        // Damaged or partial requests are ignored: the guest asks again.
+        for bad in [
+            "HOST: set-target 5",
+            "HOST: 3 set-target",
+            "HOST: 3 set-target 5 6",
+            "HOST: x set-target 5",
+            "HOST: 3 Set_Target 5",
+            "HOST: 3 set-target -1",
+        ] {
+            assert_eq!(parse(bad), Line::Other, "{bad}");
+        }
     }
 
     #[test]
-    fn summary_and_fatal() {
+    fn summary_reports_and_other_lines() {
         assert_eq!(
             parse("42 passed, 1 failed"),
             Line::Summary {
@@ -71,9 +142,51 @@ mod tests {
                 failed: 1
             }
         );
-        assert!(matches!(parse("panic: page fault"), Line::Fatal(_)));
-        assert!(matches!(parse("lock order reversal:"), Line::Fatal(_)));
-        assert_eq!(parse("ok - something"), Line::Other);
         assert_eq!(parse("3 passed, x failed"), Line::Other);
+        assert_eq!(parse("ok - something"), Line::Report);
+        assert_eq!(parse("not ok - x: y"), Line::Report);
+        assert_eq!(parse("# features: STATS_VQ"), Line::Report);
+        assert_eq!(parse("7 OK 0"), Line::Other, "an echoed reply");
+        assert_eq!(
+            parse("vtballoonrs0: <VirtIO Balloon Adapter> on virtio_pci0"),
+            Line::Other
+        );
+    }
+
+    #[test]
+    fn kernel_trouble() {
+        assert!(matches!(parse("panic: page fault"), Line::Fatal(_)));
+        assert!(matches!(
+            parse("Fatal trap 12: page fault while in kernel mode"),
+            Line::Fatal(_)
+        ));
+        assert!(matches!(parse("KDB: enter: panic"), Line::Fatal(_)));
+        assert!(matches!(parse("# report_blocks 1panic: x"), Line::Fatal(_)));
+        assert!(matches!(parse("lock order reversal:"), Line::Warning(_)));
+        assert!(matches!(
+            parse("uma_zalloc_debug: zone \"x\" with the following non-sleepable locks held:"),
+            Line::Warning(_)
+        ));
+        assert!(matches!(
+            parse(
+                "virtio_pci0: vtballoonrs0 stats: freeing non-empty virtqueue, leaking 1 entries"
+            ),
+            Line::Warning(_)
+        ));
+        assert_eq!(
+            parse("WARNING: WITNESS option enabled, expect reduced performance."),
+            Line::Other
+        );
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(reply(3, &Ok(65536)), "3 OK 65536\r");
+        assert_eq!(
+            reply(4, &Err("QMP balloon:\n no".into())),
+            "4 FAIL QMP balloon:  no\r"
+        );
+        let long = reply(5, &Err("x".repeat(200)));
+        assert!(long.len() < 80);
     }
 }

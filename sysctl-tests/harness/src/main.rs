@@ -1,12 +1,21 @@
 //! vmharness: boots a FreeBSD kernel under QEMU with the real virtio
 //! balloon device, runs the in-guest checks (vtbtest as /sbin/init), acts as
-//! the host when the guest asks (QMP), and fails on any failed check, panic,
-//! WITNESS warning or timeout.
+//! the host when the guest asks (QMP), and fails on any failed check, kernel
+//! panic, WITNESS warning or timeout.
 //!
-//! `vmharness test|bench`. Inputs (environment): FREEBSD_BOOT (a FreeBSD
-//! /boot directory: kernel/kernel, loader or loader_simp, cdboot, optionally
-//! modules/virtio_balloon.ko), VTB_MODULE (our .ko), VTB_INIT (the test
-//! program), VTB_KVM=1 to use KVM instead of TCG.
+//! ```text
+//! vmharness test             every test boot (make vmtest)
+//! vmharness bench            throughput, ours against the in-tree driver (make vmbench)
+//! vmharness intree           the in-tree driver only (no vtballoonrs.ko needed)
+//! vmharness <phase> ...      one boot running these guest phases
+//! ```
+//!
+//! Environment: FREEBSD_BOOT (a FreeBSD /boot directory: kernel/kernel,
+//! loader or loader_simp, cdboot, optionally modules/virtio_balloon.ko;
+//! default /opt/freebsd-boot), VTB_MODULE (our .ko, default
+//! target/kld/vtballoonrs.ko), VTB_INIT (the test program, default
+//! target/vtbtest), VTB_KVM=1 (KVM instead of TCG), VTB_WORK (default
+//! target/vmtest).
 
 mod console;
 mod iso;
@@ -16,30 +25,78 @@ mod vm;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use console::Line;
-use qmp::Qmp;
-use vm::{Vm, VmConfig};
+use qmp::{GuestStats, Qmp};
+use vm::{CpuMs, Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
 
-struct Run {
-    vm: Vm,
-    qmp: Qmp,
-    ram: u64,
-    host_passed: u32,
-    host_failed: u32,
-    rss_peak: u64,
-    bench: Vec<BenchRow>,
+/// One boot of the guest.
+struct Boot {
+    name: String,
+    phases: String,
+    kenv: Vec<String>,
+    mem_mib: u64,
+    needs_ours: bool,
+    /// Upper bound for the whole boot.
+    limit: Duration,
 }
 
-struct BenchRow {
-    driver: String,
-    what: String,
-    mib: u64,
-    secs: f64,
-    cpu_ms: u64,
+impl Boot {
+    fn new(name: &str, phases: &str, mem_mib: u64, needs_ours: bool, limit_s: u64) -> Boot {
+        let mut kenv = Vec::new();
+        if phases.split(' ').any(|p| p == "tunable") {
+            // What the guest's `tunable` phase expects to find.
+            kenv.push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
+        }
+        Boot {
+            name: name.into(),
+            phases: phases.into(),
+            kenv,
+            mem_mib,
+            needs_ours,
+            limit: Duration::from_secs(limit_s),
+        }
+    }
+}
+
+/// The boots of `vmharness test`, each a fresh guest so one failure does
+/// not hide the next scenario.
+fn test_boots() -> Vec<Boot> {
+    let mut basic = Boot::new("basic", "tunable nodes resize stats", 2048, true, 900);
+    basic
+        .kenv
+        .push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
+    vec![
+        basic,
+        Boot::new("pressure", "pressure", 2048, true, 1200),
+        Boot::new("report", "report", 2048, true, 900),
+        Boot::new("lifecycle", "unload cycles swap", 2048, true, 1200),
+    ]
+}
+
+fn plan(args: &[String]) -> Vec<Boot> {
+    match args.first().map(String::as_str) {
+        None | Some("test") => test_boots(),
+        Some("bench") => vec![Boot::new("bench", "bench", 4096, true, 2400)],
+        Some("intree") => vec![Boot::new("intree", "intree", 2048, false, 600)],
+        Some(_) => {
+            let phases = args.join(" ");
+            let needs = args.iter().any(|a| a != "intree");
+            vec![Boot::new(&args.join("-"), &phases, 2048, needs, 2400)]
+        }
+    }
+}
+
+struct Inputs {
+    boot: PathBuf,
+    module: PathBuf,
+    init: PathBuf,
+    work: PathBuf,
+    kvm: bool,
 }
 
 fn env_path(key: &str, default: &str) -> PathBuf {
@@ -47,345 +104,620 @@ fn env_path(key: &str, default: &str) -> PathBuf {
 }
 
 fn main() {
-    // `test`, `bench`, or a subset of the guest's phases (e.g. `pressure`).
-    let mode = std::env::args().nth(1).unwrap_or_else(|| "test".into());
-    let boot = env_path("FREEBSD_BOOT", "/opt/freebsd-boot");
-    if !boot.join("kernel/kernel").is_file()
-        || !boot.join("cdboot").is_file()
-        || iso::loader_of(&boot).is_none()
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let inputs = Inputs {
+        boot: env_path("FREEBSD_BOOT", "/opt/freebsd-boot"),
+        module: env_path("VTB_MODULE", "target/kld/vtballoonrs.ko"),
+        init: env_path("VTB_INIT", "target/vtbtest"),
+        work: env_path("VTB_WORK", "target/vmtest"),
+        kvm: std::env::var("VTB_KVM").is_ok_and(|v| v == "1"),
+    };
+    let b = &inputs.boot;
+    if !b.join("kernel/kernel").is_file()
+        || !b.join("cdboot").is_file()
+        || iso::loader_of(b).is_none()
     {
         println!(
             "skipped: no FreeBSD boot files at {} (kernel/kernel, loader, cdboot)",
-            boot.display()
+            b.display()
         );
         return;
     }
-    let module = env_path("VTB_MODULE", "target/kld/vtballoonrs.ko");
-    let init = env_path("VTB_INIT", "target/vtbtest");
-    for (p, what) in [(&module, "module (make build)"), (&init, "test program")] {
-        if !p.is_file() {
-            eprintln!("vmharness: missing {what}: {}", p.display());
-            std::process::exit(1);
+    let boots = plan(&args);
+    let mut missing = vec![];
+    if !inputs.init.is_file() {
+        missing.push(format!(
+            "test program {} (sysctl-tests/guest/build.sh)",
+            inputs.init.display()
+        ));
+    }
+    if boots.iter().any(|b| b.needs_ours) && !inputs.module.is_file() {
+        missing.push(format!("module {} (make build)", inputs.module.display()));
+    }
+    if !missing.is_empty() {
+        eprintln!("vmharness: missing {}", missing.join(", "));
+        std::process::exit(1);
+    }
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for boot in &boots {
+        let r = run_boot(&inputs, boot);
+        results.push((boot.name.clone(), r));
+    }
+    println!("\n== summary ({})", if inputs.kvm { "KVM" } else { "TCG" });
+    let (mut passed, mut failed) = (0, 0);
+    for (name, r) in &results {
+        println!(
+            "{name:<10} guest {:>3} passed, {:>2} failed; harness {:>2} passed, {:>2} failed; {:>4.0} s{}",
+            r.guest.0,
+            r.guest.1,
+            r.harness.0,
+            r.harness.1,
+            r.secs,
+            if r.completed { "" } else { "  (did not complete)" }
+        );
+        passed += r.guest.0 + r.harness.0;
+        failed += r.guest.1 + r.harness.1;
+        if !r.bench.is_empty() {
+            print_bench(&r.bench);
         }
     }
-    let code = match run(&mode, &boot, &module, &init) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("vmharness: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(i32::from(failed > 0 || passed == 0));
 }
 
-fn run(mode: &str, boot: &Path, module: &Path, init: &Path) -> Result<bool, String> {
-    let work = PathBuf::from("target/vmtest").join(mode);
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+#[derive(Default)]
+struct BootResult {
+    guest: (u32, u32),
+    harness: (u32, u32),
+    completed: bool,
+    secs: f64,
+    bench: Vec<BenchRow>,
+}
+
+/// The host side of one boot.
+struct Run {
+    name: String,
+    vm: Vm,
+    qmp: Qmp,
+    ram: u64,
+    rss_mark: u64,
+    stats: Option<GuestStats>,
+    driver: &'static str,
+    bench: Vec<BenchRow>,
+}
+
+fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
+    let t0 = Instant::now();
+    let mut res = BootResult::default();
+    let log = inputs.work.join(&boot.name).join("console.log");
+    println!(
+        "\n== boot {}: phases {} ({} MiB)",
+        boot.name, boot.phases, boot.mem_mib
+    );
+    let outcome = boot_and_drive(inputs, boot, &mut res);
+    res.secs = t0.elapsed().as_secs_f64();
+    let mut harness_check = |ok: bool, name: &str, why: &str| {
+        if ok {
+            res.harness.0 += 1;
+            println!("[{}] harness: ok - {name}", boot.name);
+        } else {
+            res.harness.1 += 1;
+            println!("[{}] harness: not ok - {name}: {why}", boot.name);
+        }
+    };
+    match outcome {
+        Err(e) => harness_check(false, "the boot ran to its end", &e),
+        Ok(d) => {
+            harness_check(
+                d.summary.is_some(),
+                "the guest printed its summary",
+                "no summary line",
+            );
+            harness_check(
+                d.fatal.is_none(),
+                "no kernel panic",
+                d.fatal.as_deref().unwrap_or(""),
+            );
+            harness_check(
+                d.warnings.is_empty(),
+                "no WITNESS or virtqueue warnings",
+                &d.warnings.join(" | "),
+            );
+            harness_check(
+                d.powered_off,
+                "the guest powered off",
+                "QEMU was still running",
+            );
+            if let Some(s) = d.summary {
+                res.guest = s;
+            }
+            res.completed = d.summary.is_some() && d.fatal.is_none();
+        }
+    }
+    println!(
+        "[{}] console log: {} ({:.0} s)",
+        boot.name,
+        log.display(),
+        res.secs
+    );
+    if res.harness.1 > 0 || res.guest.1 > 0 {
+        print_tail(&log, 60);
+    }
+    res
+}
+
+/// What the console showed.
+#[derive(Default)]
+struct Drive {
+    summary: Option<(u32, u32)>,
+    fatal: Option<String>,
+    warnings: Vec<String>,
+    powered_off: bool,
+}
+
+fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<Drive, String> {
+    let work = inputs.work.join(&boot.name);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let work = work.canonicalize().map_err(|e| e.to_string())?;
     let iso_path = work.join("boot.iso");
     iso::build(
         &iso::Image {
-            boot,
-            module,
-            init,
-            mode,
+            boot: &inputs.boot,
+            module: inputs.module.is_file().then_some(inputs.module.as_path()),
+            init: &inputs.init,
+            phases: &boot.phases,
+            kenv: &boot.kenv,
         },
         &work.join("iso"),
         &iso_path,
     )?;
-    let mem_mib = if mode == "bench" { 4096 } else { 2048 };
     let log = work.join("console.log");
     let cfg = VmConfig {
         iso: &iso_path,
-        mem_mib,
+        mem_mib: boot.mem_mib,
+        cpus: 2,
         log: &log,
-        kvm: std::env::var("VTB_KVM").is_ok_and(|v| v == "1"),
+        kvm: inputs.kvm,
     };
-    let started = Instant::now();
-    let mut vm = Vm::start(&cfg, &work)?;
-    let qmp = match Qmp::connect(&vm.qmp_path) {
-        Ok(q) => q,
-        Err(e) => {
-            vm.kill();
-            return Err(e);
-        }
-    };
+    let vm = Vm::start(&cfg, &work)?;
+    let qmp = Qmp::connect(&vm.qmp_path)?;
     let mut r = Run {
+        name: boot.name.clone(),
         vm,
         qmp,
-        ram: mem_mib * MIB,
-        host_passed: 0,
-        host_failed: 0,
-        rss_peak: 0,
+        ram: boot.mem_mib * MIB,
+        rss_mark: 0,
+        stats: None,
+        driver: "ours",
         bench: Vec::new(),
     };
-    let limit = Duration::from_secs(if mode == "bench" { 1800 } else { 2400 });
-    let outcome = drive(&mut r, limit);
+    let d = drive(&mut r, boot.limit);
     r.vm.kill();
-    println!("console log: {}", log.display());
-    println!("VM time: {:.0} s", started.elapsed().as_secs_f64());
-    match outcome {
-        Err(e) => {
-            print_tail(&log);
-            Err(e)
-        }
-        Ok(None) if mode == "bench" => {
-            print_bench(&r.bench);
-            Ok(true)
-        }
-        Ok(None) => {
-            print_tail(&log);
-            Err("the guest ended without a summary".into())
-        }
-        Ok(Some((passed, failed))) => {
-            let p = passed + r.host_passed;
-            let f = failed + r.host_failed;
-            println!(
-                "guest: {passed} passed, {failed} failed; host-side: {} passed, {} failed",
-                r.host_passed, r.host_failed
-            );
-            println!("{p} passed, {f} failed");
-            if f > 0 {
-                print_tail(&log);
-            }
-            Ok(f == 0)
-        }
-    }
+    res.bench = std::mem::take(&mut r.bench);
+    d
 }
 
-/// Follows the console until the guest's summary (or the end of a bench run).
-fn drive(r: &mut Run, limit: Duration) -> Result<Option<(u32, u32)>, String> {
+/// Longest quiet spell on the console before the boot counts as hung.
+const QUIET_LIMIT: Duration = Duration::from_secs(600);
+
+/// Follows the console until the guest powers off, answering its requests.
+fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
     let start = Instant::now();
-    let mut summary = None;
+    let mut d = Drive::default();
+    // The last request carried out and its reply, for repeats.
+    let mut last: Option<(u64, String)> = None;
+    // After a panic or the summary, how long to keep reading.
+    let mut until: Option<Instant> = None;
     loop {
-        let left = limit.checked_sub(start.elapsed()).ok_or("timeout")?;
-        let line = match r.vm.lines.recv_timeout(left) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => return Err("timeout waiting for the guest".into()),
-            Err(RecvTimeoutError::Disconnected) => return Ok(summary),
-        };
-        if line.starts_with("ok - ")
-            || line.starts_with("not ok - ")
-            || line.starts_with("HOST:")
-            || line.starts_with("# ")
-        {
-            println!("guest: {}", line.trim_end());
+        let now = Instant::now();
+        let end = until.unwrap_or(start + limit);
+        if now >= end {
+            if until.is_some() {
+                return Ok(d);
+            }
+            return Err(format!(
+                "timeout: the boot took more than {} s",
+                limit.as_secs()
+            ));
         }
+        let wait = (end - now).min(QUIET_LIMIT);
+        let line = match r.vm.lines.recv_timeout(wait) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) if until.is_none() && wait == QUIET_LIMIT => {
+                return Err(format!(
+                    "timeout: no console output for {} s",
+                    QUIET_LIMIT.as_secs()
+                ));
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                // QEMU exited (-no-reboot: power-off, reboot or triple fault).
+                d.powered_off = d.summary.is_some() && d.fatal.is_none();
+                return Ok(d);
+            }
+        };
+        let shown = line.trim_end();
         match console::parse(&line) {
             Line::Fatal(what) => {
-                // Let the kernel print its backtrace into the log first.
-                let until = Instant::now() + Duration::from_secs(10);
-                while let Some(left) = until.checked_duration_since(Instant::now()) {
-                    if r.vm.lines.recv_timeout(left).is_err() {
-                        break;
-                    }
+                println!("[{}] KERNEL: {shown}", r.name);
+                if d.fatal.is_none() {
+                    d.fatal = Some(what);
+                    // Keep the backtrace in the log, then stop.
+                    until = Some(Instant::now() + Duration::from_secs(20));
                 }
-                return Err(format!("guest kernel: {what}"));
             }
-            Line::Summary { passed, failed } => summary = Some((passed, failed)),
-            Line::Host { cmd, arg } => {
-                let reply = match host(r, &cmd, arg) {
-                    Ok(v) => format!("OK {v}"),
-                    Err(e) => {
-                        println!("host: {cmd} {arg}: {e}");
-                        "FAIL".to_string()
+            Line::Warning(what) => {
+                println!("[{}] KERNEL: {shown}", r.name);
+                d.warnings.push(what);
+            }
+            Line::Summary { passed, failed } => {
+                println!("[{}] guest: {shown}", r.name);
+                d.summary = Some((passed, failed));
+                // Late trouble (at shutdown) still counts.
+                until = Some(Instant::now() + Duration::from_secs(120));
+            }
+            Line::Report => println!("[{}] guest: {shown}", r.name),
+            Line::Host { seq, cmd, arg } => {
+                println!("[{}] guest: {shown}", r.name);
+                let reply = match &last {
+                    Some((s, reply)) if *s == seq => reply.clone(),
+                    Some((s, _)) if *s > seq => continue,
+                    _ => {
+                        let result = host(r, &cmd, arg);
+                        if let Err(e) = &result {
+                            println!("[{}] host: {cmd} {arg} failed: {e}", r.name);
+                        }
+                        console::reply(seq, &result)
                     }
                 };
-                r.vm.reply(&reply)?;
+                r.vm.send(&reply)?;
+                last = Some((seq, reply));
             }
-            Line::Other => {}
+            Line::Other => {
+                if shown.contains("vtballoon") {
+                    println!("[{}] kernel: {shown}", r.name);
+                }
+            }
         }
     }
 }
 
-fn check(r: &mut Run, name: &str, ok: bool, why: &str) -> Result<u64, String> {
-    if ok {
-        r.host_passed += 1;
-        println!("host: ok - {name}");
-        Ok(0)
-    } else {
-        r.host_failed += 1;
-        println!("host: not ok - {name}: {why}");
-        Err(why.to_string())
-    }
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// Carries out one request of the guest; the value goes back in the reply.
+/// The balloon as QEMU reports it, in 4 KiB pages.
+fn host_pages(r: &mut Run) -> Result<u64, String> {
+    Ok(r.ram.saturating_sub(r.qmp.actual()?) / PAGE)
+}
+
+/// Sets the balloon to `pages` 4 KiB pages.
+fn set_target(r: &mut Run, pages: u64) -> Result<(), String> {
+    let bytes = pages
+        .checked_mul(PAGE)
+        .filter(|&b| b <= r.ram)
+        .ok_or("target above RAM")?;
+    r.qmp.balloon(r.ram - bytes)
+}
+
+/// Carries out one request of the guest (see the guest's host.rs); the
+/// value goes back in the reply.
 fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
     match cmd {
-        "balloon-mib" => {
-            println!(
-                "host: QEMU RSS {} MiB; balloon to {arg} MiB",
-                r.vm.rss_bytes() / MIB
-            );
-            r.qmp.balloon(r.ram - arg * MIB).map(|_| 0)
-        }
+        "set-target" => set_target(r, arg).map(|()| 0),
         "rapid" => {
-            for mib in [64, 512, 32, 768, 0, 384, 96] {
-                r.qmp.balloon(r.ram - mib * MIB)?;
+            for mib in [64u64, 512, 32, 768, 0, 384, 96] {
+                set_target(r, mib * MIB / PAGE)?;
                 std::thread::sleep(Duration::from_millis(30));
             }
-            r.qmp.balloon(r.ram - arg * MIB).map(|_| 0)
+            set_target(r, arg).map(|()| 0)
         }
-        "actual" => {
-            // The host's view, in MiB of balloon, once it settles.
+        "host-actual" => {
+            // Once steady: the same for a second, or after 10 s.
             let deadline = Instant::now() + Duration::from_secs(10);
-            let mut last = r.qmp.actual()?;
-            while Instant::now() < deadline {
+            let mut last = host_pages(r)?;
+            let mut same = 0;
+            while same < 5 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
-                let now = r.qmp.actual()?;
-                if now == last {
-                    break;
-                }
+                let now = host_pages(r)?;
+                same = if now == last { same + 1 } else { 0 };
                 last = now;
             }
-            Ok((r.ram - last.min(r.ram)) / MIB)
+            Ok(last)
         }
-        "check-stats" => check_stats(r),
-        "rss-peak" => {
-            r.rss_peak = r.vm.rss_bytes();
-            println!(
-                "host: QEMU RSS with {arg} MiB touched: {} MiB",
-                r.rss_peak / MIB
-            );
-            Ok(0)
+        "wait-actual" => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let now = host_pages(r)?;
+                if now == arg {
+                    return Ok(now);
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("the balloon stayed at {now} pages"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        "stats-poll" => stats_poll(r, arg),
+        "stats-get" => {
+            let s = r
+                .stats
+                .as_ref()
+                .ok_or("no stats sampled (stats-poll first)")?;
+            let v = usize::try_from(arg)
+                .ok()
+                .and_then(|t| s.by_tag.get(t).copied().flatten())
+                .ok_or_else(|| format!("the guest sent no stat with tag {arg}"))?;
+            Ok(v / 1024)
+        }
+        "rss-mark" => {
+            r.rss_mark = r.vm.rss_bytes();
+            println!("[{}] host: QEMU RSS {} MiB", r.name, r.rss_mark / MIB);
+            Ok(r.rss_mark / MIB)
         }
         "rss-drop" => rss_drop(r, arg),
-        "bench-ours" | "bench-theirs" => bench(r, &cmd["bench-".len()..]),
+        "bench-driver" => {
+            r.driver = if arg == 0 { "ours" } else { "theirs" };
+            Ok(0)
+        }
+        "bench-inflate" => bench_op(r, "inflate", arg),
+        "bench-deflate" => bench_op(r, "deflate", arg),
         _ => Err(format!("unknown request {cmd}")),
     }
 }
 
-fn check_stats(r: &mut Run) -> Result<u64, String> {
-    r.qmp.stats_polling(1)?;
+/// Turns on guest-stats polling and waits for a sample newer than the
+/// request, which later `stats-get` requests read.
+fn stats_poll(r: &mut Run, secs: u64) -> Result<u64, String> {
+    let t0 = unix_secs();
+    r.qmp
+        .stats_polling(u32::try_from(secs.clamp(1, 60)).unwrap_or(2))?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    while Instant::now() < deadline {
+    loop {
         std::thread::sleep(Duration::from_millis(500));
-        last = r.qmp.guest_stats()?;
-        let f = |k| json::u64_field(&last, k);
-        if let (Some(free), Some(total), Some(avail)) = (
-            f("stat-free-memory"),
-            f("stat-total-memory"),
-            f("stat-available-memory"),
-        ) {
-            if f("last-update").unwrap_or(0) > 0 {
-                println!(
-                    "host: guest-stats free {} MiB, total {} MiB, avail {} MiB",
-                    free / MIB,
-                    total / MIB,
-                    avail / MIB
-                );
-                let sane = free > 0 && total > free && avail >= free / 2 && avail <= total;
-                return check(
-                    r,
-                    "guest-stats has real memfree/memtot/avail",
-                    sane,
-                    "implausible values",
-                );
-            }
+        let s = r.qmp.guest_stats()?;
+        if s.last_update > t0 {
+            let show =
+                |t: usize| s.by_tag[t].map_or("-".to_string(), |v| format!("{} MiB", v / MIB));
+            println!(
+                "[{}] host: guest-stats free {}, total {}, avail {}, caches {}",
+                r.name,
+                show(4),
+                show(5),
+                show(6),
+                show(7)
+            );
+            r.stats = Some(s);
+            return Ok(0);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no fresh guest-stats (last update {})",
+                s.last_update
+            ));
         }
     }
-    check(
-        r,
-        "guest-stats has real memfree/memtot/avail",
-        false,
-        &format!("no stats: {last}"),
-    )
 }
 
 fn rss_drop(r: &mut Run, mib: u64) -> Result<u64, String> {
-    let goal = r.rss_peak.saturating_sub(mib * MIB * 9 / 10);
+    let goal = r.rss_mark.saturating_sub(mib * MIB * 9 / 10);
     let start = Instant::now();
     let mut rss = r.vm.rss_bytes();
-    while start.elapsed() < Duration::from_secs(120) && rss > goal {
+    while start.elapsed() < Duration::from_secs(150) && rss > goal {
         std::thread::sleep(Duration::from_millis(500));
         rss = r.vm.rss_bytes();
     }
     println!(
-        "host: QEMU RSS {} MiB -> {} MiB after the guest freed {mib} MiB, in {:.1} s",
-        r.rss_peak / MIB,
+        "[{}] host: QEMU RSS {} MiB -> {} MiB after the guest freed {mib} MiB ({:.1} s)",
+        r.name,
+        r.rss_mark / MIB,
         rss / MIB,
         start.elapsed().as_secs_f64()
     );
-    check(
-        r,
-        "QEMU RSS drops by 90% of the freed memory",
-        rss <= goal,
-        "RSS stayed high",
-    )
+    let dropped = r.rss_mark.saturating_sub(rss) / MIB;
+    if rss <= goal {
+        Ok(dropped)
+    } else {
+        Err(format!("RSS fell by {dropped} MiB only"))
+    }
 }
 
-/// Times inflate and deflate of 1 and 3 GiB with the loaded driver.
-fn bench(r: &mut Run, driver: &str) -> Result<u64, String> {
-    for mib in [1024u64, 3072] {
-        for (what, target) in [("inflate", r.ram - mib * MIB), ("deflate", r.ram)] {
-            let cpu0 = r.vm.cpu_ms();
-            let t0 = Instant::now();
-            r.qmp.balloon(target)?;
-            loop {
-                if r.qmp.actual()? == target {
-                    break;
-                }
-                if t0.elapsed() > Duration::from_secs(300) {
-                    return Err(format!("{driver}: {what} {mib} MiB did not finish"));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let secs = t0.elapsed().as_secs_f64();
-            let cpu_ms = r.vm.cpu_ms().saturating_sub(cpu0);
-            println!(
-                "bench: {driver} {what} {mib} MiB: {secs:.3} s, {:.0} MiB/s, QEMU CPU {cpu_ms} ms",
-                mib as f64 / secs
-            );
-            r.bench.push(BenchRow {
-                driver: driver.into(),
-                what: what.into(),
-                mib,
-                secs,
-                cpu_ms,
-            });
-            std::thread::sleep(Duration::from_millis(500));
+struct BenchRow {
+    driver: &'static str,
+    what: &'static str,
+    mib: u64,
+    secs: f64,
+    cpu: CpuMs,
+    /// QEMU RSS released during the operation.
+    rss_drop_mib: u64,
+}
+
+/// Times one inflate or deflate of `mib` with the loaded driver: from the
+/// QMP `balloon` command until `query-balloon` reports the target.
+fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
+    let target = if what == "inflate" {
+        r.ram.checked_sub(mib * MIB).ok_or("more than RAM")?
+    } else {
+        r.ram
+    };
+    let rss0 = r.vm.rss_bytes();
+    let cpu0 = r.vm.cpu_ms();
+    let t0 = Instant::now();
+    r.qmp.balloon(target)?;
+    while r.qmp.actual()? != target {
+        if t0.elapsed() > Duration::from_secs(600) {
+            return Err(format!("{what} {mib} MiB did not finish in 600 s"));
         }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(0)
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = r.vm.cpu_ms().since(cpu0);
+    let rss_drop_mib = rss0.saturating_sub(r.vm.rss_bytes()) / MIB;
+    println!(
+        "[{}] bench: {} {what} {mib} MiB: {secs:.2} s, {:.0} MiB/s, vCPU {} ms, QEMU other threads {} ms, RSS -{rss_drop_mib} MiB",
+        r.name,
+        r.driver,
+        mib as f64 / secs,
+        cpu.vcpu,
+        cpu.other
+    );
+    r.bench.push(BenchRow {
+        driver: r.driver,
+        what,
+        mib,
+        secs,
+        cpu,
+        rss_drop_mib,
+    });
+    Ok((secs * 1000.0) as u64)
+}
+
+/// The run with the median time of `driver` doing `what` to `mib`.
+fn median<'a>(rows: &'a [BenchRow], driver: &str, what: &str, mib: u64) -> Option<&'a BenchRow> {
+    let mut m: Vec<&BenchRow> = rows
+        .iter()
+        .filter(|r| r.driver == driver && r.what == what && r.mib == mib)
+        .collect();
+    m.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    m.get(m.len() / 2).copied()
 }
 
 fn print_bench(rows: &[BenchRow]) {
     println!(
-        "\n{:<8} {:>6} {:>12} {:>12} {:>10} {:>14} {:>14} {:>10}",
-        "op", "MiB", "ours MiB/s", "C MiB/s", "ratio", "ours CPU ms/GiB", "C CPU ms/GiB", "ratio"
+        "\n{:<8} {:>5} | {:>8} {:>8} {:>6} | {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>8} {:>8}",
+        "op",
+        "MiB",
+        "ours",
+        "in-tree",
+        "ratio",
+        "ours",
+        "in-tree",
+        "ratio",
+        "ours",
+        "in-tree",
+        "ours",
+        "in-tree"
     );
-    for ours in rows.iter().filter(|r| r.driver == "ours") {
-        let Some(theirs) = rows
-            .iter()
-            .find(|t| t.driver == "theirs" && t.what == ours.what && t.mib == ours.mib)
-        else {
+    println!(
+        "{:<8} {:>5} | {:>24} | {:>26} | {:>19} | {:>17}",
+        "", "", "MiB/s", "vCPU ms per GiB", "QEMU other ms/GiB", "discard MiB/s"
+    );
+    let mut ops: Vec<(&str, u64)> = rows.iter().map(|r| (r.what, r.mib)).collect();
+    ops.sort_by_key(|&(what, mib)| (mib, what != "inflate"));
+    ops.dedup();
+    for (what, mib) in ops {
+        let (Some(ours), Some(theirs)) = (
+            median(rows, "ours", what, mib),
+            median(rows, "theirs", what, mib),
+        ) else {
             continue;
         };
+        let runs = rows
+            .iter()
+            .filter(|r| r.what == what && r.mib == mib && r.driver == "ours")
+            .count();
         let rate = |r: &BenchRow| r.mib as f64 / r.secs;
-        let cpu = |r: &BenchRow| r.cpu_ms as f64 * 1024.0 / r.mib as f64;
+        let per_gib = |ms: u64, r: &BenchRow| ms as f64 * 1024.0 / r.mib as f64;
+        let discard = |r: &BenchRow| {
+            if r.what == "inflate" {
+                format!("{:.0}", r.rss_drop_mib as f64 / r.secs)
+            } else {
+                "-".into()
+            }
+        };
         println!(
-            "{:<8} {:>6} {:>12.0} {:>12.0} {:>10.2} {:>14.0} {:>14.0} {:>10.2}",
-            ours.what,
-            ours.mib,
+            "{:<8} {:>5} | {:>8.0} {:>8.0} {:>6.2} | {:>9.0} {:>9.0} {:>6.2} | {:>9.0} {:>9.0} | {:>8} {:>8}  (median of {runs})",
+            what,
+            mib,
             rate(ours),
             rate(theirs),
             rate(ours) / rate(theirs),
-            cpu(ours),
-            cpu(theirs),
-            cpu(ours) / cpu(theirs).max(1.0)
+            per_gib(ours.cpu.vcpu, ours),
+            per_gib(theirs.cpu.vcpu, theirs),
+            per_gib(ours.cpu.vcpu, ours) / per_gib(theirs.cpu.vcpu, theirs).max(1.0),
+            per_gib(ours.cpu.other, ours),
+            per_gib(theirs.cpu.other, theirs),
+            discard(ours),
+            discard(theirs),
         );
     }
-    println!("(rates host-observed: QMP balloon to query-balloon at target; CPU: QEMU process user+system time, all vCPUs, TCG)");
+    println!(
+        "MiB/s: host-observed, from the QMP balloon command until query-balloon shows the target.\n\
+         vCPU: user+system time of QEMU's vCPU threads (/proc/<pid>/task/*/stat, threads named \
+         CPU n/TCG): the guest's work, TCG-emulated.\n\
+         QEMU other: QEMU's other threads (device emulation, madvise discards).\n\
+         discard: QEMU RSS released per second during inflate (the guest touched memory first)."
+    );
 }
 
-fn print_tail(log: &Path) {
+fn print_tail(log: &Path, n: usize) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    println!("--- last console lines ---");
-    for l in &lines[lines.len().saturating_sub(40)..] {
+    println!("--- last {n} console lines ({}) ---", log.display());
+    for l in &lines[lines.len().saturating_sub(n)..] {
         println!("{l}");
+    }
+    println!("--- end of console ---");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_takes_the_median_run() {
+        let row = |driver, secs| BenchRow {
+            driver,
+            what: "inflate",
+            mib: 1024,
+            secs,
+            cpu: CpuMs::default(),
+            rss_drop_mib: 0,
+        };
+        let rows = [
+            row("ours", 3.0),
+            row("ours", 1.0),
+            row("theirs", 9.0),
+            row("ours", 2.0),
+        ];
+        assert_eq!(
+            median(&rows, "ours", "inflate", 1024).map(|r| r.secs),
+            Some(2.0)
+        );
+        assert_eq!(
+            median(&rows, "theirs", "inflate", 1024).map(|r| r.secs),
+            Some(9.0)
+        );
+        assert!(median(&rows, "ours", "deflate", 1024).is_none());
+    }
+
+    #[test]
+    fn plans_boots() {
+        let names = |a: &[&str]| {
+            plan(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .iter()
+                .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
+                .collect::<Vec<_>>()
+        };
+        let t = names(&["test"]);
+        assert_eq!(t.len(), 4);
+        assert!(t.iter().all(|(_, _, ours)| *ours));
+        let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
+        for phase in [
+            "nodes", "resize", "stats", "pressure", "report", "unload", "cycles", "swap",
+        ] {
+            assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
+        }
+        assert_eq!(names(&["bench"])[0].1, "bench");
+        assert!(!names(&["intree"])[0].2, "the in-tree boot needs no module");
+        assert_eq!(names(&["report", "pressure"])[0].1, "report pressure");
+        assert!(test_boots()[0]
+            .kenv
+            .iter()
+            .any(|k| k.starts_with("dev.vtballoonrs.0.oom_batch_pages=")));
     }
 }

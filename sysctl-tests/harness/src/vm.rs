@@ -1,5 +1,6 @@
-//! The QEMU process: serial console through pipes, QMP socket, and the
-//! host-side figures (RSS, CPU time) read from /proc.
+//! The QEMU process: serial console through pipes (every line also goes to
+//! a log file), the QMP socket, and host-side figures read from /proc (RSS,
+//! CPU time of the vCPU threads and of the rest of QEMU).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -9,8 +10,8 @@ use std::sync::mpsc::{channel, Receiver};
 use std::thread;
 
 pub struct Vm {
-    pub child: Child,
-    pub stdin: ChildStdin,
+    child: Child,
+    stdin: ChildStdin,
     pub lines: Receiver<String>,
     pub qmp_path: PathBuf,
 }
@@ -18,29 +19,48 @@ pub struct Vm {
 pub struct VmConfig<'a> {
     pub iso: &'a Path,
     pub mem_mib: u64,
+    pub cpus: u32,
     pub log: &'a Path,
     pub kvm: bool,
+}
+
+/// QEMU's arguments (without the binary).
+pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
+    let accel = if cfg.kvm { "kvm" } else { "tcg,thread=multi" };
+    let mut a: Vec<String> = [
+        "-name",
+        "vtbtest,debug-threads=on",
+        "-accel",
+        accel,
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-device",
+        "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(["-smp".into(), cfg.cpus.to_string()]);
+    a.extend(["-m".into(), cfg.mem_mib.to_string()]);
+    a.extend(["-cdrom".into(), cfg.iso.display().to_string()]);
+    a.extend([
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+    ]);
+    a
 }
 
 impl Vm {
     pub fn start(cfg: &VmConfig<'_>, work: &Path) -> Result<Vm, String> {
         let qmp_path = work.join("qmp.sock");
         let _ = fs::remove_file(&qmp_path);
-        let accel = if cfg.kvm { "kvm" } else { "tcg,thread=multi" };
         let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel", accel, "-smp", "2", "-display", "none", "-monitor", "none", "-serial",
-                "stdio",
-            ])
-            .args(["-m", &cfg.mem_mib.to_string(), "-no-reboot"])
-            .arg("-cdrom")
-            .arg(cfg.iso)
-            .args([
-                "-device",
-                "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
-            ])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .args(qemu_args(cfg, &qmp_path))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -48,12 +68,13 @@ impl Vm {
             .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut log = fs::File::create(cfg.log).map_err(|e| e.to_string())?;
+        let mut log =
+            fs::File::create(cfg.log).map_err(|e| format!("{}: {e}", cfg.log.display()))?;
         let (tx, lines) = channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
                 let line = String::from_utf8_lossy(&line).into_owned();
-                let _ = writeln!(log, "{line}");
+                let _ = writeln!(log, "{}", line.trim_end_matches('\r'));
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -67,21 +88,37 @@ impl Vm {
         })
     }
 
-    /// Sends one reply line to the guest's console.
-    pub fn reply(&mut self, line: &str) -> Result<(), String> {
+    /// Sends one line to the guest's console input.
+    pub fn send(&mut self, line: &str) -> Result<(), String> {
         self.stdin
-            .write_all(format!("{line}\r").as_bytes())
-            .map_err(|e| e.to_string())?;
-        self.stdin.flush().map_err(|e| e.to_string())
+            .write_all(line.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("console write: {e}"))
     }
 
     pub fn rss_bytes(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmRSS:") * 1024
+        let s = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        parse_status_kib(&s, "VmRSS:") * 1024
     }
 
-    /// QEMU's user+system CPU time in milliseconds (all vCPU threads).
-    pub fn cpu_ms(&self) -> u64 {
-        cpu_ms(self.child.id())
+    /// CPU time (user+system, ms) of QEMU's vCPU threads and of the rest
+    /// (main loop: device emulation, the balloon's discards; I/O threads).
+    pub fn cpu_ms(&self) -> CpuMs {
+        let mut c = CpuMs::default();
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return c;
+        };
+        for t in tasks.flatten() {
+            let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let ms = parse_stat_cpu_ticks(&stat) * 1000 / CLK_TCK;
+            if is_vcpu_thread(&comm) {
+                c.vcpu += ms;
+            } else {
+                c.other += ms;
+            }
+        }
+        c
     }
 
     pub fn kill(&mut self) {
@@ -90,10 +127,36 @@ impl Vm {
     }
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    parse_status_kib(&s, key)
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuMs {
+    pub vcpu: u64,
+    pub other: u64,
+}
+
+impl CpuMs {
+    pub fn since(self, earlier: CpuMs) -> CpuMs {
+        CpuMs {
+            vcpu: self.vcpu.saturating_sub(earlier.vcpu),
+            other: self.other.saturating_sub(earlier.other),
+        }
+    }
+}
+
+/// With `-name ...,debug-threads=on` QEMU names its vCPU threads
+/// `CPU <n>/TCG` or `CPU <n>/KVM`.
+pub fn is_vcpu_thread(comm: &str) -> bool {
+    let c = comm.trim();
+    c.starts_with("CPU ") && (c.ends_with("/TCG") || c.ends_with("/KVM"))
+}
+
+/// Clock ticks per second of /proc's times (USER_HZ, 100 on Linux).
+const CLK_TCK: u64 = 100;
 
 /// The kB value of `key` in a /proc/<pid>/status text.
 pub fn parse_status_kib(status: &str, key: &str) -> u64 {
@@ -105,18 +168,15 @@ pub fn parse_status_kib(status: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_ms(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    parse_stat_cpu_ticks(&s) * 10
-}
-
-/// utime + stime (clock ticks, 100 Hz on Linux) from /proc/<pid>/stat.
+/// utime + stime (clock ticks) from a /proc/<pid>/stat or task stat line.
 pub fn parse_stat_cpu_ticks(stat: &str) -> u64 {
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+    // The command may contain spaces and parentheses: fields start after
+    // the last ')'.
+    let Some(after) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
         return 0;
     };
     let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the command: state is index 0; utime 11, stime 12.
+    // After the command: state is index 0; utime 11, stime 12 (fields 14, 15).
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     get(11) + get(12)
 }
@@ -136,5 +196,43 @@ mod tests {
     fn reads_cpu_ticks_from_stat() {
         let s = "4242 (qemu-system-x86) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0";
         assert_eq!(parse_stat_cpu_ticks(s), 300);
+        let s = "4243 (CPU 0/TCG) R 1 2 3 4 5 6 7 8 9 10 7 3 0 0 20 0";
+        assert_eq!(parse_stat_cpu_ticks(s), 10);
+        assert_eq!(parse_stat_cpu_ticks("garbage"), 0);
+        assert_eq!(parse_stat_cpu_ticks("1 (x)"), 0);
+    }
+
+    #[test]
+    fn tells_vcpu_threads() {
+        assert!(is_vcpu_thread("CPU 0/TCG\n"));
+        assert!(is_vcpu_thread("CPU 11/KVM"));
+        assert!(!is_vcpu_thread("qemu-system-x86"));
+        assert!(!is_vcpu_thread("worker"));
+    }
+
+    #[test]
+    fn qemu_gets_the_balloon_and_qmp() {
+        let cfg = VmConfig {
+            iso: Path::new("/w/boot.iso"),
+            mem_mib: 2048,
+            cpus: 2,
+            log: Path::new("/w/console.log"),
+            kvm: false,
+        };
+        let a = qemu_args(&cfg, Path::new("/w/qmp.sock"));
+        let after = |k: &str| a[a.iter().position(|x| x == k).unwrap() + 1].clone();
+        assert_eq!(after("-accel"), "tcg,thread=multi");
+        assert_eq!(
+            after("-device"),
+            "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on"
+        );
+        assert_eq!(after("-m"), "2048");
+        assert_eq!(after("-smp"), "2");
+        assert_eq!(after("-qmp"), "unix:/w/qmp.sock,server=on,wait=off");
+        assert_eq!(after("-cdrom"), "/w/boot.iso");
+        assert!(after("-name").contains("debug-threads=on"));
+        let kvm = VmConfig { kvm: true, ..cfg };
+        let a = qemu_args(&kvm, Path::new("/w/q"));
+        assert!(a.contains(&"kvm".to_string()));
     }
 }
