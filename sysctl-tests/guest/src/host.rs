@@ -1,44 +1,12 @@
-//! The host protocol, guest side. Some checks need the host to act (change
-//! the balloon target, read QEMU's view over QMP). Over the serial console:
-//!
-//! ```text
-//! guest -> host   HOST: <seq> <command> <arg>      (one line, decimal seq/arg)
-//! host -> guest   <seq> OK <value>                 (one line on the console's input)
-//!                 <seq> FAIL <reason>
-//! ```
-//!
-//! `seq` counts requests from 1. The guest waits for the reply with its
-//! `seq` (ignoring anything else) for the command's timeout, then sends the
-//! same request again, at most [`TRIES`] times in all; the host carries a
-//! request out once and answers a repeated `seq` from its record. Then the
-//! guest polls sysctl for the effect, itself bounded. Without a host
-//! (`--no-host`) every request answers [`Reply::NoHost`] and the checks that
-//! need one are skipped, never passed.
-//!
-//! Commands (arg in 4 KiB pages unless said): `set-target P` (balloon target
-//! to P pages), `rapid P` (a burst of targets ending at P), `host-actual 0`
-//! (the balloon size QEMU reports, in pages, once steady), `wait-actual P`
-//! (the host waits until QEMU reports P pages), `stats-poll S` (enable
-//! guest-stats polling every S s and wait for a fresh sample), `stats-get T`
-//! (the sampled value of virtio stat tag T, in KiB), `rss-mark 0`,
-//! `rss-drop MIB` (QEMU's RSS fell by 90% of MIB since the mark; replies the
-//! drop in MiB), `bench-driver D` (0 ours, 1 in-tree), `bench-inflate MIB`,
-//! `bench-deflate MIB` (the host times the operation).
+//! The host protocol, guest side: sends a request, waits for its reply
+//! (the format and the rules are in [`crate::proto`]).
 
 use crate::out::{in_fd, Line};
+use crate::proto::{parse_reply, request, Reply, REQUEST_MAX};
 use crate::sys;
 
 /// Sends of one request before giving up.
 pub const TRIES: u32 = 3;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    Ok(u64),
-    Fail,
-    /// No answer after every try.
-    Lost,
-    NoHost,
-}
 
 pub struct Host {
     pub on: bool,
@@ -64,14 +32,8 @@ impl Host {
         }
         self.seq += 1;
         for _ in 0..TRIES {
-            Line::new()
-                .s("HOST: ")
-                .u(self.seq)
-                .s(" ")
-                .s(cmd)
-                .s(" ")
-                .u(arg)
-                .end();
+            let mut buf = [0u8; REQUEST_MAX];
+            Line::new().b(request(self.seq, cmd, arg, &mut buf)).end();
             let deadline = sys::now_ms() + secs * 1000;
             loop {
                 let now = sys::now_ms();
@@ -115,33 +77,4 @@ impl Host {
         }
         found
     }
-}
-
-/// `<seq> OK <value>` or `<seq> FAIL ...` for request `seq`; None otherwise.
-pub fn parse_reply(line: &[u8], seq: u64) -> Option<Reply> {
-    let mut words = line
-        .split(|&c| c == b' ' || c == b'\t')
-        .filter(|w| !w.is_empty());
-    if parse_u64(words.next()?)? != seq {
-        return None;
-    }
-    match words.next()? {
-        b"OK" => Some(Reply::Ok(words.next().and_then(parse_u64).unwrap_or(0))),
-        b"FAIL" => Some(Reply::Fail),
-        _ => None,
-    }
-}
-
-pub fn parse_u64(w: &[u8]) -> Option<u64> {
-    if w.is_empty() || w.len() > 19 {
-        return None;
-    }
-    let mut v = 0u64;
-    for &b in w {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u64::from(b - b'0');
-    }
-    Some(v)
 }

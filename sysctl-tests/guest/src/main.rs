@@ -16,10 +16,12 @@
 
 mod host;
 mod out;
+mod proto;
 mod sys;
 
-use host::{Host, Reply};
+use host::Host;
 use out::{note, Line};
+use proto::Reply;
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -369,7 +371,8 @@ fn phase_nodes(c: &mut Ctx) {
         "did not stick",
     );
     let tags = get("stats_linux_tags").unwrap_or(0) as i32;
-    let rt = set("stats_linux_tags", 1 - tags) && get("stats_linux_tags") == Some((1 - tags) as u64);
+    let rt =
+        set("stats_linux_tags", 1 - tags) && get("stats_linux_tags") == Some((1 - tags) as u64);
     let restored = set("stats_linux_tags", tags);
     c.check(
         "stats_linux_tags round-trips",
@@ -379,15 +382,8 @@ fn phase_nodes(c: &mut Ctx) {
 
     let mut f = [0u8; 200];
     let feats = get_str(node("features").bytes(), &mut f).unwrap_or(&[]);
-    Line::new()
-        .s("# features: ")
-        .b(feats)
-        .end();
-    let has = |w: &[u8]| {
-        feats
-            .split(|&b| b == b',' || b == b' ')
-            .any(|x| x == w)
-    };
+    Line::new().s("# features: ").b(feats).end();
+    let has = |w: &[u8]| feats.split(|&b| b == b',' || b == b' ').any(|x| x == w);
     // What QEMU 7.2 offers with deflate-on-oom=on,free-page-reporting=on
     // (no MUST_TELL_HOST; STATS_PUSH is not a QEMU feature).
     c.check(
@@ -463,7 +459,12 @@ fn resize(c: &mut Ctx, name: &str, mib: u64, secs: u64) -> bool {
 /// The host's view of the balloon (pages) matches `mib`.
 fn host_agrees(c: &mut Ctx, name: &str, mib: u64) -> bool {
     let r = c.host.ask("host-actual", 0, 30);
-    c.check_host(name, r, |v| v == mib * PAGES_PER_MIB, "host sees another size")
+    c.check_host(
+        name,
+        r,
+        |v| v == mib * PAGES_PER_MIB,
+        "host sees another size",
+    )
 }
 
 fn phase_resize(c: &mut Ctx) {
@@ -760,8 +761,7 @@ fn phase_report(c: &mut Ctx) {
     let pid = toucher(mib, 0, Some(flag));
     let deadline = sys::now_ms() + 300_000;
     // SAFETY: `flag` is our shared page (two u64 words).
-    while unsafe { core::ptr::read_volatile(flag as *const u64) } == 0 && sys::now_ms() < deadline
-    {
+    while unsafe { core::ptr::read_volatile(flag as *const u64) } == 0 && sys::now_ms() < deadline {
         sys::sleep_ms(100);
     }
     let marked = ask_ok(c, "the host marks QEMU's RSS", "rss-mark", 0, 30);
@@ -782,8 +782,19 @@ fn phase_report(c: &mut Ctx) {
             "",
         );
     }
-    for leaf in ["report_blocks", "report_bytes", "report_passes", "report_acks", "report_time_ms"] {
-        Line::new().s("# ").s(leaf).s(" ").u(get(leaf).unwrap_or(0)).end();
+    for leaf in [
+        "report_blocks",
+        "report_bytes",
+        "report_passes",
+        "report_acks",
+        "report_time_ms",
+    ] {
+        Line::new()
+            .s("# ")
+            .s(leaf)
+            .s(" ")
+            .u(get(leaf).unwrap_or(0))
+            .end();
     }
     let blocks = get("report_blocks").unwrap_or(0);
     c.check_n(
@@ -793,7 +804,12 @@ fn phase_report(c: &mut Ctx) {
         Some(blocks),
     );
     let acks = get("report_acks").unwrap_or(0);
-    c.check_n("the host acked reports", acks > acks0, "report_acks", Some(acks));
+    c.check_n(
+        "the host acked reports",
+        acks > acks0,
+        "report_acks",
+        Some(acks),
+    );
     let e = get("report_errors");
     c.check_n("no report_errors", e == Some(0), "report_errors", e);
     let _ = wait_for("report_inflight", 10, |v| v == 0);
@@ -851,7 +867,13 @@ fn phase_cycles(c: &mut Ctx) {
         c.check("20 load/unload cycles", false, "could not unload first");
         return;
     }
-    if !ask_ok(c, "20 load/unload cycles", "set-target", MIB_CYCLE * PAGES_PER_MIB, 30) {
+    if !ask_ok(
+        c,
+        "20 load/unload cycles",
+        "set-target",
+        MIB_CYCLE * PAGES_PER_MIB,
+        30,
+    ) {
         return;
     }
     let free0 = free_bytes();
@@ -922,7 +944,11 @@ fn theirs_follow(c: &mut Ctx, name: &str, mib: u64) -> bool {
 
 fn phase_intree(c: &mut Ctx) {
     if !ensure_none(c) {
-        c.check("the in-tree driver attaches", false, "could not unload ours");
+        c.check(
+            "the in-tree driver attaches",
+            false,
+            "could not unload ours",
+        );
         return;
     }
     let Some(attached) = load_theirs(c, "the in-tree driver attaches") else {
@@ -932,28 +958,55 @@ fn phase_intree(c: &mut Ctx) {
         theirs_follow(c, "the in-tree driver inflates to 64 MiB", 64);
         theirs_follow(c, "the in-tree driver deflates to 0", 0);
     }
-    c.check("the in-tree module unloads", unload(THEIRS), "kldunload failed");
+    c.check(
+        "the in-tree module unloads",
+        unload(THEIRS),
+        "kldunload failed",
+    );
 }
 
 fn phase_swap(c: &mut Ctx) {
     const SWAP_MIB: u64 = 32;
     let pages = SWAP_MIB * PAGES_PER_MIB;
     if !ensure_none(c) {
-        c.check("the device moves between drivers", false, "could not unload ours");
+        c.check(
+            "the device moves between drivers",
+            false,
+            "could not unload ours",
+        );
         return;
     }
-    if !ask_ok(c, "the device moves between drivers", "set-target", pages, 30) {
+    if !ask_ok(
+        c,
+        "the device moves between drivers",
+        "set-target",
+        pages,
+        30,
+    ) {
         return;
     }
     for round in 0..2 {
         let Some(theirs) = load_theirs(c, "the device moves to the in-tree driver") else {
             break;
         };
-        if c.check("the device moves to the in-tree driver", theirs, "no vtballoon0") {
+        if c.check(
+            "the device moves to the in-tree driver",
+            theirs,
+            "no vtballoon0",
+        ) {
             let r = c.host.ask("wait-actual", pages, 150);
-            c.check_host("the in-tree driver inflates to the target", r, |v| v == pages, "pages");
+            c.check_host(
+                "the in-tree driver inflates to the target",
+                r,
+                |v| v == pages,
+                "pages",
+            );
         }
-        c.check("the in-tree module unloads", unload(THEIRS), "kldunload failed");
+        c.check(
+            "the in-tree module unloads",
+            unload(THEIRS),
+            "kldunload failed",
+        );
         // virtio_balloon(4) frees its pages after resetting the device at
         // detach, without telling the host: QEMU keeps counting them.
         if let Reply::Ok(v) = c.host.ask("host-actual", 0, 30) {
@@ -979,11 +1032,73 @@ fn phase_swap(c: &mut Ctx) {
             host_agrees(c, "and the host sees it", SWAP_MIB);
         }
         if round == 0 && !unload(c.ours) {
-            c.check("vtballoonrs unloads for the next round", false, "kldunload failed");
+            c.check(
+                "vtballoonrs unloads for the next round",
+                false,
+                "kldunload failed",
+            );
             break;
         }
     }
+    swap_devctl(c, pages);
     resize(c, "back to 0 after the swap", 0, 120);
+}
+
+/// Both modules loaded: the device stays with the driver that has it, and
+/// devctl(8) `set driver -f` moves it either way (what the README tells
+/// administrators of a GENERIC kernel, where virtio_balloon is built in).
+fn swap_devctl(c: &mut Ctx, pages: u64) {
+    const NAME: &str = "devctl set driver moves the device";
+    if let Err(why) = ensure_ours(c) {
+        c.check(NAME, false, why);
+        return;
+    }
+    match sys::kldload(THEIRS) {
+        Ok(_) | Err(sys::EEXIST) => {}
+        Err(sys::ENOENT) => return c.skip(NAME, "virtio_balloon.ko is not on this system"),
+        Err(_) => {
+            c.check(NAME, false, "kldload virtio_balloon.ko failed");
+            return;
+        }
+    }
+    c.check(
+        "vtballoonrs keeps the device when virtio_balloon.ko loads",
+        exists(OURS_DESC) && !exists(THEIRS_DESC),
+        "the device changed hands",
+    );
+    let to_theirs = sys::devctl_set_driver(b"vtballoonrs0\0", b"vtballoon\0", true);
+    c.check_n(
+        "devctl set driver -f vtballoonrs0 vtballoon",
+        to_theirs.is_ok() && wait_exists(THEIRS_DESC, 30) && !exists(OURS_DESC),
+        "errno",
+        to_theirs.err().map(|e| e as u64),
+    );
+    let r = c.host.ask("wait-actual", pages, 150);
+    c.check_host(
+        "the in-tree driver follows the target after devctl",
+        r,
+        |v| v == pages,
+        "pages",
+    );
+    let to_ours = sys::devctl_set_driver(b"vtballoon0\0", b"vtballoonrs\0", true);
+    c.check_n(
+        "devctl set driver -f vtballoon0 vtballoonrs",
+        to_ours.is_ok() && wait_exists(OURS_DESC, 30) && !exists(THEIRS_DESC),
+        "errno",
+        to_ours.err().map(|e| e as u64),
+    );
+    let reached = wait_for("actual_pages", 120, |v| v == pages);
+    c.check_n(
+        "vtballoonrs follows the target after devctl",
+        reached.is_ok(),
+        "actual_pages",
+        reached.err().flatten(),
+    );
+    c.check(
+        "virtio_balloon.ko unloads while vtballoonrs has the device",
+        unload(THEIRS) && exists(OURS_DESC),
+        "kldunload failed",
+    );
 }
 
 /// Runs of each benchmark operation (the host reports the median).
@@ -993,7 +1108,11 @@ fn phase_bench(c: &mut Ctx) {
     // Memory is touched before each inflate so the host has pages to drop.
     let phys = mib_of(get_u64(b"hw.physmem").unwrap_or(0));
     for (driver, path) in [(0u64, c.ours), (1, THEIRS)] {
-        let name = if driver == 0 { "bench vtballoonrs" } else { "bench virtio_balloon" };
+        let name = if driver == 0 {
+            "bench vtballoonrs"
+        } else {
+            "bench virtio_balloon"
+        };
         if !ensure_none(c) {
             c.check(name, false, "could not unload the drivers");
             return;
@@ -1031,7 +1150,11 @@ fn phase_bench(c: &mut Ctx) {
                 ok &= matches!(c.host.ask("bench-deflate", mib, 900), Reply::Ok(_));
             }
             let mut n = [0u8; 40];
-            let what = concat(&mut n, name.as_bytes(), if mib == 1024 { b" 1 GiB" } else { b" 3 GiB" });
+            let what = concat(
+                &mut n,
+                name.as_bytes(),
+                if mib == 1024 { b" 1 GiB" } else { b" 3 GiB" },
+            );
             c.check(what, ok, "the host could not time it");
         }
     }
@@ -1181,9 +1304,11 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
     }
     l.end();
 
-    let needs_ours = list[..n]
-        .iter()
-        .any(|p| PHASES.iter().any(|(name, _, needs)| *needs && name.as_bytes() == *p));
+    let needs_ours = list[..n].iter().any(|p| {
+        PHASES
+            .iter()
+            .any(|(name, _, needs)| *needs && name.as_bytes() == *p)
+    });
     let mut ours_ok = true;
     if needs_ours {
         let already = exists(OURS_DESC);
@@ -1199,7 +1324,8 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
         );
     }
     for p in &list[..n] {
-        let Some((name, f, needs)) = PHASES.iter().find(|(name, _, _)| name.as_bytes() == *p) else {
+        let Some((name, f, needs)) = PHASES.iter().find(|(name, _, _)| name.as_bytes() == *p)
+        else {
             Line::new().s("not ok - unknown phase ").b(p).end();
             c.failed += 1;
             continue;
@@ -1218,7 +1344,11 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
         f(&mut c);
     }
     if c.skipped > 0 {
-        Line::new().s("# ").u(u64::from(c.skipped)).s(" skipped").end();
+        Line::new()
+            .s("# ")
+            .u(u64::from(c.skipped))
+            .s(" skipped")
+            .end();
     }
     Line::new()
         .u(u64::from(c.passed))

@@ -59,7 +59,7 @@ impl Line {
 
     pub fn u(&mut self, v: u64) -> &mut Self {
         let mut d = [0u8; 20];
-        self.b(fmt_u64(v, &mut d))
+        self.b(crate::proto::decimal(v, &mut d))
     }
 
     pub fn end(&mut self) {
@@ -69,20 +69,6 @@ impl Line {
         sys::drain(out_fd());
         self.len = 0;
     }
-}
-
-/// Decimal digits of `v` in `d`.
-pub fn fmt_u64(mut v: u64, d: &mut [u8; 20]) -> &[u8] {
-    let mut i = d.len();
-    loop {
-        i -= 1;
-        d[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &d[i..]
 }
 
 /// A `# ...` comment line (TAP style: the harness shows it, counts nothing).

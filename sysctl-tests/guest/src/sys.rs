@@ -8,6 +8,7 @@ const SYS_FORK: u64 = 2;
 const SYS_READ: u64 = 3;
 const SYS_WRITE: u64 = 4;
 const SYS_OPEN: u64 = 5;
+const SYS_CLOSE: u64 = 6;
 const SYS_WAIT4: u64 = 7;
 const SYS_GETPID: u64 = 20;
 const SYS_KILL: u64 = 37;
@@ -112,11 +113,51 @@ pub fn poll_in(fd: u64, ms: u64) -> bool {
     matches!(r, Ok(n) if n > 0) && p.revents & 1 != 0
 }
 
+/// devctl(8)'s `set driver [-f]`: moves device `dev` to driver `driver`
+/// through /dev/devctl2 (DEV_SET_DRIVER). Both names end with NUL.
+pub fn devctl_set_driver(dev: &[u8], driver: &[u8], detach: bool) -> Res {
+    #[repr(C)]
+    struct DevReq {
+        name: [u8; 128],
+        flags: i32,
+        data: *const u8,
+        _len: usize,
+    }
+    const DEV_SET_DRIVER: u64 = 0x8098_4407; // _IOW('D', 7, struct devreq)
+    const DEVF_SET_DRIVER_DETACH: i32 = 1;
+    const _: () = assert!(core::mem::size_of::<DevReq>() == 0x98);
+    if dev.last() != Some(&0) || driver.last() != Some(&0) || dev.len() > 128 {
+        return Err(EINVAL);
+    }
+    let mut req = DevReq {
+        name: [0; 128],
+        flags: if detach { DEVF_SET_DRIVER_DETACH } else { 0 },
+        data: driver.as_ptr(),
+        _len: 0,
+    };
+    req.name[..dev.len()].copy_from_slice(dev);
+    let fd = open(b"/dev/devctl2\0", O_RDWR)?;
+    // SAFETY: req is a devreq whose name and data are NUL-terminated.
+    let r = unsafe {
+        syscall6(
+            SYS_IOCTL,
+            [fd, DEV_SET_DRIVER, &req as *const DevReq as u64, 0, 0, 0],
+        )
+    };
+    close(fd);
+    r
+}
+
+pub fn close(fd: u64) {
+    // SAFETY: plain descriptor.
+    let _ = unsafe { syscall6(SYS_CLOSE, [fd, 0, 0, 0, 0, 0]) };
+}
+
 /// Waits until the terminal's output queue has been sent (tcdrain), so our
 /// lines reach the serial port before the kernel prints anything else.
 pub fn drain(fd: u64) {
     const TIOCDRAIN: u64 = 0x2000_745e; // _IO('t', 94)
-    // SAFETY: TIOCDRAIN takes no argument; on a non-tty it fails harmlessly.
+                                        // SAFETY: TIOCDRAIN takes no argument; on a non-tty it fails harmlessly.
     let _ = unsafe { syscall6(SYS_IOCTL, [fd, TIOCDRAIN, 0, 0, 0, 0]) };
 }
 
@@ -187,7 +228,12 @@ pub fn now_ms() -> u64 {
     const CLOCK_MONOTONIC: u64 = 4;
     let mut ts = [0u64; 2];
     // SAFETY: ts is a valid timespec out pointer.
-    let _ = unsafe { syscall6(SYS_CLOCK_GETTIME, [CLOCK_MONOTONIC, ts.as_mut_ptr() as u64, 0, 0, 0, 0]) };
+    let _ = unsafe {
+        syscall6(
+            SYS_CLOCK_GETTIME,
+            [CLOCK_MONOTONIC, ts.as_mut_ptr() as u64, 0, 0, 0, 0],
+        )
+    };
     ts[0] * 1000 + ts[1] / 1_000_000
 }
 
@@ -230,7 +276,14 @@ pub fn kenv_get<'a>(name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
     let n = unsafe {
         syscall6(
             SYS_KENV,
-            [0, name.as_ptr() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0],
+            [
+                0,
+                name.as_ptr() as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+                0,
+                0,
+            ],
         )
     }
     .ok()? as usize;

@@ -98,6 +98,37 @@ pub fn reply(seq: u64, result: &Result<u64, String>) -> String {
     }
 }
 
+/// The host's record of the last request it carried out, so that a
+/// repeated request (the guest missed the reply) is answered, not redone.
+#[derive(Default)]
+pub struct Record {
+    last: Option<(u64, String)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// A new request: carry it out.
+    Run,
+    /// The last request again: send this reply again.
+    Resend(&'a str),
+    /// An older request: its reply was already taken.
+    Ignore,
+}
+
+impl Record {
+    pub fn action(&self, seq: u64) -> Action<'_> {
+        match &self.last {
+            Some((s, reply)) if *s == seq => Action::Resend(reply),
+            Some((s, _)) if *s > seq => Action::Ignore,
+            _ => Action::Run,
+        }
+    }
+
+    pub fn store(&mut self, seq: u64, reply: String) {
+        self.last = Some((seq, reply));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +208,65 @@ mod tests {
             parse("WARNING: WITNESS option enabled, expect reduced performance."),
             Line::Other
         );
+    }
+
+    #[test]
+    fn repeated_requests_are_answered_not_redone() {
+        let mut r = Record::default();
+        assert_eq!(r.action(1), Action::Run);
+        r.store(1, reply(1, &Ok(5)));
+        assert_eq!(r.action(1), Action::Resend("1 OK 5\r"));
+        assert_eq!(r.action(2), Action::Run);
+        r.store(2, reply(2, &Err("no".into())));
+        assert_eq!(r.action(1), Action::Ignore);
+        assert_eq!(r.action(2), Action::Resend("2 FAIL no\r"));
+    }
+
+    /// The guest's own encoder and decoder (sysctl-tests/guest/src/proto.rs)
+    /// against ours.
+    #[test]
+    fn both_ends_agree() {
+        use crate::guest_proto as g;
+        let mut buf = [0u8; g::REQUEST_MAX];
+        for (seq, cmd, arg) in [
+            (1, "set-target", 262_144),
+            (99, "bench-inflate", 3072),
+            (7, "rss-mark", 0),
+        ] {
+            let line = std::str::from_utf8(g::request(seq, cmd, arg, &mut buf))
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                parse(&format!("{line}\r\n")),
+                Line::Host {
+                    seq,
+                    cmd: cmd.into(),
+                    arg
+                }
+            );
+        }
+        let ok = reply(4, &Ok(u64::MAX / 2));
+        assert_eq!(
+            g::parse_reply(ok.as_bytes(), 4),
+            Some(g::Reply::Ok(u64::MAX / 2))
+        );
+        assert_eq!(
+            g::parse_reply(ok.as_bytes(), 5),
+            None,
+            "another request's reply"
+        );
+        let fail = reply(6, &Err("QMP balloon: DeviceNotActive: no balloon".into()));
+        assert_eq!(g::parse_reply(fail.as_bytes(), 6), Some(g::Reply::Fail));
+        // Noise on the console's input is not a reply.
+        for noise in [
+            "",
+            "OK 5",
+            "6 MAYBE 1",
+            "x OK 1",
+            "99999999999999999999 OK 1",
+        ] {
+            assert_eq!(g::parse_reply(noise.as_bytes(), 6), None, "{noise:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //! target/vmtest).
 
 mod console;
+/// The guest's side of the console protocol, compiled here to test both
+/// ends together.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../guest/src/proto.rs"]
+mod guest_proto;
 mod iso;
 mod json;
 mod qmp;
@@ -306,8 +312,7 @@ const QUIET_LIMIT: Duration = Duration::from_secs(600);
 fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
     let start = Instant::now();
     let mut d = Drive::default();
-    // The last request carried out and its reply, for repeats.
-    let mut last: Option<(u64, String)> = None;
+    let mut record = console::Record::default();
     // After a panic or the summary, how long to keep reading.
     let mut until: Option<Instant> = None;
     loop {
@@ -361,22 +366,22 @@ fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
             Line::Report => println!("[{}] guest: {shown}", r.name),
             Line::Host { seq, cmd, arg } => {
                 println!("[{}] guest: {shown}", r.name);
-                let reply = match &last {
-                    Some((s, reply)) if *s == seq => reply.clone(),
-                    Some((s, _)) if *s > seq => continue,
-                    _ => {
+                match record.action(seq) {
+                    console::Action::Ignore => {}
+                    console::Action::Resend(reply) => r.vm.send(reply)?,
+                    console::Action::Run => {
                         let result = host(r, &cmd, arg);
                         if let Err(e) = &result {
                             println!("[{}] host: {cmd} {arg} failed: {e}", r.name);
                         }
-                        console::reply(seq, &result)
+                        let reply = console::reply(seq, &result);
+                        r.vm.send(&reply)?;
+                        record.store(seq, reply);
                     }
-                };
-                r.vm.send(&reply)?;
-                last = Some((seq, reply));
+                }
             }
             Line::Other => {
-                if shown.contains("vtballoon") {
+                if shown.contains("vtballoon") && !shown.starts_with("> ") {
                     println!("[{}] kernel: {shown}", r.name);
                 }
             }
