@@ -239,6 +239,9 @@ fn ensure_ours(c: &Ctx) -> Result<(), &'static str> {
     }
     if wait_exists(OURS_DESC, 30) {
         Ok(())
+    } else if exists(THEIRS_DESC) {
+        // A kernel with `device virtio_balloon` (GENERIC): the README's way.
+        Err("vtballoon0 has the device: devctl set driver -f vtballoon0 vtballoonrs first")
     } else {
         Err("dev.vtballoonrs.0 did not appear")
     }
@@ -1163,21 +1166,36 @@ fn phase_bench(c: &mut Ctx) {
 
 // ------------------------------------------------------------------- main
 
-type Phase = fn(&mut Ctx);
+struct Phase {
+    name: &'static str,
+    run: fn(&mut Ctx),
+    /// Loads our driver first.
+    ours: bool,
+    /// Skipped as a whole with --no-host.
+    host: bool,
+}
 
-/// Phase name, function, whether it needs our driver attached first.
-const PHASES: &[(&str, Phase, bool)] = &[
-    ("tunable", phase_tunable, true),
-    ("nodes", phase_nodes, true),
-    ("resize", phase_resize, true),
-    ("stats", phase_stats, true),
-    ("pressure", phase_pressure, true),
-    ("report", phase_report, true),
-    ("unload", phase_unload, true),
-    ("cycles", phase_cycles, false),
-    ("swap", phase_swap, false),
-    ("intree", phase_intree, false),
-    ("bench", phase_bench, false),
+const fn phase(name: &'static str, run: fn(&mut Ctx), ours: bool, host: bool) -> Phase {
+    Phase {
+        name,
+        run,
+        ours,
+        host,
+    }
+}
+
+const PHASES: &[Phase] = &[
+    phase("tunable", phase_tunable, true, false),
+    phase("nodes", phase_nodes, true, false),
+    phase("resize", phase_resize, true, true),
+    phase("stats", phase_stats, true, true),
+    phase("pressure", phase_pressure, true, true),
+    phase("report", phase_report, true, true),
+    phase("unload", phase_unload, true, true),
+    phase("cycles", phase_cycles, false, true),
+    phase("swap", phase_swap, false, true),
+    phase("intree", phase_intree, false, true),
+    phase("bench", phase_bench, false, true),
 ];
 
 /// Without phase arguments.
@@ -1185,83 +1203,92 @@ const DEFAULT_PHASES: &[&str] = &[
     "nodes", "resize", "stats", "pressure", "report", "unload", "cycles", "swap",
 ];
 
-/// The words of a NUL-free byte string.
-fn words(s: &[u8]) -> impl Iterator<Item = &[u8]> {
-    s.split(|&b| b == b' ' || b == b'\n' || b == b'\t' || b == 0)
-        .filter(|w| !w.is_empty())
-}
-
-/// The C string at `p` (without its NUL).
-///
-/// # Safety
-/// `p` points to a NUL-terminated string that lives for the program's life.
-unsafe fn cstr(p: *const u8) -> &'static [u8] {
-    let mut n = 0;
-    // SAFETY: per the contract, bytes up to the NUL are readable.
-    while unsafe { *p.add(n) } != 0 {
-        n += 1;
-    }
-    // SAFETY: the n bytes before the NUL, which live forever.
-    unsafe { core::slice::from_raw_parts(p, n) }
-}
-
+#[derive(Default)]
 struct Args {
     no_host: bool,
+    /// NUL-terminated.
     module: Option<&'static [u8]>,
     phases: [&'static [u8]; 16],
     n: usize,
 }
 
-/// Parses argv from the initial stack: argc, then argv pointers.
+impl Args {
+    /// Takes options and phases from `words`, each NUL-terminated:
+    /// `--no-host`, `--module PATH`, phase names.
+    fn parse(&mut self, words: &[&'static [u8]]) {
+        let mut it = words.iter();
+        while let Some(&w) = it.next() {
+            match &w[..w.len() - 1] {
+                b"--no-host" => self.no_host = true,
+                b"--module" => self.module = it.next().copied(),
+                b"" => {}
+                x if x.starts_with(b"-") => {}
+                x if self.n < self.phases.len() => {
+                    self.phases[self.n] = x;
+                    self.n += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The words of argv (NUL included) from the initial stack: argc, then the
+/// argv pointers.
 ///
 /// # Safety
 /// `sp` is the process's initial stack pointer.
-unsafe fn parse_args(sp: *const u64) -> Args {
-    let mut a = Args {
-        no_host: false,
-        module: None,
-        phases: [&[]; 16],
-        n: 0,
-    };
-    // SAFETY: the exec ABI: argc at sp, then argc argv pointers.
+unsafe fn argv(sp: *const u64, out: &mut [&'static [u8]; 16]) -> usize {
+    // SAFETY: the exec ABI: argc at sp, then argc pointers.
     let argc = unsafe { *sp } as usize;
-    let mut i = 1;
-    while i < argc {
-        // SAFETY: argv[i] for i < argc is a NUL-terminated string on the stack.
-        let w = unsafe { cstr(*sp.add(1 + i) as *const u8) };
-        i += 1;
-        match w {
-            b"--no-host" => a.no_host = true,
-            b"--module" if i < argc => {
-                // SAFETY: as above; the pointer includes the NUL byte.
-                let m = unsafe { cstr(*sp.add(1 + i) as *const u8) };
-                // SAFETY: m is followed by its NUL, within the same string.
-                a.module = Some(unsafe { core::slice::from_raw_parts(m.as_ptr(), m.len() + 1) });
-                i += 1;
-            }
-            _ if w.starts_with(b"-") => {}
-            _ if a.n < a.phases.len() => {
-                a.phases[a.n] = w;
-                a.n += 1;
-            }
-            _ => {}
+    let mut n = 0;
+    for i in 1..argc.min(out.len() + 1) {
+        // SAFETY: argv[i], i < argc, is a NUL-terminated string on the stack,
+        // which lives as long as the program.
+        let p = unsafe { *sp.add(1 + i) } as *const u8;
+        let mut len = 0;
+        // SAFETY: bytes up to the NUL are readable.
+        while unsafe { *p.add(len) } != 0 {
+            len += 1;
         }
+        // SAFETY: the string and its NUL.
+        out[n] = unsafe { core::slice::from_raw_parts(p, len + 1) };
+        n += 1;
     }
-    a
+    n
 }
 
 static mut MODE: [u8; 256] = [0; 256];
 
-/// The image's /etc/vtbtest.mode (phases, space-separated), when init.
-fn read_mode() -> &'static [u8] {
-    // SAFETY: single-threaded program; MODE is written once, here, before
-    // any reference to it is handed out.
-    let m = unsafe { &mut *core::ptr::addr_of_mut!(MODE) };
-    if let Ok(fd) = sys::open(b"/etc/vtbtest.mode\0", sys::O_RDONLY) {
-        let n = sys::read(fd, m).unwrap_or(0) as usize;
-        return &m[..n];
+/// The words of the image's /etc/vtbtest.mode (as argv: options, phases),
+/// each NUL-terminated in place.
+fn read_mode(out: &mut [&'static [u8]; 16]) -> usize {
+    // SAFETY: single-threaded program; MODE is written here, once, before
+    // any reference into it is handed out.
+    let m: &'static mut [u8; 256] = unsafe { &mut *core::ptr::addr_of_mut!(MODE) };
+    let Ok(fd) = sys::open(b"/etc/vtbtest.mode\0", sys::O_RDONLY) else {
+        return 0;
+    };
+    let len = sys::read(fd, &mut m[..255]).unwrap_or(0) as usize;
+    sys::close(fd);
+    for b in m[..len].iter_mut() {
+        if b.is_ascii_whitespace() {
+            *b = 0;
+        }
     }
-    &m[..0]
+    let text: &'static [u8] = &m[..=len];
+    let mut n = 0;
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if b == 0 {
+            if i > start && n < out.len() {
+                out[n] = &text[start..=i];
+                n += 1;
+            }
+            start = i + 1;
+        }
+    }
+    n
 }
 
 #[no_mangle]
@@ -1270,15 +1297,14 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
     if init {
         out::open_console();
     }
+    let mut words: [&'static [u8]; 16] = [&[]; 16];
     // SAFETY: sp is the initial stack pointer handed over by _start.
-    let mut args = unsafe { parse_args(sp) };
+    let n = unsafe { argv(sp, &mut words) };
+    let mut args = Args::default();
+    args.parse(&words[..n]);
     if init {
-        for w in words(read_mode()) {
-            if args.n < args.phases.len() {
-                args.phases[args.n] = w;
-                args.n += 1;
-            }
-        }
+        let n = read_mode(&mut words);
+        args.parse(&words[..n]);
     }
     let mut c = Ctx {
         passed: 0,
@@ -1304,11 +1330,8 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
     }
     l.end();
 
-    let needs_ours = list[..n].iter().any(|p| {
-        PHASES
-            .iter()
-            .any(|(name, _, needs)| *needs && name.as_bytes() == *p)
-    });
+    let find = |p: &[u8]| PHASES.iter().find(|ph| ph.name.as_bytes() == p);
+    let needs_ours = list[..n].iter().any(|p| find(p).is_some_and(|ph| ph.ours));
     let mut ours_ok = true;
     if needs_ours {
         let already = exists(OURS_DESC);
@@ -1324,24 +1347,27 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
         );
     }
     for p in &list[..n] {
-        let Some((name, f, needs)) = PHASES.iter().find(|(name, _, _)| name.as_bytes() == *p)
-        else {
+        let Some(ph) = find(p) else {
             Line::new().s("not ok - unknown phase ").b(p).end();
             c.failed += 1;
             continue;
         };
-        Line::new().s("# phase ").s(name).end();
-        if *needs {
+        Line::new().s("# phase ").s(ph.name).end();
+        if ph.host && !c.host.on {
+            c.skip(ph.name, "no host");
+            continue;
+        }
+        if ph.ours {
             if !ours_ok {
-                c.skip(name, "vtballoonrs is not attached");
+                c.skip(ph.name, "vtballoonrs is not attached");
                 continue;
             }
             if let Err(why) = ensure_ours(&c) {
-                c.check(name, false, why);
+                c.check(ph.name, false, why);
                 continue;
             }
         }
-        f(&mut c);
+        (ph.run)(&mut c);
     }
     if c.skipped > 0 {
         Line::new()

@@ -1,6 +1,6 @@
 //! What the guest's serial console lines mean to the harness, and the
 //! replies it sends back (the protocol is described in the guest's
-//! `host.rs`: `HOST: <seq> <command> <arg>` out, `<seq> OK <value>` or
+//! `proto.rs`: `HOST: <seq> <command> <arg>` out, `<seq> OK <value>` or
 //! `<seq> FAIL <reason>` back).
 
 /// One line from the serial console.
@@ -17,6 +17,8 @@ pub enum Line {
         passed: u32,
         failed: u32,
     },
+    /// `# N skipped`: checks the guest could not run here.
+    Skipped(u32),
     /// `ok - ...`, `not ok - ...`, `# ...`: shown, not interpreted.
     Report,
     /// The kernel panicked, trapped or entered the debugger.
@@ -69,6 +71,13 @@ pub fn parse(line: &str) -> Line {
             }
         }
         return Line::Other;
+    }
+    if let Some(n) = l
+        .strip_prefix("# ")
+        .and_then(|r| r.strip_suffix(" skipped"))
+        .and_then(|n| n.parse().ok())
+    {
+        return Line::Skipped(n);
     }
     if l.starts_with("ok - ") || l.starts_with("not ok - ") || l.starts_with("# ") {
         return Line::Report;
@@ -177,6 +186,8 @@ mod tests {
         assert_eq!(parse("ok - something"), Line::Report);
         assert_eq!(parse("not ok - x: y"), Line::Report);
         assert_eq!(parse("# features: STATS_VQ"), Line::Report);
+        assert_eq!(parse("# 3 skipped"), Line::Skipped(3));
+        assert_eq!(parse("# skip - swap: no host"), Line::Report);
         assert_eq!(parse("7 OK 0"), Line::Other, "an echoed reply");
         assert_eq!(
             parse("vtballoonrs0: <VirtIO Balloon Adapter> on virtio_pci0"),

@@ -90,9 +90,11 @@ fn plan(args: &[String]) -> Vec<Boot> {
         Some("bench") => vec![Boot::new("bench", "bench", 4096, true, 2400)],
         Some("intree") => vec![Boot::new("intree", "intree", 2048, false, 600)],
         Some(_) => {
+            // Options for the guest (--no-host) go along with the phases.
             let phases = args.join(" ");
-            let needs = args.iter().any(|a| a != "intree");
-            vec![Boot::new(&args.join("-"), &phases, 2048, needs, 2400)]
+            let needs = args.iter().any(|a| a != "intree" && !a.starts_with('-'));
+            let name: Vec<&str> = args.iter().map(|a| a.trim_start_matches('-')).collect();
+            vec![Boot::new(&name.join("-"), &phases, 2048, needs, 2400)]
         }
     }
 }
@@ -154,9 +156,10 @@ fn main() {
     let (mut passed, mut failed) = (0, 0);
     for (name, r) in &results {
         println!(
-            "{name:<10} guest {:>3} passed, {:>2} failed; harness {:>2} passed, {:>2} failed; {:>4.0} s{}",
+            "{name:<10} guest {:>3} passed, {:>2} failed, {:>2} skipped; harness {:>2} passed, {:>2} failed; {:>4.0} s{}",
             r.guest.0,
             r.guest.1,
+            r.skipped,
             r.harness.0,
             r.harness.1,
             r.secs,
@@ -176,6 +179,7 @@ fn main() {
 #[derive(Default)]
 struct BootResult {
     guest: (u32, u32),
+    skipped: u32,
     harness: (u32, u32),
     completed: bool,
     secs: f64,
@@ -239,6 +243,7 @@ fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
             if let Some(s) = d.summary {
                 res.guest = s;
             }
+            res.skipped = d.skipped;
             res.completed = d.summary.is_some() && d.fatal.is_none();
         }
     }
@@ -258,6 +263,7 @@ fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
 #[derive(Default)]
 struct Drive {
     summary: Option<(u32, u32)>,
+    skipped: u32,
     fatal: Option<String>,
     warnings: Vec<String>,
     powered_off: bool,
@@ -362,6 +368,10 @@ fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
                 d.summary = Some((passed, failed));
                 // Late trouble (at shutdown) still counts.
                 until = Some(Instant::now() + Duration::from_secs(120));
+            }
+            Line::Skipped(n) => {
+                println!("[{}] guest: {shown}", r.name);
+                d.skipped = n;
             }
             Line::Report => println!("[{}] guest: {shown}", r.name),
             Line::Host { seq, cmd, arg } => {
@@ -720,6 +730,7 @@ mod tests {
         assert_eq!(names(&["bench"])[0].1, "bench");
         assert!(!names(&["intree"])[0].2, "the in-tree boot needs no module");
         assert_eq!(names(&["report", "pressure"])[0].1, "report pressure");
+        assert_eq!(names(&["--no-host", "nodes"])[0].0, "no-host-nodes");
         assert!(test_boots()[0]
             .kenv
             .iter()
