@@ -272,10 +272,6 @@ vtbrs_ms_to_ticks(uint32_t ms)
 
 /* Locks and sleeping. */
 
-size_t vtbrs_mtx_size(void) { return (sizeof(struct mtx)); }
-size_t vtbrs_sx_size(void) { return (sizeof(struct sx)); }
-size_t vtbrs_callout_size(void) { return (sizeof(struct callout)); }
-
 void
 vtbrs_mtx_init(struct mtx *m, const char *name)
 {
@@ -314,12 +310,6 @@ void
 vtbrs_kthread_exit(void)
 {
 	kthread_exit();
-}
-
-void
-vtbrs_pause_ms(const char *wmesg, uint32_t ms)
-{
-	pause(wmesg, vtbrs_ms_to_ticks(ms));
 }
 
 /* Task and topology lock. */
@@ -580,7 +570,7 @@ vtbrs_vq_drain(struct virtqueue *vq)
 		;
 }
 int vtbrs_vq_enable_intr(struct virtqueue *vq) { return (virtqueue_enable_intr(vq)); }
-void vtbrs_vq_disable_intr(struct virtqueue *vq) { virtqueue_disable_intr(vq); }
+int vtbrs_vq_nused(struct virtqueue *vq) { return (virtqueue_nused(vq)); }
 
 /* sysctl. */
 

@@ -53,9 +53,6 @@ uint64_t vtbrs_now_ms(void);
 int	 vtbrs_ms_to_ticks(uint32_t ms);
 
 /* Locks and sleeping. */
-size_t	 vtbrs_mtx_size(void);
-size_t	 vtbrs_sx_size(void);
-size_t	 vtbrs_callout_size(void);
 void	 vtbrs_mtx_init(struct mtx *m, const char *name);
 void	 vtbrs_mtx_destroy(struct mtx *m);
 void	 vtbrs_mtx_lock(struct mtx *m);
@@ -68,7 +65,6 @@ void	 vtbrs_sx_xlock(struct sx *s);
 void	 vtbrs_sx_xunlock(struct sx *s);
 int	 vtbrs_kthread_add(void (*fn)(void *), void *arg, const char *name);
 void	 vtbrs_kthread_exit(void) __dead2;
-void	 vtbrs_pause_ms(const char *wmesg, uint32_t ms);
 
 /* A one-shot task on taskqueue_thread, and the newbus topology lock. */
 void	 vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg);
@@ -114,7 +110,7 @@ int	 vtbrs_vq_post_phys(struct virtqueue *vq, void *cookie, const uint64_t *addr
 void	*vtbrs_vq_dequeue(struct virtqueue *vq);
 void	 vtbrs_vq_drain(struct virtqueue *vq);
 int	 vtbrs_vq_enable_intr(struct virtqueue *vq);
-void	 vtbrs_vq_disable_intr(struct virtqueue *vq);
+int	 vtbrs_vq_nused(struct virtqueue *vq);
 
 /*
  * Per-device softc (newbus frees it only after the bus has torn down the
