@@ -839,7 +839,7 @@ fn phase_unload(c: &mut Ctx) {
     let unloaded = unload(c.ours);
     let ms = sys::now_ms() - t0;
     c.check_n(
-        "kldunload with the balloon inflated (ms)",
+        "kldunload with the balloon inflated (took ms)",
         unloaded && !exists(OURS_DESC),
         "unload failed",
         Some(ms),
