@@ -313,12 +313,15 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
 
 /// Longest quiet spell on the console before the boot counts as hung.
 const QUIET_LIMIT: Duration = Duration::from_secs(600);
+/// How often QEMU's run state is checked while the console is quiet.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Follows the console until the guest powers off, answering its requests.
 fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
     let start = Instant::now();
     let mut d = Drive::default();
     let mut record = console::Record::default();
+    let mut last_line = Instant::now();
     // After a panic or the summary, how long to keep reading.
     let mut until: Option<Instant> = None;
     loop {
@@ -333,16 +336,27 @@ fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
                 limit.as_secs()
             ));
         }
-        let wait = (end - now).min(QUIET_LIMIT);
+        // Wake up every few seconds to see whether QEMU itself stopped (a
+        // KVM internal error, for one, leaves it paused and silent).
+        let wait = (end - now).min(CHECK_EVERY);
         let line = match r.vm.lines.recv_timeout(wait) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) if until.is_none() && wait == QUIET_LIMIT => {
-                return Err(format!(
-                    "timeout: no console output for {} s",
-                    QUIET_LIMIT.as_secs()
-                ));
+            Ok(l) => {
+                last_line = Instant::now();
+                l
             }
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                let status = r.qmp.status().unwrap_or_else(|e| e);
+                if qmp::is_stopped(&status) {
+                    return Err(format!("QEMU stopped: {status}"));
+                }
+                if until.is_none() && last_line.elapsed() >= QUIET_LIMIT {
+                    return Err(format!(
+                        "timeout: no console output for {} s",
+                        QUIET_LIMIT.as_secs()
+                    ));
+                }
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 // QEMU exited (-no-reboot: power-off, reboot or triple fault).
                 d.powered_off = d.summary.is_some() && d.fatal.is_none();

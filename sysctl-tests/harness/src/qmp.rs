@@ -126,6 +126,16 @@ impl Qmp {
             .ok_or_else(|| format!("query-balloon: no actual in {r:?}"))
     }
 
+    /// QEMU's run state (`query-status`): "running", "paused",
+    /// "internal-error", "guest-panicked", ...
+    pub fn status(&mut self) -> Result<String, String> {
+        let r = self.execute("query-status", None)?;
+        r.get("status")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("query-status: no status in {r:?}"))
+    }
+
     pub fn stats_polling(&mut self, secs: u32) -> Result<(), String> {
         self.execute(
             "qom-set",
@@ -145,6 +155,14 @@ impl Qmp {
         )?;
         GuestStats::from(&v)
     }
+}
+
+/// A run state from which the guest will not carry on by itself.
+pub fn is_stopped(status: &str) -> bool {
+    matches!(
+        status,
+        "internal-error" | "guest-panicked" | "io-error" | "shutdown"
+    )
 }
 
 /// QEMU's `guest-stats`: the last update time and the values by virtio
@@ -225,6 +243,17 @@ mod tests {
         }
         assert!(classify("{}").is_err());
         assert!(classify("not json").is_err());
+    }
+
+    #[test]
+    fn tells_stopped_states() {
+        assert!(is_stopped("internal-error"));
+        assert!(is_stopped("guest-panicked"));
+        assert!(!is_stopped("running"));
+        assert!(
+            !is_stopped("QMP closed"),
+            "a lost socket is the console's business"
+        );
     }
 
     #[test]
