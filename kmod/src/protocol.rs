@@ -257,9 +257,10 @@ mod tests {
     #[test]
     fn stat_entry_is_packed_little_endian() {
         let e = StatEntry::new(StatTag::MemFree as u16, 0x0102_0304_0506_0708);
-        // SAFETY: StatEntry is repr(C, packed) of byte arrays: any 10 bytes are valid.
-        let bytes: [u8; 10] = unsafe { core::mem::transmute(e) };
-        assert_eq!(bytes, [4, 0, 8, 7, 6, 5, 4, 3, 2, 1]);
+        // Fields are the wire bytes in order: le16 tag, then le64 value.
+        let (tag, val) = (e.tag, e.val);
+        assert_eq!(tag, [4, 0]);
+        assert_eq!(val, [8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(e.tag(), 4);
         assert_eq!(e.val(), 0x0102_0304_0506_0708);
     }

@@ -106,14 +106,19 @@ impl State {
         (&self.threads as *const AtomicU32).cast()
     }
 
-    fn balloon_device<'a>(&'a self, bufs: &'a mut PfnBuffers) -> KernelDevice<'a> {
+    /// A view of the device that posts from `bufs`.
+    fn device<'a>(&'a self, bufs: Buffers<'a>) -> KernelDevice<'a> {
         KernelDevice {
             dev: self.dev,
             features: self.features,
             queues: &self.queues,
             wait: &self.wait,
-            bufs: Buffers::Pfn(bufs),
+            bufs,
         }
+    }
+
+    fn balloon_device<'a>(&'a self, bufs: &'a mut PfnBuffers) -> KernelDevice<'a> {
+        self.device(Buffers::Pfn(bufs))
     }
 
     /// A diagnostic line, only with `debug` on and at most a few a second.
@@ -136,13 +141,7 @@ impl State {
     ) -> R {
         let vm = vm_counters();
         self.stats.with(|side| {
-            let mut dev = KernelDevice {
-                dev: self.dev,
-                features: self.features,
-                queues: &self.queues,
-                wait: &self.wait,
-                bufs: Buffers::Stats(&mut side.bufs),
-            };
+            let mut dev = self.device(Buffers::Stats(&mut side.bufs));
             f(&mut side.stats, &mut dev, &vm)
         })
     }
@@ -518,13 +517,7 @@ unsafe extern "C" fn push_tick(arg: *mut c_void) {
     // SAFETY: callout_init_mtx: the stats mutex is held while we run.
     unsafe {
         st.stats.with_held(|side| {
-            let mut dev = KernelDevice {
-                dev: st.dev,
-                features: st.features,
-                queues: &st.queues,
-                wait: &st.wait,
-                bufs: Buffers::Stats(&mut side.bufs),
-            };
+            let mut dev = st.device(Buffers::Stats(&mut side.bufs));
             let _ = side.stats.push_tick(&mut dev, &vm);
             if let PushTimer::Every(ms) = side.timer {
                 if !st.stopping.load(Ordering::Acquire) {
@@ -672,13 +665,7 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
             if rep.enabled() != enabled {
                 rep.set_enabled(enabled);
             }
-            let mut dev = KernelDevice {
-                dev: st.dev,
-                features: st.features,
-                queues: &st.queues,
-                wait: &st.wait,
-                bufs: Buffers::None,
-            };
+            let mut dev = st.device(Buffers::None);
             let r = rep.pass(&mut dev, &mut side.blocks, &mut KernelEnv(st));
             if r.reported > 0 || r.skipped > 0 {
                 st.diag(
