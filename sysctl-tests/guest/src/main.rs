@@ -566,11 +566,16 @@ fn phase_stats(c: &mut Ctx) {
     const MEMFREE: u64 = 4;
     const MEMTOT: u64 = 5;
     const AVAIL: u64 = 6;
+    // A reporting pass holds free blocks off the free lists while it scans,
+    // which moves free memory by up to hundreds of MiB: compare without one.
+    let paused = pause_reporting();
+    sys::sleep_ms(2_500);
     let before = get("stats_requests").unwrap_or(0);
     let free_lo = free_bytes();
     let r = c.host.ask("stats-poll", 2, 60);
     let free_hi = free_bytes();
     if !c.check_host("the host receives guest-stats", r, |_| true, "") {
+        resume_reporting(paused);
         return;
     }
     let (lo, hi) = (free_lo.min(free_hi) / 1024, free_lo.max(free_hi) / 1024);
@@ -605,11 +610,9 @@ fn phase_stats(c: &mut Ctx) {
     );
     let e = get("stats_errors");
     c.check_n("no stats_errors", e == Some(0), "counted", e);
+    resume_reporting(paused);
 }
 
-/// Forks a child that touches `mib` MiB, 4 MiB per `step_ms`; the child
-/// then raises `flag[0]` (if given) and exits 0 once `flag[1]` is set, or
-/// at once. 0 if fork failed.
 fn toucher(mib: u64, step_ms: u64, flag: Option<u64>) -> u64 {
     match sys::fork() {
         Ok(0) => {
