@@ -261,6 +261,12 @@ vtbrs_now_ms(void)
 	return ((uint64_t)(getsbinuptime() / SBT_1MS));
 }
 
+uint64_t
+vtbrs_now_us(void)
+{
+	return ((uint64_t)(getsbinuptime() / SBT_1US));
+}
+
 int
 vtbrs_ms_to_ticks(uint32_t ms)
 {

@@ -50,6 +50,7 @@ void	 vtbrs_log_u64(device_t dev, const char *msg, uint64_t v);
 int	 vtbrs_ratecheck(struct timeval *last, int *count, int maxpps);
 void	 vtbrs_panic(const char *msg) __dead2;
 uint64_t vtbrs_now_ms(void);
+uint64_t vtbrs_now_us(void);
 int	 vtbrs_ms_to_ticks(uint32_t ms);
 
 /* Locks and sleeping. */

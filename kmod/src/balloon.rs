@@ -12,6 +12,10 @@
 //!   asynchronous path).
 //! - Every wait for the host is bounded; a dead host makes operations fail
 //!   with [`Error::Timeout`], never hang.
+//! - Inflating takes physically contiguous runs (up to one buffer's worth)
+//!   while the VM has them free, and single pages once it has not: one
+//!   allocator call per run instead of per page, and the guest keeps its
+//!   small free fragments (what single-page allocation would eat first).
 //! - No per-page memory: in-flight buffers hold PFNs only, and acked pages sit
 //!   on a list the [`Memory`] implementation threads through the VM's own
 //!   page structures.
@@ -35,6 +39,10 @@ pub struct Tunables {
     /// First and longest pause after an allocation failure.
     pub backoff_min_ms: u32,
     pub backoff_max_ms: u32,
+    /// Largest physically contiguous run taken at once when inflating, in
+    /// guest pages: a power of two, 1 (page by page) to
+    /// [`Tunables::INFLATE_RUN_MAX`].
+    pub inflate_run_pages: u32,
 }
 
 impl Default for Tunables {
@@ -45,6 +53,7 @@ impl Default for Tunables {
             inflight_buffers: 4,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
+            inflate_run_pages: Self::INFLATE_RUN_MAX,
         }
     }
 }
@@ -56,6 +65,14 @@ impl Tunables {
     /// Checks a value for `oom_batch_pages`.
     pub fn valid_oom_batch(pages: u32) -> bool {
         (1..=Self::OOM_BATCH_MAX).contains(&pages)
+    }
+
+    /// Largest `inflate_run_pages`: one buffer of 4 KiB PFNs.
+    pub const INFLATE_RUN_MAX: u32 = PFNS_PER_BUFFER as u32;
+
+    /// Checks a value for `inflate_run_pages`.
+    pub fn valid_inflate_run(pages: u32) -> bool {
+        pages.is_power_of_two() && pages <= Self::INFLATE_RUN_MAX
     }
 }
 
@@ -145,6 +162,9 @@ pub struct Balloon {
     inflight_in: u32,
     inflight_out: u32,
     backoff_ms: u32,
+    /// Order of the next contiguous run to try; lowered when the VM has no
+    /// free run that large, raised again at the next config change.
+    run_order: u32,
     slots: [SlotInfo; MAX_INFLIGHT],
     counters: BalloonCounters,
 }
@@ -157,6 +177,9 @@ impl Balloon {
         if !Tunables::valid_oom_batch(tun.oom_batch_pages) {
             tun.oom_batch_pages = Tunables::default().oom_batch_pages;
         }
+        if !Tunables::valid_inflate_run(tun.inflate_run_pages) {
+            tun.inflate_run_pages = Tunables::default().inflate_run_pages;
+        }
         Balloon {
             features,
             tun,
@@ -165,6 +188,7 @@ impl Balloon {
             inflight_in: 0,
             inflight_out: 0,
             backoff_ms: 0,
+            run_order: tun.inflate_run_pages.ilog2(),
             slots: [SlotInfo::FREE; MAX_INFLIGHT],
             counters: BalloonCounters::default(),
         }
@@ -174,6 +198,7 @@ impl Balloon {
     pub fn config_changed(&mut self) {
         self.counters.config_changes.inc();
         self.wantsize = true;
+        self.run_order = self.tun.inflate_run_pages.ilog2();
     }
 
     /// True while the thread has something to do.
@@ -209,6 +234,19 @@ impl Balloon {
             return false;
         }
         self.tun.oom_batch_pages = pages;
+        true
+    }
+
+    /// Changes the largest inflate run; false (and nothing changed) if not a
+    /// power of two in range.
+    pub fn set_inflate_run(&mut self, pages: u32) -> bool {
+        if !Tunables::valid_inflate_run(pages) {
+            return false;
+        }
+        if pages != self.tun.inflate_run_pages {
+            self.tun.inflate_run_pages = pages;
+            self.run_order = pages.ilog2();
+        }
         true
     }
 
@@ -371,32 +409,58 @@ impl Balloon {
             };
             let want = (units as usize).min(PFNS_PER_BUFFER) / per_page;
             let mut slot = Slot::new(SlotState::Inflating);
-            let mut short = false;
-            for _ in 0..want {
-                let Some(page) = mem.alloc_page() else {
-                    self.counters.alloc_failures.inc();
-                    short = true;
-                    break;
-                };
-                let Some(pfn) = pfn_of_phys(mem.phys_addr(page)) else {
-                    mem.free_page(page);
-                    self.counters.errors.inc();
-                    short = true;
-                    break;
-                };
-                for k in 0..per_page as u32 {
-                    slot.push_pfn(pfn + k);
-                }
-            }
+            let full = self.fill_inflate(mem, &mut slot, want);
             if slot.len > 0 {
                 self.post(dev, mem, i, &slot)?;
                 units -= slot.len as u32;
             }
-            if short {
+            if !full {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Allocates `pages` guest pages into `slot`, in contiguous runs while
+    /// the VM has them. False when memory ran short first.
+    fn fill_inflate<M: Memory>(&mut self, mem: &mut M, slot: &mut Slot, pages: usize) -> bool {
+        let per_page = units_per_page(mem);
+        let mut got = 0;
+        while got < pages {
+            // Largest run that fits the buffer, naturally aligned.
+            let order = self.run_order.min((pages - got).ilog2());
+            let first = if order > 0 {
+                match mem.alloc_run(order) {
+                    Some(first) => first,
+                    None => {
+                        // No free run this large: try smaller ones.
+                        self.run_order = order - 1;
+                        continue;
+                    }
+                }
+            } else {
+                match mem.alloc_page() {
+                    Some(page) => page,
+                    None => {
+                        self.counters.alloc_failures.inc();
+                        return false;
+                    }
+                }
+            };
+            let n = 1usize << order;
+            let phys = mem.phys_addr(first);
+            let last = phys + (n as u64 - 1) * mem.page_size();
+            let (Some(pfn), Some(_)) = (pfn_of_phys(phys), pfn_of_phys(last)) else {
+                free_run(mem, first, n);
+                self.counters.errors.inc();
+                return false;
+            };
+            for k in 0..(n * per_page) as u32 {
+                slot.push_pfn(pfn + k);
+            }
+            got += n;
+        }
+        true
     }
 
     /// Fills and posts deflate buffers for up to `units` from the balloon list.
@@ -592,6 +656,16 @@ fn queue_of(state: SlotState) -> Queue {
     match state {
         SlotState::Inflating => Queue::Inflate,
         _ => Queue::Deflate,
+    }
+}
+
+/// Gives back `n` contiguous pages starting at `first`.
+fn free_run<M: Memory>(mem: &mut M, first: M::Page, n: usize) {
+    let phys = mem.phys_addr(first);
+    for k in 0..n as u64 {
+        if let Some(page) = mem.page_at(phys + k * mem.page_size()) {
+            mem.free_page(page);
+        }
     }
 }
 

@@ -74,6 +74,11 @@ pub trait Memory {
     fn page_size(&self) -> u64;
     /// Takes a page out of the VM without sleeping; `None` when memory is short.
     fn alloc_page(&mut self) -> Option<Self::Page>;
+    /// Takes a naturally aligned run of `2^order` physically contiguous pages
+    /// without sleeping and without reclaiming; `None` when no such run is
+    /// free right now. Each page of the run is then handled on its own
+    /// ([`Memory::page_at`], [`Memory::free_page`]).
+    fn alloc_run(&mut self, order: u32) -> Option<Self::Page>;
     /// Gives a page back to the VM.
     fn free_page(&mut self, page: Self::Page);
     /// Physical address of the page.

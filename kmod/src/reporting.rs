@@ -63,6 +63,10 @@ pub struct Policy {
     pub pass_blocks: u32,
     /// Pause between passes.
     pub interval_ms: u32,
+    /// Longest pause: it doubles after each pass that found nothing to do
+    /// (FreeBSD has no hook on page frees, so an idle guest is polled, less
+    /// and less often).
+    pub idle_interval_max_ms: u32,
     /// A reported block is skipped for this long.
     pub rereport_ms: u64,
     /// Guest frees (pages) after which reported blocks are reported again.
@@ -83,11 +87,34 @@ impl Default for Policy {
             batch_blocks: 16,
             pass_blocks: 256,
             interval_ms: 2_000,
+            idle_interval_max_ms: 16_000,
             rereport_ms: 60_000,
             forget_pages: 16 << 9,
             forget_min_ms: 5_000,
             pressure_cooldown_ms: 10_000,
             host_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Policy {
+    /// Pause before the next pass, after a pass that ended with `last` and
+    /// followed a pause of `pause_ms`: back to the interval when the pass
+    /// reported or was cut short, doubled (up to the idle maximum) when it
+    /// had nothing to do.
+    pub fn next_pause(&self, pause_ms: u32, last: &PassResult) -> u32 {
+        let idle = last.reported == 0
+            && matches!(
+                last.stop,
+                Stop::Unchanged | Stop::AllReported | Stop::NoFreeBlocks | Stop::MemoryLow
+            );
+        if idle {
+            pause_ms
+                .max(self.interval_ms)
+                .saturating_mul(2)
+                .min(self.idle_interval_max_ms.max(self.interval_ms))
+        } else {
+            self.interval_ms
         }
     }
 }

@@ -304,6 +304,114 @@ fn large_guest_pages_send_every_4k_pfn() {
     clean(&w);
 }
 
+/// The host's ballooned PFNs as maximal runs of consecutive PFNs.
+fn host_runs(w: &Shared) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let mut prev: Option<u32> = None;
+    for &pfn in &w.borrow().ballooned {
+        match prev {
+            Some(p) if p + 1 == pfn => *runs.last_mut().unwrap() += 1,
+            _ => runs.push(1),
+        }
+        prev = Some(pfn);
+    }
+    runs
+}
+
+#[test]
+fn inflate_takes_contiguous_runs_of_one_buffer_each() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1024);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 1024);
+    let world = w.borrow();
+    assert_eq!(world.runs_given, 4, "1024 pages = 4 runs of 256");
+    assert_eq!(world.alloc_calls, 0, "no page-by-page allocation");
+    assert_eq!(world.inflate_buffers, 4);
+    drop(world);
+    assert!(
+        host_runs(&w).iter().all(|&n| n % 256 == 0),
+        "{:?}",
+        host_runs(&w)
+    );
+    clean(&w);
+}
+
+#[test]
+fn inflate_uses_smaller_runs_then_single_pages_as_memory_fragments() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
+    w.borrow_mut().max_run_order = 3;
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 1000);
+    let world = w.borrow();
+    assert_eq!(world.runs_given, 125, "1000 pages = 125 runs of 8");
+    // One failed try at each of orders 8..4, then runs of 8 only.
+    assert_eq!(world.run_calls, 125 + 5);
+    assert_eq!(world.alloc_calls, 0);
+    drop(world);
+
+    // No runs at all: page by page, and a new target tries runs again.
+    w.borrow_mut().max_run_order = 0;
+    w.borrow_mut().num_pages = 1300;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 1300);
+    assert_eq!(w.borrow().alloc_calls, 300);
+    clean(&w);
+}
+
+#[test]
+fn a_run_of_one_page_allocates_page_by_page_like_the_c_driver() {
+    let (w, mut dev, mut mem) = sim(MTH, 4096);
+    w.borrow_mut().num_pages = 600;
+    let tun = Tunables {
+        inflate_run_pages: 1,
+        ..Tunables::default()
+    };
+    let mut b = Balloon::new(MTH, tun);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 600);
+    assert_eq!(w.borrow().run_calls, 0);
+    assert_eq!(w.borrow().alloc_calls, 600);
+    clean(&w);
+}
+
+#[test]
+fn inflate_run_setting_accepts_powers_of_two_up_to_a_buffer() {
+    let mut b = Balloon::new(MTH, Tunables::default());
+    assert_eq!(b.tunables().inflate_run_pages, 256);
+    for bad in [0, 3, 100, 512] {
+        assert!(!b.set_inflate_run(bad), "{bad}");
+        assert_eq!(b.tunables().inflate_run_pages, 256);
+    }
+    for good in [1, 2, 64, 256] {
+        assert!(b.set_inflate_run(good), "{good}");
+        assert_eq!(b.tunables().inflate_run_pages, good);
+    }
+    let b = Balloon::new(
+        MTH,
+        Tunables {
+            inflate_run_pages: 7,
+            ..Tunables::default()
+        },
+    );
+    assert_eq!(b.tunables().inflate_run_pages, 256, "bad value at attach");
+}
+
+#[test]
+fn runs_deflate_and_return_every_page_after_the_ack() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 2048);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(w.borrow().free_pages(), 2048);
+    w.borrow_mut().ack = Ack::AfterMs(5);
+    w.borrow_mut().num_pages = 100;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 100);
+    assert_eq!(w.borrow().free_pages(), 4096 - 100);
+    assert_eq!(w.borrow().host_units(), 100);
+    clean(&w);
+}
+
 // The simulator itself must catch a broken driver. These drive the device
 // directly the way a buggy driver would and check the violation is reported.
 

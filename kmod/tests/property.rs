@@ -78,7 +78,12 @@ fn run_seed(seed: u64) {
                 host_changed_since_lowmem = false;
             }
             4 => w.borrow_mut().fail_allocs = rng.below(300) as usize,
-            5 => w.borrow_mut().reserve = rng.below(PAGES as u64) as usize,
+            5 => {
+                let mut world = w.borrow_mut();
+                world.reserve = rng.below(PAGES as u64) as usize;
+                // Fragmentation: the largest free run the VM has.
+                world.max_run_order = rng.below(9) as u32;
+            }
             6 => {
                 w.borrow_mut().ack = match rng.below(6) {
                     0 => Ack::Never,

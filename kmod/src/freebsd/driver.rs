@@ -14,10 +14,11 @@ use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
-use super::memory::{now_ms, vm_counters, KernelBlocks, KernelMemory, Words};
+use super::memory::{now_ms, now_us, vm_counters, KernelBlocks, KernelMemory, Words};
 use super::sync::{wakeup, MtxCell, Mutex, SxCell};
 use super::{cstr, sys, sysctl};
 use crate::balloon::{Balloon, Step, Tunables};
+use crate::counters::{Counter, Gauge};
 use crate::platform::VmCounters;
 use crate::protocol::{feature_names, Features, Queue};
 use crate::reporting::{Policy, ReportEnv, Reporter};
@@ -83,6 +84,7 @@ pub struct State {
     // Settings (sysctl / loader tunables).
     pub debug: AtomicU32,
     pub oom_batch: AtomicU32,
+    pub inflate_run: AtomicU32,
     pub linux_tags: AtomicBool,
     pub report_enabled: AtomicBool,
     pub report_order: u32,
@@ -91,6 +93,12 @@ pub struct State {
     pub features_text: [u8; 160],
     pub accounting_text: [u8; 96],
     pub push_interval: AtomicU64,
+    // Costs, for sysctl.
+    /// Guest time the last vm_lowmem handler took, in microseconds.
+    pub lowmem_last_us: Gauge,
+    /// Times the balloon / reporting kthread woke from a sleep.
+    pub thread_wakeups: Counter,
+    pub report_wakeups: Counter,
 }
 
 // SAFETY: shared between kernel threads; every mutable part is an atomic or
@@ -104,6 +112,12 @@ impl State {
 
     fn thread_chan(&self) -> *const c_void {
         (&self.threads as *const AtomicU32).cast()
+    }
+
+    /// The reporting kthread's own channel: waking it (reporting switched
+    /// on, detach) does not wake the balloon thread.
+    pub fn report_chan(&self) -> *const c_void {
+        (&self.report_enabled as *const AtomicBool).cast()
     }
 
     /// A view of the device that posts from `bufs`.
@@ -233,6 +247,8 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
             parked: core::ptr::null_mut(),
         });
         (*p).oom_batch.store(tun.oom_batch_pages, Ordering::Relaxed);
+        (*p).inflate_run
+            .store(tun.inflate_run_pages, Ordering::Relaxed);
         (*p).report_enabled.store(true, Ordering::Relaxed);
         let st = &*p;
         st.wait.init(cstr!("vtballoonrs wait"));
@@ -578,7 +594,9 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
                     break;
                 }
                 // Idle: no timeout; backing off: `pause_ms`.
-                if g.sleep(st.thread_chan(), cstr!("vtbidle"), pause_ms) && pause_ms > 0 {
+                let timed_out = g.sleep(st.thread_chan(), cstr!("vtbidle"), pause_ms);
+                st.thread_wakeups.inc();
+                if timed_out && pause_ms > 0 {
                     break;
                 }
             }
@@ -589,6 +607,8 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         pause_ms = 0;
         let step = st.balloon.with(|side| {
             let mut dev = st.balloon_device(&mut side.bufs);
+            side.balloon
+                .set_inflate_run(st.inflate_run.load(Ordering::Relaxed));
             if config {
                 side.balloon.config_changed();
             }
@@ -642,26 +662,33 @@ impl ReportEnv for KernelEnv<'_> {
     }
 }
 
-/// The free page reporting kthread: a bounded pass every interval.
+/// The free page reporting kthread: a bounded pass every interval, less
+/// often while passes find nothing to do, none while reporting is off.
 unsafe extern "C" fn report_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
-    let interval = Policy::default().interval_ms;
+    let policy = Policy::default();
+    let mut pause = policy.interval_ms;
     loop {
         {
             let g = st.wait.lock();
             if !st.stopping.load(Ordering::Acquire) {
-                g.sleep(st.thread_chan(), cstr!("vtbreport"), interval.max(1));
+                // Off: sleep until the sysctl switches it on (0: no timeout).
+                let ms = if st.report_enabled.load(Ordering::Acquire) {
+                    pause.max(1)
+                } else {
+                    0
+                };
+                g.sleep(st.report_chan(), cstr!("vtbreport"), ms);
+                st.report_wakeups.inc();
             }
         }
         if st.stopping.load(Ordering::Acquire) {
             break;
         }
         let enabled = st.report_enabled.load(Ordering::Relaxed);
-        st.report.with(|side| {
-            let Some(rep) = side.reporter.as_mut() else {
-                return;
-            };
+        let result = st.report.with(|side| {
+            let rep = side.reporter.as_mut()?;
             if rep.enabled() != enabled {
                 rep.set_enabled(enabled);
             }
@@ -674,7 +701,11 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
                 );
             }
             st.diag(cstr!("reporting pass ended, reason"), stop_code(r.stop));
+            Some(r)
         });
+        if let Some(r) = result {
+            pause = policy.next_pause(pause, &r);
+        }
     }
     thread_exit(st)
 }
@@ -698,6 +729,7 @@ fn stop_code(stop: crate::reporting::Stop) -> u64 {
 unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
     // SAFETY: deregistered in detach before the State is freed.
     let st = unsafe { &*arg.cast::<State>() };
+    let start_us = now_us();
     st.pressure.store(true, Ordering::Release);
     if st.stopping.load(Ordering::Acquire) {
         return;
@@ -708,6 +740,7 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
         let mut dev = st.balloon_device(&mut side.bufs);
         side.balloon.lowmem(&mut dev, &mut side.mem)
     });
+    st.lowmem_last_us.set(now_us().saturating_sub(start_us));
     st.diag(cstr!("vm_lowmem: deflated pages"), u64::from(freed));
 }
 
@@ -732,6 +765,7 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
         let g = st.wait.lock();
         while st.threads.load(Ordering::Acquire) > 0 {
             wakeup(st.thread_chan());
+            wakeup(st.report_chan());
             // Threads finish their current bounded step, then exit.
             g.sleep(st.thread_chan(), cstr!("vtbdetach"), 0);
         }

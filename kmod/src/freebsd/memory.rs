@@ -1,4 +1,6 @@
-//! The VM as the logic sees it: pages from vm_page_alloc_noobj(9), free
+//! The VM as the logic sees it: pages and runs from vm_page_alloc_noobj(9)
+//! and vm_page_alloc_noobj_contig(9) (freed page by page: the KPI has no
+//! batch free), free
 //! blocks for reporting, the ballooned-page list threaded through each
 //! page's own queue linkage (no memory of our own per page), and the VM
 //! counters.
@@ -23,6 +25,12 @@ impl Memory for KernelMemory {
     fn alloc_page(&mut self) -> Option<Self::Page> {
         // SAFETY: non-sleeping allocation, callable from any thread context.
         let m = unsafe { sys::vtbrs_page_alloc() };
+        (!m.is_null()).then_some(m)
+    }
+
+    fn alloc_run(&mut self, order: u32) -> Option<Self::Page> {
+        // SAFETY: non-sleeping, non-reclaiming contiguous allocation.
+        let m = unsafe { sys::vtbrs_block_alloc(order as i32) };
         (!m.is_null()).then_some(m)
     }
 
@@ -120,6 +128,12 @@ pub fn vm_counters() -> VmCounters {
         pd_scanned: c.pd_scanned,
         pd_freed: c.pd_freed,
     }
+}
+
+/// Monotonic microseconds since boot.
+pub fn now_us() -> u64 {
+    // SAFETY: reads the uptime clock.
+    unsafe { sys::vtbrs_now_us() }
 }
 
 /// Monotonic milliseconds since boot.

@@ -6,6 +6,7 @@ use core::ffi::{c_void, CStr};
 use core::sync::atomic::Ordering;
 
 use super::driver::State;
+use super::sync::wakeup;
 use super::{cstr, sys};
 use crate::balloon::Tunables;
 use crate::protocol::BALLOON_PAGE_SIZE;
@@ -18,6 +19,7 @@ enum Node {
     OomBatch = 2,
     LinuxTags = 3,
     ReportEnabled = 4,
+    InflateRun = 5,
     TargetBytes = 10,
     ActualBytes = 11,
     PushInterval = 12,
@@ -30,6 +32,7 @@ impl Node {
             Node::OomBatch,
             Node::LinuxTags,
             Node::ReportEnabled,
+            Node::InflateRun,
             Node::TargetBytes,
             Node::ActualBytes,
             Node::PushInterval,
@@ -243,6 +246,31 @@ pub fn register(st: &State) {
     );
     proc_node(
         st,
+        cstr!("inflate_run_pages"),
+        Node::InflateRun,
+        true,
+        cstr!("Largest physically contiguous run taken at once when inflating, in pages (power of two, 1-256; 1: page by page)"),
+    );
+    u64_node(
+        st,
+        cstr!("lowmem_last_us"),
+        st.lowmem_last_us.as_ptr(),
+        cstr!("Microseconds the last vm_lowmem deflate took (guest time, host ack included)"),
+    );
+    u64_node(
+        st,
+        cstr!("thread_wakeups"),
+        st.thread_wakeups.as_ptr(),
+        cstr!("Times the balloon thread woke up (none while the target is reached)"),
+    );
+    u64_node(
+        st,
+        cstr!("report_wakeups"),
+        st.report_wakeups.as_ptr(),
+        cstr!("Times the reporting thread woke up"),
+    );
+    proc_node(
+        st,
         cstr!("stats_linux_tags"),
         Node::LinuxTags,
         true,
@@ -326,6 +354,7 @@ unsafe extern "C" fn vtbrs_rs_sysctl_get(state: *mut c_void, which: i32, out: *m
     let v = match Node::from(which) {
         Some(Node::Debug) => u64::from(st.debug.load(Ordering::Relaxed)),
         Some(Node::OomBatch) => u64::from(st.oom_batch.load(Ordering::Relaxed)),
+        Some(Node::InflateRun) => u64::from(st.inflate_run.load(Ordering::Relaxed)),
         Some(Node::LinuxTags) => u64::from(st.linux_tags.load(Ordering::Relaxed)),
         Some(Node::ReportEnabled) => u64::from(st.report_enabled.load(Ordering::Relaxed)),
         Some(Node::TargetBytes) => b.target_pages.get() * BALLOON_PAGE_SIZE,
@@ -359,8 +388,18 @@ unsafe extern "C" fn vtbrs_rs_sysctl_set(state: *mut c_void, which: i32, value: 
             None => return sys::EINVAL as i32,
         },
         Some(Node::ReportEnabled) => match flag(value) {
-            Some(on) => st.report_enabled.store(on, Ordering::Relaxed),
+            Some(on) => {
+                // Under the lock the reporter decides to sleep with: it
+                // cannot miss being switched on.
+                let _g = st.wait.lock();
+                st.report_enabled.store(on, Ordering::Release);
+                wakeup(st.report_chan());
+            }
             None => return sys::EINVAL as i32,
+        },
+        Some(Node::InflateRun) => match u32::try_from(value) {
+            Ok(v) if Tunables::valid_inflate_run(v) => st.inflate_run.store(v, Ordering::Relaxed),
+            _ => return sys::EINVAL as i32,
         },
         Some(Node::OomBatch) => match u32::try_from(value) {
             Ok(v) if Tunables::valid_oom_batch(v) => st.oom_batch.store(v, Ordering::Relaxed),

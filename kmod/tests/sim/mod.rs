@@ -86,6 +86,12 @@ pub struct World {
     parked: Vec<usize>,
     /// Hand out free blocks lowest address first instead of round-robin.
     pub address_order: bool,
+    /// Largest contiguous run alloc_run hands out (fragmentation); 0: none.
+    pub max_run_order: u32,
+    /// alloc_run calls, and those that found a run.
+    pub run_calls: u64,
+    pub runs_given: u64,
+    run_cursor: usize,
 }
 
 pub type Shared = Rc<RefCell<World>>;
@@ -133,6 +139,10 @@ impl World {
             most_blocks_held: 0,
             parked: Vec::new(),
             address_order: false,
+            max_run_order: 8,
+            run_calls: 0,
+            runs_given: 0,
+            run_cursor: 0,
         }))
     }
 
@@ -480,6 +490,30 @@ impl Memory for SimMemory {
         let page = w.free.pop_back()?;
         w.allocated[page] = true;
         Some(page)
+    }
+
+    fn alloc_run(&mut self, order: u32) -> Option<usize> {
+        let mut w = self.0.borrow_mut();
+        w.run_calls += 1;
+        let n = 1usize << order;
+        // Short of memory: no runs either (and no failure consumed).
+        if order > w.max_run_order || w.fail_allocs > 0 || w.free.len() < w.reserve + n {
+            return None;
+        }
+        let runs = w.total_pages / n;
+        for i in 0..runs {
+            let first = ((w.run_cursor + i) % runs) * n;
+            if (first..first + n).all(|p| !w.allocated[p]) {
+                w.run_cursor = first / n + 1;
+                for p in first..first + n {
+                    w.allocated[p] = true;
+                }
+                w.free.retain(|p| !(first..first + n).contains(p));
+                w.runs_given += 1;
+                return Some(first);
+            }
+        }
+        None
     }
 
     fn free_page(&mut self, page: usize) {
