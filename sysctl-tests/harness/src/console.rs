@@ -243,6 +243,9 @@ mod tests {
             (1, "set-target", 262_144),
             (99, "bench-inflate", 3072),
             (7, "rss-mark", 0),
+            (12, "bench-resident", 1024),
+            (13, "bench-lowmem", 812),
+            (14, "bench-idle-thread", 0),
         ] {
             let line = std::str::from_utf8(g::request(seq, cmd, arg, &mut buf))
                 .unwrap()

@@ -8,6 +8,7 @@
 //! vmharness bench            throughput, ours against the in-tree driver (make vmbench)
 //! vmharness intree           the in-tree driver only (no vtballoonrs.ko needed)
 //! vmharness <phase> ...      one boot running these guest phases
+//! vmharness host-discard     the bench's host reference alone (no QEMU)
 //! ```
 //!
 //! Environment: FREEBSD_BOOT (a FreeBSD /boot directory: kernel/kernel,
@@ -18,6 +19,7 @@
 //! target/vmtest).
 
 mod console;
+mod discard;
 /// The guest's side of the console protocol, compiled here to test both
 /// ends together.
 #[cfg(test)]
@@ -34,6 +36,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use console::Line;
+use discard::HostDiscard;
 use qmp::{GuestStats, Qmp};
 use vm::{CpuMs, Vm, VmConfig};
 
@@ -113,6 +116,9 @@ fn env_path(key: &str, default: &str) -> PathBuf {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("host-discard") {
+        std::process::exit(i32::from(measure_host_discard().is_none()));
+    }
     let inputs = Inputs {
         boot: env_path("FREEBSD_BOOT", "/opt/freebsd-boot"),
         module: env_path("VTB_MODULE", "target/kld/vtballoonrs.ko"),
@@ -147,6 +153,10 @@ fn main() {
         std::process::exit(1);
     }
     let started = Instant::now();
+    // The host's own discard rate, the benchmark's reference: measured
+    // before QEMU starts, so nothing else competes for the host.
+    let host_discard =
+        (args.first().map(String::as_str) == Some("bench")).then(measure_host_discard);
     let mut results = Vec::new();
     for boot in &boots {
         let r = run_boot(&inputs, boot);
@@ -168,7 +178,7 @@ fn main() {
         passed += r.guest.0 + r.harness.0;
         failed += r.guest.1 + r.harness.1;
         if !r.bench.is_empty() {
-            print_bench(&r.bench);
+            print_bench(&r.bench, host_discard.flatten().as_ref());
         }
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
@@ -183,7 +193,7 @@ struct BootResult {
     harness: (u32, u32),
     completed: bool,
     secs: f64,
-    bench: Vec<BenchRow>,
+    bench: Bench,
 }
 
 /// The host side of one boot.
@@ -195,7 +205,7 @@ struct Run {
     rss_mark: u64,
     stats: Option<GuestStats>,
     driver: &'static str,
-    bench: Vec<BenchRow>,
+    bench: Bench,
 }
 
 fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
@@ -303,7 +313,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         rss_mark: 0,
         stats: None,
         driver: "ours",
-        bench: Vec::new(),
+        bench: Bench::default(),
     };
     let d = drive(&mut r, boot.limit);
     r.vm.kill();
@@ -495,6 +505,27 @@ fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
         }
         "bench-inflate" => bench_op(r, "inflate", arg),
         "bench-deflate" => bench_op(r, "deflate", arg),
+        "bench-resident" => bench_op(r, "resident", arg),
+        "bench-lowmem" => {
+            r.bench.lowmem_us.push(arg);
+            println!(
+                "[{}] bench: {} vm_lowmem handler took {arg} us of guest time",
+                r.name, r.driver
+            );
+            Ok(r.bench.lowmem_us.len() as u64)
+        }
+        "bench-idle-ms" => {
+            r.bench.idle_ms = Some(arg);
+            Ok(0)
+        }
+        "bench-idle-thread" => {
+            r.bench.thread_wakeups = Some(arg);
+            Ok(0)
+        }
+        "bench-idle-report" => {
+            r.bench.report_wakeups = Some(arg);
+            Ok(0)
+        }
         _ => Err(format!("unknown request {cmd}")),
     }
 }
@@ -565,13 +596,56 @@ struct BenchRow {
     rss_drop_mib: u64,
 }
 
-/// Times one inflate or deflate of `mib` with the loaded driver: from the
-/// QMP `balloon` command until `query-balloon` reports the target.
+/// What a bench boot measured.
+#[derive(Default)]
+struct Bench {
+    rows: Vec<BenchRow>,
+    /// Our vm_lowmem handler, µs of guest time per event (`bench-lowmem`).
+    lowmem_us: Vec<u64>,
+    /// The idle window (guest ms) and the wakeups of our balloon and
+    /// reporting threads in it (`bench-idle-*`).
+    idle_ms: Option<u64>,
+    thread_wakeups: Option<u64>,
+    report_wakeups: Option<u64>,
+}
+
+impl Bench {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+            && self.lowmem_us.is_empty()
+            && self.thread_wakeups.is_none()
+            && self.report_wakeups.is_none()
+    }
+}
+
+/// Runs of the host's discard measurement (the median is shown).
+const HOST_DISCARD_RUNS: usize = 3;
+/// Size of the host's discard measurement.
+const HOST_DISCARD_MIB: usize = 1024;
+
+/// The host's discard rate; None (and why, printed) if it could not be measured.
+fn measure_host_discard() -> Option<HostDiscard> {
+    match discard::measure(HOST_DISCARD_MIB, HOST_DISCARD_RUNS) {
+        Ok(d) => {
+            println!("{}", host_discard_line(&d));
+            Some(d)
+        }
+        Err(e) => {
+            println!("host discard rate not measured: {e}");
+            None
+        }
+    }
+}
+
+/// Times one balloon change of `mib` with the loaded driver: from the QMP
+/// `balloon` command until `query-balloon` reports the target. `inflate`
+/// and `resident` (an inflate of memory the guest touched just before)
+/// inflate by `mib`, `deflate` returns to an empty balloon.
 fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
-    let target = if what == "inflate" {
-        r.ram.checked_sub(mib * MIB).ok_or("more than RAM")?
-    } else {
+    let target = if what == "deflate" {
         r.ram
+    } else {
+        r.ram.checked_sub(mib * MIB).ok_or("more than RAM")?
     };
     let rss0 = r.vm.rss_bytes();
     let cpu0 = r.vm.cpu_ms();
@@ -594,7 +668,7 @@ fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
         cpu.vcpu,
         cpu.other
     );
-    r.bench.push(BenchRow {
+    r.bench.rows.push(BenchRow {
         driver: r.driver,
         what,
         mib,
@@ -615,30 +689,55 @@ fn median<'a>(rows: &'a [BenchRow], driver: &str, what: &str, mib: u64) -> Optio
     m.get(m.len() / 2).copied()
 }
 
-fn print_bench(rows: &[BenchRow]) {
-    println!(
-        "\n{:<8} {:>5} | {:>8} {:>8} {:>6} | {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>8} {:>8}",
-        "op",
-        "MiB",
-        "ours",
-        "in-tree",
-        "ratio",
-        "ours",
-        "in-tree",
-        "ratio",
-        "ours",
-        "in-tree",
-        "ours",
-        "in-tree"
-    );
-    println!(
-        "{:<8} {:>5} | {:>24} | {:>26} | {:>19} | {:>17}",
-        "", "", "MiB/s", "vCPU ms per GiB", "QEMU other ms/GiB", "discard MiB/s"
-    );
+/// The order of a size's rows in the table.
+fn op_rank(what: &str) -> u8 {
+    match what {
+        "inflate" => 0,
+        "deflate" => 1,
+        _ => 2,
+    }
+}
+
+fn print_bench(b: &Bench, host: Option<&HostDiscard>) {
+    for line in bench_report(b, host) {
+        println!("{line}");
+    }
+}
+
+/// MiB/s of a row.
+fn row_rate(r: &BenchRow) -> f64 {
+    r.mib as f64 / r.secs
+}
+
+/// The table, its footer and the figures besides it.
+fn bench_report(b: &Bench, host: Option<&HostDiscard>) -> Vec<String> {
+    let rows = &b.rows[..];
+    let mut out = vec![
+        String::new(),
+        format!(
+            "{:<8} {:>5} | {:>8} {:>8} {:>6} | {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>8} {:>8}",
+            "op",
+            "MiB",
+            "ours",
+            "in-tree",
+            "ratio",
+            "ours",
+            "in-tree",
+            "ratio",
+            "ours",
+            "in-tree",
+            "ours",
+            "in-tree"
+        ),
+        format!(
+            "{:<8} {:>5} | {:>24} | {:>26} | {:>19} | {:>17}",
+            "", "", "MiB/s", "vCPU ms per GiB", "QEMU other ms/GiB", "discard MiB/s"
+        ),
+    ];
     let mut ops: Vec<(&str, u64)> = rows.iter().map(|r| (r.what, r.mib)).collect();
-    ops.sort_by_key(|&(what, mib)| (mib, what != "inflate"));
+    ops.sort_by_key(|&(what, mib)| (mib, op_rank(what)));
     ops.dedup();
-    for (what, mib) in ops {
+    for &(what, mib) in &ops {
         let (Some(ours), Some(theirs)) = (
             median(rows, "ours", what, mib),
             median(rows, "theirs", what, mib),
@@ -649,22 +748,21 @@ fn print_bench(rows: &[BenchRow]) {
             .iter()
             .filter(|r| r.what == what && r.mib == mib && r.driver == "ours")
             .count();
-        let rate = |r: &BenchRow| r.mib as f64 / r.secs;
         let per_gib = |ms: u64, r: &BenchRow| ms as f64 * 1024.0 / r.mib as f64;
         let discard = |r: &BenchRow| {
-            if r.what == "inflate" {
-                format!("{:.0}", r.rss_drop_mib as f64 / r.secs)
-            } else {
+            if r.what == "deflate" {
                 "-".into()
+            } else {
+                format!("{:.0}", r.rss_drop_mib as f64 / r.secs)
             }
         };
-        println!(
+        out.push(format!(
             "{:<8} {:>5} | {:>8.0} {:>8.0} {:>6.2} | {:>9.0} {:>9.0} {:>6.2} | {:>9.0} {:>9.0} | {:>8} {:>8}  (median of {runs})",
             what,
             mib,
-            rate(ours),
-            rate(theirs),
-            rate(ours) / rate(theirs),
+            row_rate(ours),
+            row_rate(theirs),
+            row_rate(ours) / row_rate(theirs),
             per_gib(ours.cpu.vcpu, ours),
             per_gib(theirs.cpu.vcpu, theirs),
             per_gib(ours.cpu.vcpu, ours) / per_gib(theirs.cpu.vcpu, theirs).max(1.0),
@@ -672,15 +770,98 @@ fn print_bench(rows: &[BenchRow]) {
             per_gib(theirs.cpu.other, theirs),
             discard(ours),
             discard(theirs),
-        );
+        ));
     }
-    println!(
+    out.push(
         "MiB/s: host-observed, from the QMP balloon command until query-balloon shows the target.\n\
          vCPU: user+system time of QEMU's vCPU threads (/proc/<pid>/task/*/stat, threads named \
          CPU n/TCG): the guest's work, TCG-emulated.\n\
          QEMU other: QEMU's other threads (device emulation, madvise discards).\n\
-         discard: QEMU RSS released per second during inflate (the guest touched memory first)."
+         discard: QEMU RSS released per second during inflate (the guest touched memory first).\n\
+         resident: inflate right after the guest touched all the memory it safely could, so the \
+         pages the balloon takes are resident on the host."
+            .into(),
     );
+    match host {
+        Some(h) => out.push(host_discard_line(h)),
+        None => out.push("host discard rate: not measured".into()),
+    }
+    out.extend(resident_line(rows, host));
+    out.push(lowmem_line(&b.lowmem_us));
+    out.push(idle_line(b));
+    out
+}
+
+/// The host's reference rates.
+fn host_discard_line(h: &HostDiscard) -> String {
+    let thp = h
+        .resident_thp
+        .map_or(String::new(), |t| format!(", resident in THP {t:.0} MiB/s"));
+    format!(
+        "host discard, QEMU not running (madvise MADV_DONTNEED 4 KiB at a time over {} MiB, median of {}): \
+         resident {:.0} MiB/s (RSS -{} MiB), untouched {:.0} MiB/s{thp}",
+        h.mib, h.runs, h.resident, h.rss_drop_mib, h.untouched
+    )
+}
+
+/// The resident inflate against the host's resident discard rate.
+fn resident_line(rows: &[BenchRow], host: Option<&HostDiscard>) -> Option<String> {
+    let mib = rows.iter().find(|r| r.what == "resident")?.mib;
+    let ours = median(rows, "ours", "resident", mib);
+    let theirs = median(rows, "theirs", "resident", mib);
+    let rate = |r: Option<&BenchRow>| r.map_or("-".into(), |r| format!("{:.0}", row_rate(r)));
+    let rss = |r: Option<&BenchRow>| r.map_or("-".into(), |r| r.rss_drop_mib.to_string());
+    let ratio = match (ours, host) {
+        (Some(o), Some(h)) if h.resident > 0.0 => format!("{:.2}", row_rate(o) / h.resident),
+        _ => "-".into(),
+    };
+    Some(format!(
+        "resident inflate {mib} MiB: ours {} MiB/s, in-tree {} MiB/s; ours / host resident discard rate {ratio} \
+         (target >= 0.90); QEMU RSS released: ours {} MiB, in-tree {} MiB",
+        rate(ours),
+        rate(theirs),
+        rss(ours),
+        rss(theirs)
+    ))
+}
+
+/// The middle value once sorted (the upper middle of an even count).
+fn median_u64(v: &[u64]) -> Option<u64> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+fn lowmem_line(us: &[u64]) -> String {
+    match median_u64(us) {
+        Some(m) => {
+            let all: Vec<String> = us.iter().map(u64::to_string).collect();
+            format!(
+                "lowmem deflate of 256 pages: median {m} µs of guest time (target < 1000); runs: {} µs",
+                all.join(" ")
+            )
+        }
+        None => "lowmem deflate of 256 pages: no figures (the driver has no lowmem_last_us)".into(),
+    }
+}
+
+/// Wakeups per second of our threads while idle.
+fn idle_line(b: &Bench) -> String {
+    let Some(ms) = b.idle_ms.filter(|&ms| ms > 0) else {
+        return "balloon thread idle wakeups/s: no figures (the driver has no thread_wakeups)"
+            .into();
+    };
+    let per_s = |n: Option<u64>| {
+        n.map_or("-".to_string(), |n| {
+            format!("{:.2}", n as f64 * 1000.0 / ms as f64)
+        })
+    };
+    format!(
+        "balloon thread idle wakeups/s: {} (target 0); reporting thread (report_enabled=0): {}/s; over {:.1} s, target reached",
+        per_s(b.thread_wakeups),
+        per_s(b.report_wakeups),
+        ms as f64 / 1000.0
+    )
 }
 
 fn print_tail(log: &Path, n: usize) {
@@ -722,6 +903,135 @@ mod tests {
             Some(9.0)
         );
         assert!(median(&rows, "ours", "deflate", 1024).is_none());
+    }
+
+    fn row(driver: &'static str, what: &'static str, mib: u64, secs: f64, rss: u64) -> BenchRow {
+        BenchRow {
+            driver,
+            what,
+            mib,
+            secs,
+            cpu: CpuMs {
+                vcpu: 2000,
+                other: 500,
+            },
+            rss_drop_mib: rss,
+        }
+    }
+
+    fn host() -> HostDiscard {
+        HostDiscard {
+            mib: 1024,
+            runs: 3,
+            resident: 2048.0,
+            untouched: 40_000.0,
+            resident_thp: None,
+            rss_drop_mib: 1024,
+        }
+    }
+
+    #[test]
+    fn medians_of_figures() {
+        assert_eq!(median_u64(&[900, 700, 800, 1200, 750]), Some(800));
+        assert_eq!(median_u64(&[5, 1]), Some(5));
+        assert_eq!(median_u64(&[]), None);
+    }
+
+    #[test]
+    fn resident_row_against_the_host() {
+        let rows = [
+            row("ours", "resident", 1024, 1.0, 1000),
+            row("ours", "resident", 1024, 2.0, 900),
+            row("ours", "resident", 1024, 4.0, 800),
+            row("theirs", "resident", 1024, 8.0, 1010),
+        ];
+        let l = resident_line(&rows, Some(&host())).unwrap();
+        assert_eq!(
+            l,
+            "resident inflate 1024 MiB: ours 512 MiB/s, in-tree 128 MiB/s; ours / host resident \
+             discard rate 0.25 (target >= 0.90); QEMU RSS released: ours 900 MiB, in-tree 1010 MiB"
+        );
+        let l = resident_line(&rows[..1], None).unwrap();
+        assert!(l.contains("in-tree - MiB/s"), "{l}");
+        assert!(l.contains("discard rate - (target"), "{l}");
+        assert!(resident_line(&[row("ours", "inflate", 1024, 1.0, 0)], None).is_none());
+    }
+
+    #[test]
+    fn lowmem_and_idle_lines() {
+        assert_eq!(
+            lowmem_line(&[900, 700, 800, 1200, 750]),
+            "lowmem deflate of 256 pages: median 800 µs of guest time (target < 1000); \
+             runs: 900 700 800 1200 750 µs"
+        );
+        assert!(lowmem_line(&[]).contains("no figures"));
+        let mut b = Bench {
+            idle_ms: Some(10_000),
+            thread_wakeups: Some(0),
+            report_wakeups: Some(3),
+            ..Bench::default()
+        };
+        assert_eq!(
+            idle_line(&b),
+            "balloon thread idle wakeups/s: 0.00 (target 0); reporting thread \
+             (report_enabled=0): 0.30/s; over 10.0 s, target reached"
+        );
+        b.report_wakeups = None;
+        assert!(idle_line(&b).contains("reporting thread (report_enabled=0): -/s"));
+        assert!(idle_line(&Bench::default()).contains("no figures"));
+        assert!(Bench::default().is_empty());
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn bench_table() {
+        let b = Bench {
+            rows: vec![
+                row("ours", "deflate", 1024, 1.0, 0),
+                row("theirs", "deflate", 1024, 2.0, 0),
+                row("ours", "resident", 1024, 2.0, 1000),
+                row("theirs", "resident", 1024, 4.0, 1000),
+                row("ours", "inflate", 1024, 1.0, 6),
+                row("theirs", "inflate", 1024, 4.0, 8),
+                row("ours", "inflate", 3072, 3.0, 0),
+            ],
+            lowmem_us: vec![400],
+            ..Bench::default()
+        };
+        let out = bench_report(&b, Some(&host()));
+        let ops: Vec<&str> = out
+            .iter()
+            .filter(|l| l.contains("(median of"))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        // Inflate, deflate, resident by size; 3 GiB has no in-tree figure.
+        assert_eq!(ops, ["inflate", "deflate", "resident"]);
+        let resident = out.iter().find(|l| l.starts_with("resident ")).unwrap();
+        assert!(resident.contains(" 512 "), "{resident}");
+        assert!(resident.contains(" 2.00 "), "{resident}");
+        let deflate = out.iter().find(|l| l.starts_with("deflate ")).unwrap();
+        assert!(
+            deflate.contains(" - "),
+            "no discard figure on a deflate: {deflate}"
+        );
+        assert!(out
+            .iter()
+            .any(|l| l.starts_with("host discard, QEMU not running")
+                && l.contains("resident 2048 MiB/s (RSS -1024 MiB), untouched 40000 MiB/s")));
+        assert!(out
+            .iter()
+            .any(|l| l.contains("discard rate 0.25 (target >= 0.90)")));
+        assert!(out.iter().any(|l| l.contains("median 400 µs")));
+        assert!(out
+            .iter()
+            .any(|l| l.starts_with("balloon thread idle wakeups/s: no figures")));
+        let none = bench_report(&b, None);
+        assert!(none.iter().any(|l| l == "host discard rate: not measured"));
+        let thp = HostDiscard {
+            resident_thp: Some(900.0),
+            ..host()
+        };
+        assert!(host_discard_line(&thp).ends_with(", resident in THP 900 MiB/s"));
     }
 
     #[test]
