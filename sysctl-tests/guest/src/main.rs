@@ -282,10 +282,14 @@ const RO_NODES: &[&str] = &[
     "report_errors",
     "report_passes",
     "report_time_ms",
+    "lowmem_last_us",
+    "thread_wakeups",
+    "report_wakeups",
 ];
 const RW_NODES: &[&str] = &[
     "debug",
     "oom_batch_pages",
+    "inflate_run_pages",
     "stats_linux_tags",
     "report_enabled",
 ];
@@ -293,6 +297,7 @@ const RW_NODES: &[&str] = &[
 const BAD_VALUES: &[(&str, &[i32])] = &[
     ("debug", &[2, -1]),
     ("oom_batch_pages", &[0, 65_537, -1]),
+    ("inflate_run_pages", &[0, 3, 512, -1]),
     ("stats_linux_tags", &[2, -1]),
     ("report_enabled", &[2, -1]),
 ];
@@ -334,7 +339,10 @@ fn phase_nodes(c: &mut Ctx) {
         let before = raw(leaf, &mut a);
         let refused = set_int(node(leaf).bytes(), 5) == Err(sys::EPERM);
         let after = raw(leaf, &mut b);
-        let volatile = leaf.starts_with("report_") || leaf.starts_with("stats_");
+        // Counters that move on their own (the balloon thread may still be
+        // settling right after attach).
+        let volatile =
+            leaf.starts_with("report_") || leaf.starts_with("stats_") || *leaf == "thread_wakeups";
         let unchanged = volatile || (before == after && a == b);
         if !(refused && unchanged) {
             bad = bad.or(Some(leaf));
@@ -370,6 +378,22 @@ fn phase_nodes(c: &mut Ctx) {
     let restored = set("oom_batch_pages", batch);
     c.check(
         "oom_batch_pages takes 1 and 65536",
+        rt && restored,
+        "did not stick",
+    );
+    let run = get("inflate_run_pages");
+    c.check_n(
+        "inflate_run_pages defaults to 256",
+        run == Some(256),
+        "value",
+        run,
+    );
+    let rt = [1, 16, 256]
+        .iter()
+        .all(|&v| set("inflate_run_pages", v) && get("inflate_run_pages") == Some(v as u64));
+    let restored = set("inflate_run_pages", run.unwrap_or(256) as i32);
+    c.check(
+        "inflate_run_pages takes 1, 16 and 256",
         rt && restored,
         "did not stick",
     );
@@ -495,6 +519,7 @@ fn phase_resize(c: &mut Ctx) {
             "held_bytes wrong",
         );
         host_agrees(c, "the host sees 256 MiB", 256);
+        thread_stays_asleep(c);
     }
     if resize(c, "inflate to 1 GiB", 1024, 240) {
         host_agrees(c, "the host sees 1 GiB", 1024);
@@ -548,6 +573,26 @@ fn phase_resize(c: &mut Ctx) {
         c.check_n(name, v == Some(0), "counted", v);
     }
     resume_reporting(paused);
+}
+
+/// WANTSIZE: with the target reached and no config change, the balloon
+/// thread sleeps without a timer, so `thread_wakeups` stays put.
+fn thread_stays_asleep(c: &mut Ctx) {
+    const NAME: &str = "the balloon thread does not wake while the target is reached (5 s)";
+    // The last acks may still wake it once right after actual_pages moved.
+    sys::sleep_ms(1_000);
+    let Some(before) = get("thread_wakeups") else {
+        c.check(NAME, false, "no thread_wakeups node");
+        return;
+    };
+    sys::sleep_ms(5_000);
+    let after = get("thread_wakeups").unwrap_or(u64::MAX);
+    c.check_n(
+        NAME,
+        after == before,
+        "thread_wakeups moved by",
+        Some(after.wrapping_sub(before)),
+    );
 }
 
 /// `a` + `b` in `buf`, as a str (ASCII inputs).
@@ -1110,6 +1155,9 @@ fn swap_devctl(c: &mut Ctx, pages: u64) {
 /// Runs of each benchmark operation (the host reports the median).
 const BENCH_RUNS: u32 = 3;
 
+/// The bench phase measures and reports figures to the host, which prints
+/// them; its checks only say whether each measurement could be taken,
+/// never whether a figure met its target.
 fn phase_bench(c: &mut Ctx) {
     // Memory is touched before each inflate so the host has pages to drop.
     let phys = mib_of(get_u64(b"hw.physmem").unwrap_or(0));
@@ -1163,8 +1211,136 @@ fn phase_bench(c: &mut Ctx) {
             );
             c.check(what, ok, "the host could not time it");
         }
+        bench_resident(c, name, phys);
+        if driver == 0 {
+            bench_ours_at_rest(c);
+        }
     }
     ensure_none(c);
+}
+
+/// Inflates 1 GiB of host-resident memory: before each run a child touches
+/// all the free memory the guest can safely spare and exits, so the pages
+/// the balloon takes are resident in QEMU (the host records the RSS
+/// released). The deflate after it is not timed.
+fn bench_resident(c: &mut Ctx, name: &str, phys: u64) {
+    const MIB_RESIDENT: u64 = 1024;
+    let mut ok = true;
+    for _ in 0..BENCH_RUNS {
+        // Leave ~600 MiB of RAM and at least 300 MiB free: far above the
+        // page daemon's targets, so nothing is paged out or killed.
+        let touch = phys
+            .saturating_sub(600)
+            .min(mib_of(free_bytes()).saturating_sub(300));
+        Line::new()
+            .s("# bench: touching ")
+            .u(touch)
+            .s(" MiB before a resident inflate")
+            .end();
+        if reap(toucher(touch, 0, None), 900) != Some(0) {
+            note("bench: the toucher failed");
+        }
+        ok &= matches!(
+            c.host.ask("bench-resident", MIB_RESIDENT, 900),
+            Reply::Ok(_)
+        );
+        ok &= matches!(c.host.ask("set-target", 0, 30), Reply::Ok(_));
+        ok &= matches!(c.host.ask("wait-actual", 0, 150), Reply::Ok(0));
+    }
+    let mut n = [0u8; 48];
+    let what = concat(&mut n, name.as_bytes(), b" resident 1 GiB");
+    c.check(what, ok, "the host could not time it");
+}
+
+/// Ours with the balloon at 256 MiB: idle wakeups of both threads over
+/// 10 s, then the time our vm_lowmem handler takes for 256 pages.
+fn bench_ours_at_rest(c: &mut Ctx) {
+    if !resize(c, "bench vtballoonrs: inflate to 256 MiB", 256, 240) {
+        return;
+    }
+    bench_idle(c);
+    bench_lowmem(c);
+    resize(c, "bench vtballoonrs: back to 0", 0, 240);
+}
+
+/// Wakeups of the balloon and reporting threads over 10 s with the target
+/// reached, no config change and report_enabled=0 (both should sleep).
+fn bench_idle(c: &mut Ctx) {
+    const NAME: &str = "bench vtballoonrs idle wakeups";
+    const WINDOW_MS: u64 = 10_000;
+    // The last acks may wake the thread once more right after the target.
+    sys::sleep_ms(1_000);
+    let (Some(t0), r0) = (get("thread_wakeups"), get("report_wakeups")) else {
+        c.skip(NAME, "no thread_wakeups node (older driver)");
+        return;
+    };
+    let start = sys::now_ms();
+    sys::sleep_ms(WINDOW_MS);
+    let thread = get("thread_wakeups").unwrap_or(t0).saturating_sub(t0);
+    let report = r0.and_then(|r0| Some(get("report_wakeups")?.saturating_sub(r0)));
+    let ms = sys::now_ms() - start;
+    let mut l = Line::new();
+    l.s("# bench: ")
+        .u(ms)
+        .s(" ms at rest: balloon thread ")
+        .u(thread)
+        .s(" wakeups, reporting thread ");
+    match report {
+        Some(n) => l.u(n).s(" wakeups").end(),
+        None => l.s("(no report_wakeups node)").end(),
+    }
+    let mut ok = matches!(c.host.ask("bench-idle-ms", ms, 30), Reply::Ok(_));
+    ok &= matches!(c.host.ask("bench-idle-thread", thread, 30), Reply::Ok(_));
+    if let Some(n) = report {
+        ok &= matches!(c.host.ask("bench-idle-report", n, 30), Reply::Ok(_));
+    }
+    c.check(NAME, ok, "the host did not record it");
+}
+
+/// Five vm_lowmem events (debug.vm_lowmem=1 runs the handlers at once, in
+/// this thread) with oom_batch_pages=256; lowmem_last_us after each goes to
+/// the host.
+fn bench_lowmem(c: &mut Ctx) {
+    const NAME: &str = "bench vtballoonrs lowmem latency";
+    const EVENTS: u32 = 5;
+    if get("lowmem_last_us").is_none() {
+        c.skip(NAME, "no lowmem_last_us node (older driver)");
+        return;
+    }
+    let batch = get("oom_batch_pages").unwrap_or(256) as i32;
+    if !set("oom_batch_pages", 256) {
+        c.check(NAME, false, "cannot set oom_batch_pages=256");
+        return;
+    }
+    let mut ok = true;
+    let mut why = "the host did not record it";
+    for _ in 0..EVENTS {
+        let events0 = get("lowmem_events").unwrap_or(0);
+        let pages0 = get("lowmem_pages").unwrap_or(0);
+        if set_int(b"debug.vm_lowmem", 1).is_err() {
+            ok = false;
+            why = "cannot write debug.vm_lowmem";
+            break;
+        }
+        let us = get("lowmem_last_us").unwrap_or(0);
+        let pages = get("lowmem_pages").unwrap_or(0).saturating_sub(pages0);
+        Line::new()
+            .s("# bench: vm_lowmem deflated ")
+            .u(pages)
+            .s(" pages in ")
+            .u(us)
+            .s(" us")
+            .end();
+        if get("lowmem_events").unwrap_or(0) == events0 {
+            ok = false;
+            why = "the handler counted no lowmem event";
+            break;
+        }
+        ok &= matches!(c.host.ask("bench-lowmem", us, 30), Reply::Ok(_));
+        sys::sleep_ms(200);
+    }
+    set("oom_batch_pages", batch);
+    c.check(NAME, ok, why);
 }
 
 // ------------------------------------------------------------------- main

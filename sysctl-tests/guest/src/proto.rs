@@ -27,7 +27,11 @@
 //! (the sampled value of virtio stat tag T, in KiB), `rss-mark 0`,
 //! `rss-drop MIB` (QEMU's RSS fell by 90% of MIB since the mark; replies the
 //! drop in MiB), `bench-driver D` (0 ours, 1 in-tree), `bench-inflate MIB`,
-//! `bench-deflate MIB` (the host times the operation).
+//! `bench-deflate MIB`, `bench-resident MIB` (the host times the operation;
+//! resident: an inflate right after the guest touched its free memory),
+//! `bench-lowmem US` (one vm_lowmem handler time, guest µs),
+//! `bench-idle-ms MS`, `bench-idle-thread N`, `bench-idle-report N` (wakeups
+//! of the balloon and reporting threads in an idle window of MS ms).
 
 /// What came back for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
