@@ -18,6 +18,8 @@
 #include <sys/sysctl.h>
 #include <sys/eventhandler.h>
 #include <sys/callout.h>
+#include <sys/cpuset.h>
+#include <sys/smp.h>
 #include <sys/sglist.h>
 #include <sys/queue.h>
 #include <sys/taskqueue.h>
@@ -328,6 +330,48 @@ vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg)
 
 void vtbrs_task_enqueue(struct task *t) { taskqueue_enqueue(taskqueue_thread, t); }
 void vtbrs_task_drain(struct task *t) { taskqueue_drain(taskqueue_thread, t); }
+
+/*
+ * The CPU the kick thread runs on, -1 with a single CPU: the last one, the
+ * least likely to be busy with the boot CPU's work.
+ */
+int
+vtbrs_kick_cpu(void)
+{
+	return (mp_ncpus > 1 ? (int)mp_maxid : -1);
+}
+
+int
+vtbrs_tq_create(void **tqp, const char *name, int cpu)
+{
+	struct taskqueue **q = (struct taskqueue **)tqp;
+	cpuset_t mask;
+
+	*q = taskqueue_create(name, M_NOWAIT, taskqueue_thread_enqueue, q);
+	if (*q == NULL)
+		return (ENOMEM);
+	if (cpu < 0)
+		return (taskqueue_start_threads(q, 1, PVM, "%s", name));
+	CPU_SETOF(cpu, &mask);
+	return (taskqueue_start_threads_cpuset(q, 1, PVM, &mask, "%s", name));
+}
+
+/* Keeps the calling thread off one CPU (cpu < 0: no change). */
+void
+vtbrs_avoid_cpu(int cpu)
+{
+	cpuset_t mask;
+
+	if (cpu < 0)
+		return;
+	CPU_COPY(&all_cpus, &mask);
+	CPU_CLR(cpu, &mask);
+	(void)cpuset_setthread(curthread->td_tid, &mask);
+}
+
+void vtbrs_tq_enqueue(void *tq, struct task *t) { taskqueue_enqueue(tq, t); }
+void vtbrs_tq_drain(void *tq, struct task *t) { taskqueue_drain(tq, t); }
+void vtbrs_tq_free(void *tq) { taskqueue_free(tq); }
 void vtbrs_topo_lock(void) { bus_topo_lock(); }
 void vtbrs_topo_unlock(void) { bus_topo_unlock(); }
 
@@ -371,12 +415,6 @@ vtbrs_page_alloc(void)
 	return (vm_page_alloc_noobj(VM_ALLOC_NOWAIT | VM_ALLOC_NODUMP));
 }
 
-void
-vtbrs_page_free(struct vm_page *m)
-{
-	vm_page_free(m);
-}
-
 /*
  * A free, naturally aligned run of 2^order pages: no sleeping, no reclaim,
  * so only pages that are free right now.
@@ -404,7 +442,77 @@ vtbrs_block_free(struct vm_page *m, int order)
 uint64_t vtbrs_page_phys(struct vm_page *m) { return (VM_PAGE_TO_PHYS(m)); }
 struct vm_page *vtbrs_phys_page(uint64_t pa) { return (PHYS_TO_VM_PAGE(pa)); }
 
-/* The ballooned pages, linked through the pages' own queue linkage. */
+/*
+ * Runs: n pages with consecutive physical addresses. Their vm_page
+ * structures are consecutive too within a vm_phys segment, which is where
+ * our runs come from; checked once per run, page by page lookup otherwise.
+ */
+static bool
+vtbrs_run_ok(struct vm_page *m, u_long n)
+{
+	return (n <= 1 ||
+	    PHYS_TO_VM_PAGE(VM_PAGE_TO_PHYS(m) + ptoa(n - 1)) == &m[n - 1]);
+}
+
+static struct vm_page *
+vtbrs_run_page(struct vm_page *m, u_long i, bool ok)
+{
+	return (ok ? &m[i] : PHYS_TO_VM_PAGE(VM_PAGE_TO_PHYS(m) + ptoa(i)));
+}
+
+/* vm_page_free(9) one by one: the KPI has no batch free. */
+void
+vtbrs_run_free(struct vm_page *m, u_long n)
+{
+	bool ok = vtbrs_run_ok(m, n);
+	u_long i;
+
+	for (i = 0; i < n; i++)
+		vm_page_free(vtbrs_run_page(m, i, ok));
+}
+
+/*
+ * The ballooned runs: the first page of each is linked through its queue
+ * linkage (our pages are unmanaged and on no queue) and holds the run's
+ * length in pindex, which the VM leaves to the owner of an object-less page.
+ */
+void
+vtbrs_run_push(void *list, struct vm_page *m, u_long n)
+{
+	u_long i;
+
+	if (!vtbrs_run_ok(m, n)) {
+		for (i = 0; i < n; i++)
+			vtbrs_run_push(list, vtbrs_run_page(m, i, false), 1);
+		return;
+	}
+	m->pindex = n;
+	TAILQ_INSERT_TAIL((struct pglist *)list, m, plinks.q);
+}
+
+/* Up to max pages off the end of the last run; *n gets how many. */
+struct vm_page *
+vtbrs_run_pop(void *list, u_long max, u_long *n)
+{
+	struct pglist *l = list;
+	struct vm_page *m;
+	u_long len;
+
+	m = TAILQ_LAST(l, pglist);
+	if (m == NULL || max == 0)
+		return (NULL);
+	len = m->pindex;
+	if (len <= max) {
+		TAILQ_REMOVE(l, m, plinks.q);
+		*n = len;
+		return (m);
+	}
+	m->pindex = len - max;
+	*n = max;
+	return (&m[len - max]);
+}
+
+/* Page lists linked through plinks.q: ballooned runs, parked reported blocks. */
 void *
 vtbrs_pagelist_new(void)
 {
@@ -526,7 +634,7 @@ vtbrs_config_write4(device_t dev, int offset, uint32_t v)
 void vtbrs_virtio_stop(device_t dev) { virtio_stop(dev); }
 
 int
-vtbrs_vq_post(struct virtqueue *vq, void *cookie, const void *buf, size_t len)
+vtbrs_vq_enqueue(struct virtqueue *vq, void *cookie, const void *buf, size_t len)
 {
 	struct sglist_seg segs[4];
 	struct sglist sg;
@@ -536,6 +644,17 @@ vtbrs_vq_post(struct virtqueue *vq, void *cookie, const void *buf, size_t len)
 	error = sglist_append(&sg, __DECONST(void *, buf), len);
 	if (error == 0)
 		error = virtqueue_enqueue(vq, cookie, &sg, sg.sg_nseg, 0);
+	return (error);
+}
+
+void vtbrs_vq_notify(struct virtqueue *vq) { virtqueue_notify(vq); }
+
+int
+vtbrs_vq_post(struct virtqueue *vq, void *cookie, const void *buf, size_t len)
+{
+	int error;
+
+	error = vtbrs_vq_enqueue(vq, cookie, buf, len);
 	if (error == 0)
 		virtqueue_notify(vq);
 	return (error);

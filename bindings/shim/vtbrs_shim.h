@@ -71,6 +71,13 @@ void	 vtbrs_kthread_exit(void) __dead2;
 void	 vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg);
 void	 vtbrs_task_enqueue(struct task *t);
 void	 vtbrs_task_drain(struct task *t);
+/* A private taskqueue with one thread; *tqp must outlive it. */
+int	 vtbrs_kick_cpu(void);
+int	 vtbrs_tq_create(void **tqp, const char *name, int cpu);
+void	 vtbrs_avoid_cpu(int cpu);
+void	 vtbrs_tq_enqueue(void *tq, struct task *t);
+void	 vtbrs_tq_drain(void *tq, struct task *t);
+void	 vtbrs_tq_free(void *tq);
 void	 vtbrs_topo_lock(void);
 void	 vtbrs_topo_unlock(void);
 
@@ -87,13 +94,15 @@ void	 vtbrs_lowmem_deregister(void *tag);
 /* Pages. */
 struct vm_page *vtbrs_page_alloc(void);
 struct vm_page *vtbrs_block_alloc(int order);
-void	 vtbrs_page_free(struct vm_page *m);
 void	 vtbrs_block_free(struct vm_page *m, int order);
 uint64_t vtbrs_page_phys(struct vm_page *m);
 struct vm_page *vtbrs_phys_page(uint64_t pa);
 void	*vtbrs_pagelist_new(void);
 void	 vtbrs_pagelist_push(void *list, struct vm_page *m);
 struct vm_page *vtbrs_pagelist_pop(void *list);
+void	 vtbrs_run_free(struct vm_page *m, u_long n);
+void	 vtbrs_run_push(void *list, struct vm_page *m, u_long n);
+struct vm_page *vtbrs_run_pop(void *list, u_long max, u_long *n);
 void	 vtbrs_vm_counters(struct vtbrs_vmcounters *out);
 uint64_t vtbrs_max_phys(void);
 
@@ -106,6 +115,8 @@ uint32_t vtbrs_config_read4(device_t dev, int offset);
 void	 vtbrs_config_write4(device_t dev, int offset, uint32_t v);
 void	 vtbrs_virtio_stop(device_t dev);
 int	 vtbrs_vq_post(struct virtqueue *vq, void *cookie, const void *buf, size_t len);
+int	 vtbrs_vq_enqueue(struct virtqueue *vq, void *cookie, const void *buf, size_t len);
+void	 vtbrs_vq_notify(struct virtqueue *vq);
 int	 vtbrs_vq_post_phys(struct virtqueue *vq, void *cookie, const uint64_t *addr,
 	    const uint64_t *len, int n);
 void	*vtbrs_vq_dequeue(struct virtqueue *vq);

@@ -60,7 +60,8 @@ impl Device for FastDevice {
 
 struct FastMemory {
     free: Vec<u64>,
-    list: Vec<u64>,
+    /// Ballooned runs (first page, pages).
+    list: Vec<(u64, usize)>,
     /// Next never-used page: contiguous runs come from here.
     next_run: u64,
 }
@@ -78,8 +79,8 @@ impl Memory for FastMemory {
         self.next_run += 1 << order;
         Some(first)
     }
-    fn free_page(&mut self, page: u64) {
-        self.free.push(page);
+    fn free_run(&mut self, first: u64, n: usize) {
+        self.free.extend(first..first + n as u64);
     }
     fn phys_addr(&self, page: u64) -> u64 {
         page << 12
@@ -87,11 +88,16 @@ impl Memory for FastMemory {
     fn page_at(&self, phys: u64) -> Option<u64> {
         Some(phys >> 12)
     }
-    fn push_ballooned(&mut self, page: u64) {
-        self.list.push(page);
+    fn push_ballooned(&mut self, first: u64, n: usize) {
+        self.list.push((first, n));
     }
-    fn pop_ballooned(&mut self) -> Option<u64> {
-        self.list.pop()
+    fn pop_ballooned(&mut self, max: usize) -> Option<(u64, usize)> {
+        let (first, n) = self.list.last_mut()?;
+        if *n <= max {
+            return self.list.pop();
+        }
+        *n -= max;
+        Some((*first + *n as u64, max))
     }
 }
 

@@ -135,10 +135,6 @@ impl Slot {
         }
     }
 
-    fn pfn(&self, i: usize) -> u32 {
-        pfn_at(&self.wire, i)
-    }
-
     fn push_pfn(&mut self, pfn: u32) {
         self.wire[self.len * 4..self.len * 4 + 4].copy_from_slice(&pfn.to_le_bytes());
         self.len += 1;
@@ -341,16 +337,16 @@ impl Balloon {
             let slot = self.slots[i];
             if slot.state != SlotState::Free {
                 let wire = dev.posted(queue_of(slot.state), i as Token);
-                for k in (0..slot.len.min(wire.len() / 4)).step_by(units) {
-                    if let Some(page) = mem.page_at(u64::from(pfn_at(wire, k)) << PFN_SHIFT) {
-                        mem.free_page(page);
+                for_each_run(wire, slot.len, units, |pfn, n| {
+                    if let Some(first) = mem.page_at(u64::from(pfn) << PFN_SHIFT) {
+                        mem.free_run(first, n);
                     }
-                }
+                });
                 self.slots[i] = SlotInfo::FREE;
             }
         }
-        while let Some(page) = mem.pop_ballooned() {
-            mem.free_page(page);
+        while let Some((first, n)) = mem.pop_ballooned(usize::MAX) {
+            mem.free_run(first, n);
         }
         self.inflight_in = 0;
         self.inflight_out = 0;
@@ -451,7 +447,7 @@ impl Balloon {
             let phys = mem.phys_addr(first);
             let last = phys + (n as u64 - 1) * mem.page_size();
             let (Some(pfn), Some(_)) = (pfn_of_phys(phys), pfn_of_phys(last)) else {
-                free_run(mem, first, n);
+                mem.free_run(first, n);
                 self.counters.errors.inc();
                 return false;
             };
@@ -476,15 +472,17 @@ impl Balloon {
             let Some(i) = self.free_slot() else { break };
             let want = (units as usize).min(PFNS_PER_BUFFER) / per_page;
             let mut slot = Slot::new(SlotState::Deflating);
-            for _ in 0..want {
-                let Some(page) = mem.pop_ballooned() else {
+            let mut got = 0;
+            while got < want {
+                let Some((first, n)) = mem.pop_ballooned(want - got) else {
                     break;
                 };
-                // Was a valid PFN when it was inflated.
-                let pfn = pfn_of_phys(mem.phys_addr(page)).unwrap_or_default();
-                for k in 0..per_page as u32 {
+                // Was a valid PFN run when it was inflated.
+                let pfn = pfn_of_phys(mem.phys_addr(first)).unwrap_or_default();
+                for k in 0..(n * per_page) as u32 {
                     slot.push_pfn(pfn + k);
                 }
+                got += n;
             }
             if slot.len == 0 {
                 break;
@@ -522,15 +520,15 @@ impl Balloon {
     }
 
     fn undo<M: Memory>(&self, mem: &mut M, slot: &Slot) {
-        for k in (0..slot.len).step_by(units_per_page(mem)) {
-            let Some(page) = mem.page_at(u64::from(slot.pfn(k)) << PFN_SHIFT) else {
-                continue;
+        for_each_run(slot.bytes(), slot.len, units_per_page(mem), |pfn, n| {
+            let Some(first) = mem.page_at(u64::from(pfn) << PFN_SHIFT) else {
+                return;
             };
             match slot.state {
-                SlotState::Inflating => mem.free_page(page),
-                _ => mem.push_ballooned(page),
+                SlotState::Inflating => mem.free_run(first, n),
+                _ => mem.push_ballooned(first, n),
             }
-        }
+        });
     }
 
     /// Completes every buffer the host already returned, without waiting.
@@ -621,18 +619,23 @@ impl Balloon {
             self.counters.errors.inc();
             return;
         }
-        let per_page = units_per_page(mem);
-        let wire = dev.posted(queue, token);
-        for k in (0..slot.len.min(wire.len() / 4)).step_by(per_page) {
-            let Some(page) = mem.page_at(u64::from(pfn_at(wire, k)) << PFN_SHIFT) else {
-                self.counters.errors.inc();
-                continue;
-            };
-            match slot.state {
-                SlotState::Inflating => mem.push_ballooned(page),
-                _ => mem.free_page(page),
-            }
-        }
+        let mut missing = 0;
+        for_each_run(
+            dev.posted(queue, token),
+            slot.len,
+            units_per_page(mem),
+            |pfn, n| {
+                let Some(first) = mem.page_at(u64::from(pfn) << PFN_SHIFT) else {
+                    missing += 1;
+                    return;
+                };
+                match slot.state {
+                    SlotState::Inflating => mem.push_ballooned(first, n),
+                    _ => mem.free_run(first, n),
+                }
+            },
+        );
+        self.counters.errors.add(missing);
         let n = slot.len as u32;
         match slot.state {
             SlotState::Inflating => {
@@ -659,17 +662,50 @@ fn queue_of(state: SlotState) -> Queue {
     }
 }
 
-/// Gives back `n` contiguous pages starting at `first`.
-fn free_run<M: Memory>(mem: &mut M, first: M::Page, n: usize) {
-    let phys = mem.phys_addr(first);
-    for k in 0..n as u64 {
-        if let Some(page) = mem.page_at(phys + k * mem.page_size()) {
-            mem.free_page(page);
+/// Calls `f(first_pfn, pages)` for each run of consecutive PFNs among the
+/// first `len` PFNs of `wire`, counted in guest pages of `per_page` PFNs.
+fn for_each_run(wire: &[u8], len: usize, per_page: usize, mut f: impl FnMut(u32, usize)) {
+    let len = len.min(wire.len() / 4);
+    let mut k = 0;
+    while k < len {
+        let first = pfn_at(wire, k);
+        // PFNs in the run so far; only each page's first PFN is compared.
+        let mut n = per_page;
+        while k + n < len && pfn_at(wire, k + n) == first.wrapping_add(n as u32) {
+            n += per_page;
         }
+        f(first, n / per_page);
+        k += n;
     }
 }
 
 /// 4 KiB PFN units per guest page (1 on amd64).
 fn units_per_page<M: Memory>(mem: &M) -> usize {
     ((mem.page_size() >> PFN_SHIFT) as usize).clamp(1, PFNS_PER_BUFFER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_each_run;
+
+    fn runs(pfns: &[u32], per_page: usize) -> Vec<(u32, usize)> {
+        let wire: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        for_each_run(&wire, pfns.len(), per_page, |pfn, n| out.push((pfn, n)));
+        out
+    }
+
+    #[test]
+    fn runs_are_maximal_stretches_of_consecutive_pfns() {
+        assert_eq!(runs(&[5, 6, 7, 10, 11, 3], 1), [(5, 3), (10, 2), (3, 1)]);
+        assert_eq!(
+            runs(&[7, 6], 1),
+            [(7, 1), (6, 1)],
+            "descending is not a run"
+        );
+        assert_eq!(runs(&[], 1), []);
+        // 16 KiB pages: four PFNs each.
+        let pfns = [8, 9, 10, 11, 12, 13, 14, 15, 40, 41, 42, 43];
+        assert_eq!(runs(&pfns, 4), [(8, 2), (40, 1)]);
+    }
 }

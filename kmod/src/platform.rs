@@ -64,9 +64,11 @@ pub trait Device {
 
 /// The guest's page allocator and the list of ballooned pages.
 ///
-/// Ballooned pages are linked through structures the VM already has (the
-/// FreeBSD glue uses `vm_page` queue linkage), so the logic keeps no per-page
-/// memory of its own.
+/// Pages move in runs: `n` pages starting at `first` whose physical
+/// addresses are consecutive. Ballooned runs are linked through structures
+/// the VM already has (the FreeBSD glue uses the first page's queue linkage
+/// and keeps the run length in its otherwise unused `pindex`), so the logic
+/// keeps no per-page memory of its own.
 pub trait Memory {
     /// Handle of one guest page.
     type Page: Copy;
@@ -76,20 +78,22 @@ pub trait Memory {
     fn alloc_page(&mut self) -> Option<Self::Page>;
     /// Takes a naturally aligned run of `2^order` physically contiguous pages
     /// without sleeping and without reclaiming; `None` when no such run is
-    /// free right now. Each page of the run is then handled on its own
-    /// ([`Memory::page_at`], [`Memory::free_page`]).
+    /// free right now. Its pages may later be freed or listed in parts.
     fn alloc_run(&mut self, order: u32) -> Option<Self::Page>;
-    /// Gives a page back to the VM.
-    fn free_page(&mut self, page: Self::Page);
+    /// Gives `n` pages with consecutive physical addresses, from `first` on,
+    /// back to the VM.
+    fn free_run(&mut self, first: Self::Page, n: usize);
     /// Physical address of the page.
     fn phys_addr(&self, page: Self::Page) -> u64;
     /// The page at a physical address the logic got from [`Memory::phys_addr`]
     /// (`PHYS_TO_VM_PAGE`): lets in-flight buffers hold PFNs only.
     fn page_at(&self, phys: u64) -> Option<Self::Page>;
-    /// Adds a page to the ballooned list.
-    fn push_ballooned(&mut self, page: Self::Page);
-    /// Takes the most recently ballooned page off the list.
-    fn pop_ballooned(&mut self) -> Option<Self::Page>;
+    /// Adds `n` pages with consecutive physical addresses, from `first` on,
+    /// to the ballooned list.
+    fn push_ballooned(&mut self, first: Self::Page, n: usize);
+    /// Takes up to `max` (≥ 1) pages off the end of the most recently
+    /// ballooned run: `(first, n)` with `1 <= n <= max`.
+    fn pop_ballooned(&mut self, max: usize) -> Option<(Self::Page, usize)>;
 }
 
 /// The guest's VM counters, in pages of [`Memory::page_size`] unless noted.

@@ -5,6 +5,7 @@
 
 use core::ffi::c_void;
 
+use super::kick::Kick;
 use super::memory::now_ms;
 use super::sync::Mutex;
 use super::{cstr, sys};
@@ -111,6 +112,8 @@ pub struct KernelDevice<'a> {
     /// Serializes sleeping waits with the interrupt handler's wakeup.
     pub wait: &'a Mutex,
     pub bufs: Buffers<'a>,
+    /// Posts inflate and deflate buffers (balloon side only).
+    pub kick: Option<&'a Kick>,
 }
 
 impl KernelDevice<'_> {
@@ -132,18 +135,22 @@ impl KernelDevice<'_> {
         slot.ok_or(Error::QueueFull)
     }
 
+    /// A returned buffer's token from `vq` (of `queue`), if any.
+    fn dequeue(&self, queue: Queue, vq: *mut sys::virtqueue) -> Option<Token> {
+        let cookie = match self.kick {
+            Some(k) if matches!(queue, Queue::Inflate | Queue::Deflate) => k.dequeue(vq),
+            // SAFETY: `vq` is live while the driver is attached; callers
+            // serialize access to each queue (stats mutex, reporting thread).
+            _ => unsafe { sys::vtbrs_vq_dequeue(vq) },
+        };
+        (!cookie.is_null()).then(|| cookie as usize - 1)
+    }
+
     fn read4(&self, offset: usize) -> u32 {
         // SAFETY: `dev` is our attached device; offsets are within the config
         // space the negotiated features imply.
         unsafe { sys::vtbrs_config_read4(self.dev, offset as i32) }
     }
-}
-
-fn dequeue(vq: *mut sys::virtqueue) -> Option<Token> {
-    // SAFETY: `vq` is live while the driver is attached; callers serialize
-    // access to each queue (balloon lock, stats mutex, reporting thread).
-    let cookie = unsafe { sys::vtbrs_vq_dequeue(vq) };
-    (!cookie.is_null()).then(|| cookie as usize - 1)
 }
 
 impl Device for KernelDevice<'_> {
@@ -152,6 +159,9 @@ impl Device for KernelDevice<'_> {
     }
 
     fn set_actual(&mut self, actual: u32) {
+        if self.kick.is_some_and(|k| k.set_actual(actual)) {
+            return;
+        }
         // SAFETY: `actual` is a driver-writable config field.
         unsafe { sys::vtbrs_config_write4(self.dev, config_offset::ACTUAL as i32, actual) }
     }
@@ -171,10 +181,15 @@ impl Device for KernelDevice<'_> {
         buf[..n].copy_from_slice(&data[..n]);
         *len = n;
         let ptr = buf.as_ptr();
-        // SAFETY: the slot stays allocated until detach has reset the device,
-        // and the logic does not reuse it before the host returns it; the
-        // cookie (token + 1) is never NULL.
-        let rc = unsafe { sys::vtbrs_vq_post(vq, (token + 1) as *mut c_void, ptr.cast(), n) };
+        // The slot stays allocated until detach has reset the device, and the
+        // logic does not reuse it before the host returns it; the cookie
+        // (token + 1) is never NULL.
+        let cookie = (token + 1) as *mut c_void;
+        if let Some(k) = self.kick {
+            return k.post(vq, cookie, ptr, n);
+        }
+        // SAFETY: as above.
+        let rc = unsafe { sys::vtbrs_vq_post(vq, cookie, ptr.cast(), n) };
         if rc == 0 {
             Ok(())
         } else {
@@ -225,13 +240,13 @@ impl Device for KernelDevice<'_> {
     fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
         let vq = self.vq(queue)?;
         if timeout_ms == 0 {
-            return dequeue(vq).ok_or(Error::Timeout);
+            return self.dequeue(queue, vq).ok_or(Error::Timeout);
         }
         let deadline = now_ms().saturating_add(u64::from(timeout_ms));
         let chan = (self.wait as *const Mutex).cast::<c_void>();
         let guard = self.wait.lock();
         loop {
-            if let Some(token) = dequeue(vq) {
+            if let Some(token) = self.dequeue(queue, vq) {
                 return Ok(token);
             }
             // Re-arm the interrupt the filter disabled; if buffers raced in,

@@ -14,6 +14,7 @@ use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
+use super::kick::Kick;
 use super::memory::{now_ms, now_us, vm_counters, KernelBlocks, KernelMemory, Words};
 use super::sync::{wakeup, MtxCell, Mutex, SxCell};
 use super::{cstr, sys, sysctl};
@@ -59,6 +60,8 @@ pub struct State {
     pub dev: sys::device_t,
     pub features: Features,
     pub queues: Queues,
+    /// Posts inflate and deflate buffers from another CPU.
+    pub kick: Kick,
     /// Waits for the host and the threads' sleeps.
     pub wait: Mutex,
     pub balloon: SxCell<BalloonSide>,
@@ -128,11 +131,15 @@ impl State {
             queues: &self.queues,
             wait: &self.wait,
             bufs,
+            kick: None,
         }
     }
 
     fn balloon_device<'a>(&'a self, bufs: &'a mut PfnBuffers) -> KernelDevice<'a> {
-        self.device(Buffers::Pfn(bufs))
+        KernelDevice {
+            kick: Some(&self.kick),
+            ..self.device(Buffers::Pfn(bufs))
+        }
     }
 
     /// A diagnostic line, only with `debug` on and at most a few a second.
@@ -252,6 +259,7 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         (*p).report_enabled.store(true, Ordering::Relaxed);
         let st = &*p;
         st.wait.init(cstr!("vtballoonrs wait"));
+        st.kick.init(cstr!("vtballoonrs ring"));
         st.balloon.init(cstr!("vtballoonrs balloon"));
         st.report.init(cstr!("vtballoonrs report"));
         st.stats.mtx.init(cstr!("vtballoonrs stats"));
@@ -438,6 +446,14 @@ fn start(st: &State) {
         stats.start(kdev, vm).unwrap_or(PushTimer::Off)
     });
     apply_push_timer(st, timer);
+    // SAFETY: once, before the balloon thread and lowmem handler can post;
+    // detach stops it before the State goes.
+    if !unsafe { st.kick.start(dev, cstr!("vtballoonrs kick")) } {
+        log(
+            dev,
+            cstr!("no kick taskqueue: notifying from the balloon thread"),
+        );
+    }
     st.config_pending.store(true, Ordering::Release);
     let reporting = st.features.contains(Features::REPORTING);
     let threads: [(ThreadFn, _, bool); 2] = [
@@ -576,6 +592,7 @@ unsafe extern "C" fn vtbrs_rs_config_change(state: *mut c_void) {
 unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
+    st.kick.avoid_my_cpu();
     let mut idle = false;
     let mut pause_ms = 0u32;
     loop {
@@ -770,6 +787,8 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
             g.sleep(st.thread_chan(), cstr!("vtbdetach"), 0);
         }
     }
+    // Nobody else posts now: finish the kicks, then post in place.
+    st.kick.stop();
     let deflated = st.balloon.with(|side| {
         let mut kdev = st.balloon_device(&mut side.bufs);
         side.balloon.shutdown(&mut kdev, &mut side.mem)
@@ -828,6 +847,7 @@ fn free_state(dev: sys::device_t, st: &State) {
             sys::vtbrs_free(parked);
         }
         (*p).balloon.destroy();
+        (*p).kick.destroy();
         (*p).report.destroy();
         (*p).stats.mtx.destroy();
         (*p).wait.destroy();

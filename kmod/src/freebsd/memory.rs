@@ -34,9 +34,10 @@ impl Memory for KernelMemory {
         (!m.is_null()).then_some(m)
     }
 
-    fn free_page(&mut self, page: Self::Page) {
-        // SAFETY: the logic frees only pages it allocated and holds alone.
-        unsafe { sys::vtbrs_page_free(page) }
+    fn free_run(&mut self, first: Self::Page, n: usize) {
+        // SAFETY: the logic frees only pages it allocated and holds alone,
+        // as runs of consecutive physical addresses (checked in the shim).
+        unsafe { sys::vtbrs_run_free(first, n as u64) }
     }
 
     fn phys_addr(&self, page: Self::Page) -> u64 {
@@ -50,16 +51,18 @@ impl Memory for KernelMemory {
         (!m.is_null()).then_some(m)
     }
 
-    fn push_ballooned(&mut self, page: Self::Page) {
-        // SAFETY: `list` is our TAILQ head; the page is ours and on no queue
-        // (noobj pages are unmanaged), so its plinks.q linkage is free to use.
-        unsafe { sys::vtbrs_pagelist_push(self.list, page) }
+    fn push_ballooned(&mut self, first: Self::Page, n: usize) {
+        // SAFETY: `list` is our TAILQ head, serialized by the balloon lock;
+        // the pages are ours, unmanaged and on no queue, so the first page's
+        // plinks.q linkage and pindex are free to use.
+        unsafe { sys::vtbrs_run_push(self.list, first, n as u64) }
     }
 
-    fn pop_ballooned(&mut self) -> Option<Self::Page> {
-        // SAFETY: `list` is our TAILQ head, serialized by the balloon lock.
-        let m = unsafe { sys::vtbrs_pagelist_pop(self.list) };
-        (!m.is_null()).then_some(m)
+    fn pop_ballooned(&mut self, max: usize) -> Option<(Self::Page, usize)> {
+        let mut n = 0u64;
+        // SAFETY: as above; `n` is our local.
+        let m = unsafe { sys::vtbrs_run_pop(self.list, max as u64, &mut n) };
+        (!m.is_null()).then_some((m, n as usize))
     }
 }
 

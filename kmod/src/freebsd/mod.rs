@@ -4,6 +4,7 @@
 
 mod device;
 mod driver;
+mod kick;
 mod memory;
 mod panic;
 mod sync;

@@ -516,7 +516,50 @@ impl Memory for SimMemory {
         None
     }
 
-    fn free_page(&mut self, page: usize) {
+    fn free_run(&mut self, first: usize, n: usize) {
+        for page in first..first + n {
+            self.free_page(page);
+        }
+    }
+
+    fn phys_addr(&self, page: usize) -> u64 {
+        RAM_BASE + page as u64 * self.0.borrow().page_size
+    }
+
+    fn page_at(&self, phys: u64) -> Option<usize> {
+        self.0.borrow().page_of_pfn((phys >> PFN_SHIFT) as u32)
+    }
+
+    fn push_ballooned(&mut self, first: usize, n: usize) {
+        let mut w = self.0.borrow_mut();
+        for page in first..first + n {
+            if page >= w.total_pages || !w.allocated[page] {
+                w.violation(format!("page {page} listed as ballooned but not allocated"));
+            }
+            w.guest_list.push(page);
+        }
+    }
+
+    fn pop_ballooned(&mut self, max: usize) -> Option<(usize, usize)> {
+        let mut w = self.0.borrow_mut();
+        let last = *w.guest_list.last()?;
+        // The tail of the last run: consecutive pages ending at `last`.
+        let mut n = 1;
+        while n < max
+            && n < w.guest_list.len()
+            && w.guest_list[w.guest_list.len() - 1 - n] + n == last
+        {
+            n += 1;
+        }
+        let keep = w.guest_list.len() - n;
+        w.guest_list.truncate(keep);
+        Some((last + 1 - n, n))
+    }
+}
+
+impl SimMemory {
+    /// Frees one page, checking the host no longer claims it.
+    pub fn free_page(&mut self, page: usize) {
         let mut w = self.0.borrow_mut();
         if !w.allocated[page] {
             w.violation(format!("page {page} freed twice"));
@@ -532,22 +575,6 @@ impl Memory for SimMemory {
         w.allocated[page] = false;
         w.free.push_back(page);
         w.freed_total += 1;
-    }
-
-    fn phys_addr(&self, page: usize) -> u64 {
-        RAM_BASE + page as u64 * self.0.borrow().page_size
-    }
-
-    fn page_at(&self, phys: u64) -> Option<usize> {
-        self.0.borrow().page_of_pfn((phys >> PFN_SHIFT) as u32)
-    }
-
-    fn push_ballooned(&mut self, page: usize) {
-        self.0.borrow_mut().guest_list.push(page);
-    }
-
-    fn pop_ballooned(&mut self) -> Option<usize> {
-        self.0.borrow_mut().guest_list.pop()
     }
 }
 
