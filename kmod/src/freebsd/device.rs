@@ -46,6 +46,8 @@ pub type StatsBuffers = DmaSlots<2, MAX_STATS_BYTES>;
 impl<const N: usize, const S: usize> DmaSlots<N, S> {
     /// Distance between slots: a power of two, so slots never straddle a page.
     const STRIDE: usize = S.next_power_of_two();
+    /// Bytes the slots take once allocated.
+    pub const BYTES: usize = N * Self::STRIDE;
 
     /// Allocates the slots (M_NOWAIT); false if memory is short.
     pub fn alloc(&mut self) -> bool {

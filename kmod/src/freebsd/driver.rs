@@ -33,6 +33,9 @@ const WANTED: Features = Features::MUST_TELL_HOST
     .union(Features::STATS_PUSH)
     .union(Features::VERSION_1);
 
+/// A TAILQ head (two pointers), allocated for the ballooned and parked lists.
+const PAGELIST_HEAD_BYTES: usize = 16;
+
 /// Pause after a failed balloon step (host timeout, full queue).
 const FAILED_STEP_PAUSE_MS: u32 = 1_000;
 
@@ -102,6 +105,8 @@ pub struct State {
     /// Times the balloon / reporting kthread woke from a sleep.
     pub thread_wakeups: Counter,
     pub report_wakeups: Counter,
+    /// The reporting bitmap's size (0 without reporting).
+    pub bitmap_bytes: Gauge,
 }
 
 // SAFETY: shared between kernel threads; every mutable part is an atomic or
@@ -109,6 +114,17 @@ pub struct State {
 unsafe impl Sync for State {}
 
 impl State {
+    /// Memory this device holds whatever the balloon's size: the state, its
+    /// DMA slots, the two list heads and the reporting bitmap. Ballooned
+    /// pages cost nothing more (they are tracked in their own vm_page).
+    pub fn fixed_bytes(&self) -> u64 {
+        (core::mem::size_of::<State>()
+            + PfnBuffers::BYTES
+            + StatsBuffers::BYTES
+            + 2 * PAGELIST_HEAD_BYTES) as u64
+            + self.bitmap_bytes.get()
+    }
+
     fn chan(&self) -> *const c_void {
         (&self.wait as *const Mutex).cast()
     }
@@ -494,7 +510,9 @@ fn start_reporter(st: &State) {
         u64::from(sys::PAGE_SIZE),
         policy.min_order,
     );
+    st.bitmap_bytes.set(words as u64 * 8);
     let Some(bits) = Words::new(words) else {
+        st.bitmap_bytes.set(0);
         log(
             st.dev,
             cstr!("no memory for the reporting bitmap: reporting off"),

@@ -20,6 +20,7 @@ enum Node {
     LinuxTags = 3,
     ReportEnabled = 4,
     InflateRun = 5,
+    MemoryBytes = 13,
     TargetBytes = 10,
     ActualBytes = 11,
     PushInterval = 12,
@@ -36,6 +37,7 @@ impl Node {
             Node::TargetBytes,
             Node::ActualBytes,
             Node::PushInterval,
+            Node::MemoryBytes,
         ]
         .into_iter()
         .find(|n| *n as i32 == which)
@@ -251,6 +253,13 @@ pub fn register(st: &State) {
         true,
         cstr!("Largest physically contiguous run taken at once when inflating, in pages (power of two, 1-256; 1: page by page)"),
     );
+    proc_node(
+        st,
+        cstr!("memory_bytes"),
+        Node::MemoryBytes,
+        false,
+        cstr!("Memory the driver holds for this device, whatever the balloon size (0 bytes per ballooned page)"),
+    );
     u64_node(
         st,
         cstr!("lowmem_last_us"),
@@ -360,6 +369,7 @@ unsafe extern "C" fn vtbrs_rs_sysctl_get(state: *mut c_void, which: i32, out: *m
         Some(Node::TargetBytes) => b.target_pages.get() * BALLOON_PAGE_SIZE,
         Some(Node::ActualBytes) => b.actual_pages.get() * BALLOON_PAGE_SIZE,
         Some(Node::PushInterval) => st.push_interval.load(Ordering::Relaxed),
+        Some(Node::MemoryBytes) => st.fixed_bytes(),
         None => return sys::EINVAL as i32,
     };
     // SAFETY: `out` is the handler's local.
