@@ -28,8 +28,9 @@
 //! `rss-drop MIB` (QEMU's RSS fell by 90% of MIB since the mark; replies the
 //! drop in MiB), `bench-driver D` (0 ours, 1 in-tree), `bench-inflate MIB`,
 //! `bench-deflate MIB`, `bench-resident MIB` (the host times the operation;
-//! resident: an inflate right after the guest touched its free memory),
-//! `bench-lowmem US` (one vm_lowmem handler time, guest µs),
+//! resident: an inflate by MIB from the current size, right after the guest
+//! touched its free memory), `bench-lowmem US` (one vm_lowmem handler time,
+//! guest µs), `bench-lowmem-call US` (the whole debug.vm_lowmem write),
 //! `bench-idle-ms MS`, `bench-idle-thread N`, `bench-idle-report N` (wakeups
 //! of the balloon and reporting threads in an idle window of MS ms).
 

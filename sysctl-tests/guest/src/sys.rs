@@ -223,8 +223,8 @@ pub fn kill(pid: u64, sig: u64) -> Res {
     unsafe { syscall6(SYS_KILL, [pid, sig, 0, 0, 0, 0]) }
 }
 
-/// Milliseconds of CLOCK_MONOTONIC.
-pub fn now_ms() -> u64 {
+/// CLOCK_MONOTONIC as (seconds, nanoseconds).
+fn monotonic() -> (u64, u64) {
     const CLOCK_MONOTONIC: u64 = 4;
     let mut ts = [0u64; 2];
     // SAFETY: ts is a valid timespec out pointer.
@@ -234,7 +234,19 @@ pub fn now_ms() -> u64 {
             [CLOCK_MONOTONIC, ts.as_mut_ptr() as u64, 0, 0, 0, 0],
         )
     };
-    ts[0] * 1000 + ts[1] / 1_000_000
+    (ts[0], ts[1])
+}
+
+/// Milliseconds of CLOCK_MONOTONIC.
+pub fn now_ms() -> u64 {
+    let (s, ns) = monotonic();
+    s * 1000 + ns / 1_000_000
+}
+
+/// Microseconds of CLOCK_MONOTONIC.
+pub fn now_us() -> u64 {
+    let (s, ns) = monotonic();
+    s * 1_000_000 + ns / 1000
 }
 
 pub fn sleep_ms(ms: u64) {

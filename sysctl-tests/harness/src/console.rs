@@ -245,6 +245,7 @@ mod tests {
             (7, "rss-mark", 0),
             (12, "bench-resident", 1024),
             (13, "bench-lowmem", 812),
+            (15, "bench-lowmem-call", 2345),
             (14, "bench-idle-thread", 0),
         ] {
             let line = std::str::from_utf8(g::request(seq, cmd, arg, &mut buf))
