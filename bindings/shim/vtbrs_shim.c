@@ -266,7 +266,8 @@ vtbrs_now_ms(void)
 uint64_t
 vtbrs_now_us(void)
 {
-	return ((uint64_t)(getsbinuptime() / SBT_1US));
+	/* The timecounter itself: getsbinuptime() moves once per tick. */
+	return ((uint64_t)(sbinuptime() / SBT_1US));
 }
 
 int

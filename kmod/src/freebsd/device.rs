@@ -116,6 +116,8 @@ pub struct KernelDevice<'a> {
     pub bufs: Buffers<'a>,
     /// Posts inflate and deflate buffers (balloon side only).
     pub kick: Option<&'a Kick>,
+    /// Post and write config in place rather than through the kick thread.
+    pub urgent: bool,
 }
 
 impl KernelDevice<'_> {
@@ -161,7 +163,7 @@ impl Device for KernelDevice<'_> {
     }
 
     fn set_actual(&mut self, actual: u32) {
-        if self.kick.is_some_and(|k| k.set_actual(actual)) {
+        if !self.urgent && self.kick.is_some_and(|k| k.set_actual(actual)) {
             return;
         }
         // SAFETY: `actual` is a driver-writable config field.
@@ -188,7 +190,7 @@ impl Device for KernelDevice<'_> {
         // (token + 1) is never NULL.
         let cookie = (token + 1) as *mut c_void;
         if let Some(k) = self.kick {
-            return k.post(vq, cookie, ptr, n);
+            return k.post(vq, cookie, ptr, n, self.urgent);
         }
         // SAFETY: as above.
         let rc = unsafe { sys::vtbrs_vq_post(vq, cookie, ptr.cast(), n) };

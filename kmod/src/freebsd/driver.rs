@@ -148,6 +148,7 @@ impl State {
             wait: &self.wait,
             bufs,
             kick: None,
+            urgent: false,
         }
     }
 
@@ -772,7 +773,10 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
     let batch = st.oom_batch.load(Ordering::Relaxed);
     let freed = st.balloon.with(|side| {
         side.balloon.set_oom_batch(batch);
-        let mut dev = st.balloon_device(&mut side.bufs);
+        let mut dev = KernelDevice {
+            urgent: true,
+            ..st.balloon_device(&mut side.bufs)
+        };
         side.balloon.lowmem(&mut dev, &mut side.mem)
     });
     st.lowmem_last_us.set(now_us().saturating_sub(start_us));

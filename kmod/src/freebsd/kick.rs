@@ -134,16 +134,23 @@ impl Kick {
     }
 
     /// Hands `len` bytes at `buf` (a DMA slot that stays put until the host
-    /// returns it) to the host on `vq`, with `cookie`.
+    /// returns it) to the host on `vq`, with `cookie`: through the task, or
+    /// in place when `now` (one urgent buffer: vm_lowmem, where the handoff
+    /// would only add latency) or while the kicker is off.
     pub fn post(
         &self,
         vq: *mut sys::virtqueue,
         cookie: *mut c_void,
         buf: *const u8,
         len: usize,
+        now: bool,
     ) -> Result<(), Error> {
         let g = self.ring.lock();
-        if !self.on.load(Ordering::Acquire) {
+        if now || !self.on.load(Ordering::Acquire) {
+            // Notifying under the ring lock keeps the task from enqueueing
+            // meanwhile. (A notification the task makes without the lock
+            // reads only the host's NO_NOTIFY flag, as EVENT_IDX is not
+            // negotiated, so it cannot be misled by this enqueue either.)
             // SAFETY: the ring lock makes us the only user of the queue's
             // producer side; the buffer outlives the post (see above).
             let rc = unsafe { sys::vtbrs_vq_enqueue(vq, cookie, buf.cast(), len) };

@@ -285,6 +285,7 @@ const RO_NODES: &[&str] = &[
     "lowmem_last_us",
     "thread_wakeups",
     "report_wakeups",
+    "memory_bytes",
 ];
 const RW_NODES: &[&str] = &[
     "debug",
@@ -331,6 +332,17 @@ fn phase_nodes(c: &mut Ctx) {
     let mut desc = [0u8; 128];
     let d = get_str(OURS_DESC, &mut desc).unwrap_or(&[]);
     c.check("the device has a %desc", !d.is_empty(), "empty");
+    let mem = get("memory_bytes");
+    Line::new()
+        .s("# memory_bytes: ")
+        .u(mem.unwrap_or(0))
+        .s(" (fixed per device)")
+        .end();
+    c.check(
+        "memory_bytes states the device's fixed memory (8 KiB to 1 MiB)",
+        mem.is_some_and(|m| ((8 << 10)..(1 << 20)).contains(&m)),
+        "missing or out of range",
+    );
 
     // Read-only nodes: EPERM and no change, whatever is written.
     let mut bad: Option<&str> = None;
