@@ -92,6 +92,8 @@ pub struct State {
     pub oom_batch: AtomicU32,
     pub inflate_run: AtomicU32,
     pub linux_tags: AtomicBool,
+    /// Post through the kick thread (read when the driver starts).
+    pub kick_thread: AtomicBool,
     pub report_enabled: AtomicBool,
     pub report_order: u32,
     pub diag_last: core::cell::UnsafeCell<sys::timeval>,
@@ -274,6 +276,7 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         (*p).inflate_run
             .store(tun.inflate_run_pages, Ordering::Relaxed);
         (*p).report_enabled.store(true, Ordering::Relaxed);
+        (*p).kick_thread.store(true, Ordering::Relaxed);
         let st = &*p;
         st.wait.init(cstr!("vtballoonrs wait"));
         st.kick.init(cstr!("vtballoonrs ring"));
@@ -463,9 +466,10 @@ fn start(st: &State) {
         stats.start(kdev, vm).unwrap_or(PushTimer::Off)
     });
     apply_push_timer(st, timer);
+    let kick = st.kick_thread.load(Ordering::Relaxed);
     // SAFETY: once, before the balloon thread and lowmem handler can post;
     // detach stops it before the State goes.
-    if !unsafe { st.kick.start(dev, cstr!("vtballoonrs kick")) } {
+    if kick && !unsafe { st.kick.start(dev, cstr!("vtballoonrs kick")) } {
         log(
             dev,
             cstr!("no kick taskqueue: notifying from the balloon thread"),

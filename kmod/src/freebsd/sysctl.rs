@@ -21,6 +21,7 @@ enum Node {
     ReportEnabled = 4,
     InflateRun = 5,
     MemoryBytes = 13,
+    KickThread = 6,
     TargetBytes = 10,
     ActualBytes = 11,
     PushInterval = 12,
@@ -38,6 +39,7 @@ impl Node {
             Node::ActualBytes,
             Node::PushInterval,
             Node::MemoryBytes,
+            Node::KickThread,
         ]
         .into_iter()
         .find(|n| *n as i32 == which)
@@ -280,6 +282,13 @@ pub fn register(st: &State) {
     );
     proc_node(
         st,
+        cstr!("kick_thread"),
+        Node::KickThread,
+        true,
+        cstr!("Notify the host from a thread on another CPU (0/1); applies at next attach"),
+    );
+    proc_node(
+        st,
         cstr!("stats_linux_tags"),
         Node::LinuxTags,
         true,
@@ -365,6 +374,7 @@ unsafe extern "C" fn vtbrs_rs_sysctl_get(state: *mut c_void, which: i32, out: *m
         Some(Node::OomBatch) => u64::from(st.oom_batch.load(Ordering::Relaxed)),
         Some(Node::InflateRun) => u64::from(st.inflate_run.load(Ordering::Relaxed)),
         Some(Node::LinuxTags) => u64::from(st.linux_tags.load(Ordering::Relaxed)),
+        Some(Node::KickThread) => u64::from(st.kick_thread.load(Ordering::Relaxed)),
         Some(Node::ReportEnabled) => u64::from(st.report_enabled.load(Ordering::Relaxed)),
         Some(Node::TargetBytes) => b.target_pages.get() * BALLOON_PAGE_SIZE,
         Some(Node::ActualBytes) => b.actual_pages.get() * BALLOON_PAGE_SIZE,
@@ -395,6 +405,10 @@ unsafe extern "C" fn vtbrs_rs_sysctl_set(state: *mut c_void, which: i32, value: 
         },
         Some(Node::LinuxTags) => match flag(value) {
             Some(on) => st.linux_tags.store(on, Ordering::Relaxed),
+            None => return sys::EINVAL as i32,
+        },
+        Some(Node::KickThread) => match flag(value) {
+            Some(on) => st.kick_thread.store(on, Ordering::Relaxed),
             None => return sys::EINVAL as i32,
         },
         Some(Node::ReportEnabled) => match flag(value) {

@@ -291,6 +291,7 @@ const RW_NODES: &[&str] = &[
     "debug",
     "oom_batch_pages",
     "inflate_run_pages",
+    "kick_thread",
     "stats_linux_tags",
     "report_enabled",
 ];
@@ -299,6 +300,7 @@ const BAD_VALUES: &[(&str, &[i32])] = &[
     ("debug", &[2, -1]),
     ("oom_batch_pages", &[0, 65_537, -1]),
     ("inflate_run_pages", &[0, 3, 512, -1]),
+    ("kick_thread", &[2, -1]),
     ("stats_linux_tags", &[2, -1]),
     ("report_enabled", &[2, -1]),
 ];
