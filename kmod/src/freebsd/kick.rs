@@ -19,9 +19,11 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_void, CStr};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::memory::now_us;
 use super::sync::Mutex;
 use super::sys;
 use crate::balloon::MAX_INFLIGHT;
+use crate::counters::Counter;
 use crate::platform::Error;
 use crate::protocol::config_offset;
 
@@ -52,6 +54,9 @@ pub struct Kick {
     pending: UnsafeCell<[Option<Pending>; MAX_PENDING]>,
     /// Enqueues that failed in the task (the waiter then times out).
     pub errors: AtomicU64,
+    /// Microseconds spent inside notifications: under QEMU, the host's own
+    /// work on the buffers (it discards the pages before returning).
+    pub notify_us: Counter,
     /// The device, for config writes the task makes.
     dev: UnsafeCell<sys::device_t>,
     /// Balloon size for config `actual` not yet written: bit 32 set when
@@ -157,8 +162,7 @@ impl Kick {
             if rc != 0 {
                 return Err(Error::QueueFull);
             }
-            // SAFETY: as above.
-            unsafe { sys::vtbrs_vq_notify(vq) };
+            self.notify(vq);
             return Ok(());
         }
         // SAFETY: `pending` is ours while the ring lock is held.
@@ -201,6 +205,15 @@ impl Kick {
         unsafe { sys::vtbrs_vq_dequeue(vq) }
     }
 
+    /// Notifies the host about `vq`, timing it.
+    fn notify(&self, vq: *mut sys::virtqueue) {
+        let t0 = now_us();
+        // SAFETY: the callers make sure nobody enqueues on `vq` meanwhile
+        // (ring lock held, or the task being the only producer).
+        unsafe { sys::vtbrs_vq_notify(vq) };
+        self.notify_us.add(now_us().saturating_sub(t0));
+    }
+
     /// The task: enqueue what was posted, then notify without the lock.
     fn run(&self) {
         let mut todo = [None; MAX_PENDING];
@@ -238,10 +251,10 @@ impl Kick {
             if notified.contains(&vq) {
                 continue;
             }
-            // SAFETY: only this task enqueues while the kicker is on, so the
-            // ring is consistent without the lock; QEMU does the host's work
-            // here, on this thread's CPU.
-            unsafe { sys::vtbrs_vq_notify(vq) };
+            // Only this task enqueues while the kicker is on, so the ring is
+            // consistent without the lock; QEMU does the host's work here,
+            // on this thread's CPU.
+            self.notify(vq);
             if let Some(n) = notified.iter_mut().find(|n| n.is_null()) {
                 *n = vq;
             }

@@ -264,6 +264,12 @@ pub fn register(st: &State) {
     );
     u64_node(
         st,
+        cstr!("notify_us"),
+        st.kick.notify_us.as_ptr(),
+        cstr!("Microseconds spent notifying the host of inflate/deflate buffers (QEMU discards the pages before it returns)"),
+    );
+    u64_node(
+        st,
         cstr!("lowmem_last_us"),
         st.lowmem_last_us.as_ptr(),
         cstr!("Microseconds the last vm_lowmem deflate took (guest time, host ack included)"),
