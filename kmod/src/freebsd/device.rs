@@ -116,7 +116,7 @@ pub struct KernelDevice<'a> {
     pub bufs: Buffers<'a>,
     /// Posts inflate and deflate buffers (balloon side only).
     pub kick: Option<&'a Kick>,
-    /// Post and write config in place rather than through the kick thread.
+    /// Post in place rather than through the kick thread.
     pub urgent: bool,
 }
 
@@ -163,7 +163,8 @@ impl Device for KernelDevice<'_> {
     }
 
     fn set_actual(&mut self, actual: u32) {
-        if !self.urgent && self.kick.is_some_and(|k| k.set_actual(actual)) {
+        // Even when urgent: the host only reads it for reports.
+        if self.kick.is_some_and(|k| k.set_actual(actual)) {
             return;
         }
         // SAFETY: `actual` is a driver-writable config field.

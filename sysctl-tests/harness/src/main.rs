@@ -835,7 +835,9 @@ fn host_share_lines(rows: &[BenchRow], ops: &[(&str, u64)]) -> Vec<String> {
         let total = per_gib(ours.secs * 1000.0);
         let theirs_ms = per_gib(theirs.secs * 1000.0);
         out.push(format!(
-            "host share {what} {mib}: ours {total:.0} ms/GiB, of which {host:.0} inside notifications              (QEMU's work on the pages); in-tree {theirs_ms:.0} ms/GiB: a driver costing nothing              itself could be at most {:.2}x the in-tree rate here",
+            "host share {what} {mib}: ours {total:.0} ms/GiB, of which {host:.0} inside notifications \
+             (QEMU's work on the pages); in-tree {theirs_ms:.0} ms/GiB: a driver costing nothing \
+             itself could be at most {:.2}x the in-tree rate here",
             best_ratio(theirs_ms, host)
         ));
     }
