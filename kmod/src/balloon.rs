@@ -104,12 +104,15 @@ struct SlotInfo {
     state: SlotState,
     /// PFNs in the buffer.
     len: usize,
+    /// The host returned it; completed once the next buffers are posted.
+    acked: bool,
 }
 
 impl SlotInfo {
     const FREE: SlotInfo = SlotInfo {
         state: SlotState::Free,
         len: 0,
+        acked: false,
     };
 }
 
@@ -249,7 +252,10 @@ impl Balloon {
     /// Does one round of resizing: reap acknowledgements, post new buffers
     /// up to the in-flight limit, wait (bounded) for one acknowledgement.
     pub fn step<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) -> Step {
-        self.reap_ready(dev, mem);
+        // One buffer the host returned is completed only after this step's
+        // posts: the host works on the new buffers while the guest frees (or
+        // lists) the returned pages.
+        let acked = self.take_ready(dev);
         let mut short_of_memory = false;
         if self.wantsize {
             let target = dev.num_pages();
@@ -272,7 +278,9 @@ impl Balloon {
                 return Step::Idle;
             }
         }
-        if self.inflight() > 0 {
+        if acked {
+            self.complete_acked(dev, mem);
+        } else if self.inflight() > 0 {
             if let Err(e) = self.wait_one(dev, mem) {
                 return self.failed(e);
             }
@@ -379,10 +387,12 @@ impl Balloon {
     }
 
     fn free_slot(&self) -> Option<usize> {
+        // A returned buffer waiting to be completed does not count: its
+        // replacement may be posted first.
         let in_use = self
             .slots
             .iter()
-            .filter(|s| s.state != SlotState::Free)
+            .filter(|s| s.state != SlotState::Free && !s.acked)
             .count();
         if in_use >= self.tun.inflight_buffers {
             return None;
@@ -515,6 +525,7 @@ impl Balloon {
         self.slots[i] = SlotInfo {
             state: slot.state,
             len: slot.len,
+            acked: false,
         };
         Ok(())
     }
@@ -531,8 +542,40 @@ impl Balloon {
         });
     }
 
+    /// Takes one buffer the host returned, if any, and marks it acked
+    /// without completing it. True if there is one.
+    fn take_ready<D: Device>(&mut self, dev: &mut D) -> bool {
+        for queue in [Queue::Inflate, Queue::Deflate] {
+            if !self.inflight_on(queue) {
+                continue;
+            }
+            let Ok(token) = dev.wait_used(queue, 0) else {
+                continue;
+            };
+            match self.slots.get_mut(token) {
+                Some(s) if s.state != SlotState::Free && queue_of(s.state) == queue => {
+                    s.acked = true;
+                    return true;
+                }
+                _ => self.counters.errors.inc(),
+            }
+        }
+        false
+    }
+
+    /// Completes the buffers marked acked.
+    fn complete_acked<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) {
+        for token in 0..MAX_INFLIGHT {
+            let s = self.slots[token];
+            if s.acked {
+                self.complete(dev, mem, queue_of(s.state), token);
+            }
+        }
+    }
+
     /// Completes every buffer the host already returned, without waiting.
     fn reap_ready<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) {
+        self.complete_acked(dev, mem);
         for queue in [Queue::Inflate, Queue::Deflate] {
             while self.inflight_on(queue) {
                 match dev.wait_used(queue, 0) {

@@ -412,6 +412,33 @@ fn runs_deflate_and_return_every_page_after_the_ack() {
     clean(&w);
 }
 
+#[test]
+fn a_returned_deflate_is_freed_after_its_replacement_is_posted() {
+    // The host works on the next buffers while the guest frees pages.
+    let (w, mut dev, mut mem) = sim(MTH, 4096);
+    w.borrow_mut().num_pages = 1024;
+    let tun = Tunables {
+        inflight_buffers: 2,
+        ..Tunables::default()
+    };
+    let mut b = Balloon::new(MTH, tun);
+    run(&mut b, &w, &mut dev, &mut mem);
+    let freed0 = w.borrow().freed_total;
+    w.borrow_mut().num_pages = 0;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 0);
+    let posts: Vec<u64> = w
+        .borrow()
+        .freed_at_deflate_post
+        .iter()
+        .map(|f| f - freed0)
+        .collect();
+    // Buffers 3 and 4 go out while buffer 2's pages are still held.
+    assert_eq!(posts, [0, 0, 256, 256]);
+    clean(&w);
+}
+
 // The simulator itself must catch a broken driver. These drive the device
 // directly the way a buggy driver would and check the violation is reported.
 

@@ -48,6 +48,8 @@ pub struct World {
     pub notifications: u64,
     pub inflate_buffers: u64,
     pub deflate_buffers: u64,
+    /// Pages freed so far (`freed_total`) at each deflate post.
+    pub freed_at_deflate_post: Vec<u64>,
     /// Tag list of the first statistics buffer; later ones must match.
     pub stats_tags: Option<Vec<u16>>,
     pub last_stats: Vec<(u16, u64)>,
@@ -115,6 +117,7 @@ impl World {
             notifications: 0,
             inflate_buffers: 0,
             deflate_buffers: 0,
+            freed_at_deflate_post: Vec::new(),
             stats_tags: None,
             last_stats: Vec::new(),
             stats_buffers: 0,
@@ -408,7 +411,11 @@ impl Device for SimDevice {
         };
         match queue {
             Queue::Inflate => w.inflate_buffers += 1,
-            Queue::Deflate => w.deflate_buffers += 1,
+            Queue::Deflate => {
+                w.deflate_buffers += 1;
+                let freed = w.freed_total;
+                w.freed_at_deflate_post.push(freed);
+            }
             _ => {}
         }
         w.pending.entry(queue).or_default().push_back(Posted {
