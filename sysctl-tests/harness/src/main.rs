@@ -838,12 +838,21 @@ fn host_share_lines(rows: &[BenchRow], ops: &[(&str, u64)]) -> Vec<String> {
         // released matches, for inflates): the rest is each driver's own.
         let ours_own = total - host;
         let theirs_own = theirs_ms - host;
+        let (a, b) = (ours.rss_drop_mib as f64, theirs.rss_drop_mib as f64);
+        let caveat = if (a - b).abs() > 0.2 * a.max(b) {
+            format!(
+                " (not like for like: QEMU released {a:.0} MiB for ours, {b:.0} MiB for \
+                 in-tree, so the host's work differed)"
+            )
+        } else {
+            String::new()
+        };
         out.push(format!(
             "host share {what} {mib}: ours {total:.0} ms/GiB, of which {host:.0} inside notifications \
              (QEMU's work on the pages); in-tree {theirs_ms:.0} ms/GiB: a driver costing nothing \
              itself could be at most {:.2}x the in-tree rate here. Guest's own work: ours \
              {ours_own:.0} ms/GiB, in-tree ~{theirs_own:.0} (its time less the same host share), \
-             ratio {:.2}",
+             ratio {:.2}{caveat}",
             best_ratio(theirs_ms, host),
             ours_own / theirs_own.max(1.0)
         ));
@@ -1029,6 +1038,13 @@ mod tests {
             lines[0]
         );
         assert!(lines[0].contains("ratio 0.75"), "{}", lines[0]);
+        assert!(!lines[0].contains("not like for like"), "{}", lines[0]);
+        // Ours discarded resident pages, in-tree untouched ones: flagged.
+        let mut ours = row("ours", "inflate", 1024, 0.5, 700);
+        ours.notify_ms = Some(200);
+        let rows = [ours, row("theirs", "inflate", 1024, 0.6, 5)];
+        let lines = host_share_lines(&rows, &[("inflate", 1024)]);
+        assert!(lines[0].contains("not like for like"), "{}", lines[0]);
         // No figure from the guest (older driver): no line.
         let rows = [
             row("ours", "inflate", 1024, 0.5, 0),
