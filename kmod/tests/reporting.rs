@@ -296,3 +296,31 @@ fn reports_new_free_memory_even_when_the_allocator_returns_reported_blocks_first
     assert_eq!(w.borrow().free_pages(), PAGES, "parked blocks came back");
     clean(&w);
 }
+
+#[test]
+fn the_pause_between_passes_doubles_while_idle_and_resets_on_work() {
+    use vtballoon::reporting::PassResult;
+    let p = Policy::default();
+    let idle = PassResult {
+        reported: 0,
+        skipped: 0,
+        stop: Stop::Unchanged,
+    };
+    let mut pause = p.interval_ms;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        pause = p.next_pause(pause, &idle);
+        seen.push(pause);
+    }
+    assert_eq!(seen, [4_000, 8_000, 16_000, 16_000, 16_000, 16_000]);
+    // A pass that reported, or stopped for pressure or the budget: back to
+    // the interval.
+    for stop in [Stop::Budget, Stop::Pressure, Stop::AllReported] {
+        let busy = PassResult {
+            reported: u32::from(stop == Stop::AllReported),
+            skipped: 0,
+            stop,
+        };
+        assert_eq!(p.next_pause(16_000, &busy), p.interval_ms, "{stop:?}");
+    }
+}
