@@ -7,7 +7,10 @@
 //! per-page work and the guest's (allocating, freeing) would take turns.
 //! Instead the balloon side hands filled buffers to [`Kick`], whose
 //! taskqueue thread (on another CPU whenever one is free) enqueues and
-//! notifies, so both proceed at once.
+//! notifies, so both proceed at once. (Under QEMU's TCG the balloon
+//! thread's vCPU, once asleep, is woken only when the notifying vCPU lets
+//! go of QEMU's big lock, so there they still take turns; `kick_thread=0`
+//! notifies in place.)
 //!
 //! Locking: `ring` serializes enqueue (here) with dequeue (the balloon side)
 //! on the inflate and deflate queues. While the kicker is on, only its task
@@ -52,8 +55,6 @@ pub struct Kick {
     on: AtomicBool,
     /// Buffers posted but not yet enqueued; under `ring`.
     pending: UnsafeCell<[Option<Pending>; MAX_PENDING]>,
-    /// Enqueues that failed in the task (the waiter then times out).
-    pub errors: AtomicU64,
     /// Microseconds spent inside notifications: under QEMU, the host's own
     /// work on the buffers (it discards the pages before returning).
     pub notify_us: Counter,
@@ -76,8 +77,12 @@ impl Kick {
     /// # Safety
     /// Once, at the kicker's final address, before any other use.
     pub unsafe fn init(&self, name: &'static CStr) {
-        // SAFETY: per the contract.
-        unsafe { self.ring.init(name) }
+        // SAFETY: per the contract; zeroed memory is not a valid array of
+        // `Option`s, so it is written before anyone reads it.
+        unsafe {
+            self.pending.get().write([None; MAX_PENDING]);
+            self.ring.init(name)
+        }
     }
 
     /// Starts the taskqueue; on failure the kicker stays off (posts notify
@@ -227,10 +232,11 @@ impl Kick {
                 let rc = unsafe {
                     sys::vtbrs_vq_enqueue(post.vq, post.cookie, post.buf.cast(), post.len)
                 };
+                // A buffer that cannot be enqueued (the ring has room for
+                // every slot, so never expected) is one the balloon's
+                // bounded wait then times out on and counts.
                 if rc == 0 {
                     *slot = Some(post.vq);
-                } else {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
