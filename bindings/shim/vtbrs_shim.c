@@ -430,15 +430,6 @@ vtbrs_block_alloc(int order)
 	    ptoa(n), 0, VM_MEMATTR_DEFAULT));
 }
 
-void
-vtbrs_block_free(struct vm_page *m, int order)
-{
-	u_long i, n = 1UL << order;
-
-	/* vm_page_free() drops PG_ZERO: a reported page is never assumed zero. */
-	for (i = 0; i < n; i++)
-		vm_page_free(&m[i]);
-}
 
 uint64_t vtbrs_page_phys(struct vm_page *m) { return (VM_PAGE_TO_PHYS(m)); }
 struct vm_page *vtbrs_phys_page(uint64_t pa) { return (PHYS_TO_VM_PAGE(pa)); }

@@ -94,7 +94,6 @@ void	 vtbrs_lowmem_deregister(void *tag);
 /* Pages. */
 struct vm_page *vtbrs_page_alloc(void);
 struct vm_page *vtbrs_block_alloc(int order);
-void	 vtbrs_block_free(struct vm_page *m, int order);
 uint64_t vtbrs_page_phys(struct vm_page *m);
 struct vm_page *vtbrs_phys_page(uint64_t pa);
 void	*vtbrs_pagelist_new(void);

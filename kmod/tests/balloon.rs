@@ -33,10 +33,18 @@ fn clean(w: &Shared) {
 }
 
 fn setup(features: Features, pages: usize, target: u32) -> (Shared, SimDevice, SimMemory, Balloon) {
+    setup_with(features, pages, target, Tunables::default())
+}
+
+fn setup_with(
+    features: Features,
+    pages: usize,
+    target: u32,
+    tun: Tunables,
+) -> (Shared, SimDevice, SimMemory, Balloon) {
     let (w, dev, mem) = sim(features, pages);
     w.borrow_mut().num_pages = target;
-    let b = Balloon::new(features, Tunables::default());
-    (w, dev, mem, b)
+    (w, dev, mem, Balloon::new(features, tun))
 }
 
 #[test]
@@ -58,12 +66,11 @@ fn inflates_to_the_host_target_at_attach_in_buffers_of_at_most_256() {
 
 #[test]
 fn keeps_several_buffers_in_flight() {
-    let (w, mut dev, mut mem, _) = setup(MTH, 8192, 4096);
     let tun = Tunables {
         inflight_buffers: 4,
         ..Tunables::default()
     };
-    let mut b = Balloon::new(MTH, tun);
+    let (w, mut dev, mut mem, mut b) = setup_with(MTH, 8192, 4096, tun);
     w.borrow_mut().ack = Ack::AfterMs(1);
     run(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(b.actual(), 4096);
@@ -361,13 +368,11 @@ fn inflate_uses_smaller_runs_then_single_pages_as_memory_fragments() {
 
 #[test]
 fn a_run_of_one_page_allocates_page_by_page_like_the_c_driver() {
-    let (w, mut dev, mut mem) = sim(MTH, 4096);
-    w.borrow_mut().num_pages = 600;
     let tun = Tunables {
         inflate_run_pages: 1,
         ..Tunables::default()
     };
-    let mut b = Balloon::new(MTH, tun);
+    let (w, mut dev, mut mem, mut b) = setup_with(MTH, 4096, 600, tun);
     run(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(b.actual(), 600);
     assert_eq!(w.borrow().run_calls, 0);
@@ -415,13 +420,11 @@ fn runs_deflate_and_return_every_page_after_the_ack() {
 #[test]
 fn a_returned_deflate_is_freed_after_its_replacement_is_posted() {
     // The host works on the next buffers while the guest frees pages.
-    let (w, mut dev, mut mem) = sim(MTH, 4096);
-    w.borrow_mut().num_pages = 1024;
     let tun = Tunables {
         inflight_buffers: 2,
         ..Tunables::default()
     };
-    let mut b = Balloon::new(MTH, tun);
+    let (w, mut dev, mut mem, mut b) = setup_with(MTH, 4096, 1024, tun);
     run(&mut b, &w, &mut dev, &mut mem);
     let freed0 = w.borrow().freed_total;
     w.borrow_mut().num_pages = 0;
@@ -474,4 +477,13 @@ fn sim_catches_double_inflate_unknown_deflate_and_early_notify() {
     assert!(v[1].contains("inflated twice"), "{v:?}");
     assert!(v[2].contains("never inflated"), "{v:?}");
     assert!(v[3].contains("absent queue"), "{v:?}");
+}
+
+#[test]
+fn sim_catches_a_free_page_listed_as_ballooned() {
+    let (w, _dev, mut mem) = sim(MTH, 16);
+    mem.push_ballooned(3, 2); // bug: never allocated
+    let v = &w.borrow().violations;
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v[0].contains("not allocated"), "{v:?}");
 }

@@ -118,7 +118,8 @@ unsafe impl Sync for State {}
 impl State {
     /// Memory this device holds whatever the balloon's size: the state, its
     /// DMA slots, the two list heads and the reporting bitmap. Ballooned
-    /// pages cost nothing more (they are tracked in their own vm_page).
+    /// pages cost nothing more (they are tracked in their own vm_page). Our
+    /// kernel threads' stacks are not counted.
     pub fn fixed_bytes(&self) -> u64 {
         (core::mem::size_of::<State>()
             + PfnBuffers::BYTES

@@ -82,9 +82,11 @@ impl BlockMemory for KernelBlocks {
     }
 
     fn free_block(&mut self, block: Self::Block, order: u32) {
-        // SAFETY: `block` came from alloc_block with the same order and the
-        // host has acknowledged (or the device was reset).
-        unsafe { sys::vtbrs_block_free(block, order as i32) }
+        // SAFETY: `block` came from alloc_block with the same order (a run
+        // of 2^order pages) and the host has acknowledged (or the device was
+        // reset). vm_page_free() drops PG_ZERO: a reported page is never
+        // assumed zero.
+        unsafe { sys::vtbrs_run_free(block, 1 << order) }
     }
 
     fn block_phys(&self, block: Self::Block) -> u64 {

@@ -20,11 +20,11 @@ enum Node {
     LinuxTags = 3,
     ReportEnabled = 4,
     InflateRun = 5,
-    MemoryBytes = 13,
     KickThread = 6,
     TargetBytes = 10,
     ActualBytes = 11,
     PushInterval = 12,
+    MemoryBytes = 13,
 }
 
 impl Node {
@@ -35,11 +35,11 @@ impl Node {
             Node::LinuxTags,
             Node::ReportEnabled,
             Node::InflateRun,
+            Node::KickThread,
             Node::TargetBytes,
             Node::ActualBytes,
             Node::PushInterval,
             Node::MemoryBytes,
-            Node::KickThread,
         ]
         .into_iter()
         .find(|n| *n as i32 == which)
@@ -260,7 +260,7 @@ pub fn register(st: &State) {
         cstr!("memory_bytes"),
         Node::MemoryBytes,
         false,
-        cstr!("Memory the driver holds for this device, whatever the balloon size (0 bytes per ballooned page)"),
+        cstr!("Memory the driver allocates for this device, whatever the balloon size (0 bytes per ballooned page; kernel thread stacks not counted)"),
     );
     u64_node(
         st,
