@@ -20,7 +20,9 @@
 //!   on a list the [`Memory`] implementation threads through the VM's own
 //!   page structures.
 
-use crate::counters::BalloonCounters;
+use core::ops::Deref;
+
+use crate::counters::{BalloonCounters, Owned};
 use crate::platform::{Device, Error, Memory, Token};
 use crate::protocol::{pfn_of_phys, Features, Queue, PFNS_PER_BUFFER, PFN_SHIFT};
 
@@ -148,9 +150,9 @@ impl Slot {
     }
 }
 
-/// The balloon's sizing state.
+/// The balloon's sizing state; counts into `C` (see [`crate::counters`]).
 #[derive(Debug)]
-pub struct Balloon {
+pub struct Balloon<C = Owned<BalloonCounters>> {
     features: Features,
     tun: Tunables,
     /// WANTSIZE: the host changed its target and we have not reached it yet.
@@ -165,13 +167,20 @@ pub struct Balloon {
     /// free run that large, raised again at the next config change.
     run_order: u32,
     slots: [SlotInfo; MAX_INFLIGHT],
-    counters: BalloonCounters,
+    counters: C,
 }
 
 impl Balloon {
-    /// A new, empty balloon. WANTSIZE starts set: the first `step` after
-    /// DRIVER_OK sizes the balloon to the host target.
-    pub fn new(features: Features, mut tun: Tunables) -> Self {
+    /// A new, empty balloon with its own counters.
+    pub fn new(features: Features, tun: Tunables) -> Self {
+        Self::with_counters(features, tun, Owned::default())
+    }
+}
+
+impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
+    /// A new, empty balloon counting into `counters`. WANTSIZE starts set:
+    /// the first `step` after DRIVER_OK sizes the balloon to the host target.
+    pub fn with_counters(features: Features, mut tun: Tunables, counters: C) -> Self {
         tun.inflight_buffers = tun.inflight_buffers.clamp(1, MAX_INFLIGHT);
         if !Tunables::valid_oom_batch(tun.oom_batch_pages) {
             tun.oom_batch_pages = Tunables::default().oom_batch_pages;
@@ -189,7 +198,7 @@ impl Balloon {
             backoff_ms: 0,
             run_order: tun.inflate_run_pages.ilog2(),
             slots: [SlotInfo::FREE; MAX_INFLIGHT],
-            counters: BalloonCounters::default(),
+            counters,
         }
     }
 

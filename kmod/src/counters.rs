@@ -1,8 +1,27 @@
-//! Event counters the sysctl tree shows. Atomics, so the kernel glue can
-//! hand their addresses to sysctl as plain 64-bit integers while the logic
-//! updates them; relaxed ordering is enough for statistics.
+//! Event counters the sysctl tree shows. Atomics, so the sysctl tree reads
+//! them while the logic updates them; relaxed ordering is enough for
+//! statistics.
+//!
+//! A logic object ([`crate::balloon::Balloon`], [`crate::stats::Stats`],
+//! [`crate::reporting::Reporter`]) reaches its counters through a handle `C:
+//! Deref<Target = ...Counters>`: [`Owned`] keeps them inside the object (host
+//! tests), while the kernel glue keeps them in the driver state beside the
+//! lock that guards the object, so that reading them takes no lock and never
+//! aliases the `&mut` a lock holder has.
 
+use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters kept inside the object that updates them.
+#[derive(Debug, Default)]
+pub struct Owned<T>(pub T);
+
+impl<T> Deref for Owned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// A monotonically increasing event count.
 #[derive(Debug, Default)]

@@ -41,7 +41,9 @@
 //! Freed blocks lose `PG_ZERO` in the kernel glue (`vm_page_free`), so a
 //! discarded page is never assumed to be zero.
 
-use crate::counters::{Counter, Gauge};
+use core::ops::Deref;
+
+use crate::counters::{Counter, Gauge, Owned};
 use crate::platform::{BlockMemory, Device, Error, PhysRange, VmCounters};
 use crate::protocol::Queue;
 
@@ -176,9 +178,10 @@ pub struct ReportCounters {
 }
 
 /// The free page reporter. `S` is the bitmap storage (two generations of
-/// one bit per `2^min_order` pages), sized with [`Reporter::bitmap_words`].
+/// one bit per `2^min_order` pages), sized with [`Reporter::bitmap_words`];
+/// it counts into `C` (see [`crate::counters`]).
 #[derive(Debug)]
-pub struct Reporter<B: Copy, S> {
+pub struct Reporter<B: Copy, S, C = Owned<ReportCounters>> {
     policy: Policy,
     enabled: bool,
     page_size: u64,
@@ -201,7 +204,7 @@ pub struct Reporter<B: Copy, S> {
     /// Order and pages of the blocks parked during the current scan.
     parked_order: u32,
     parked_pages: u64,
-    counters: ReportCounters,
+    counters: C,
 }
 
 impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
@@ -211,8 +214,16 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
         2 * blocks.div_ceil(64) as usize
     }
 
-    /// A reporter over zeroed bitmap storage of [`Reporter::bitmap_words`].
-    pub fn new(mut policy: Policy, page_size: u64, bits: S) -> Self {
+    /// A reporter with its own counters (see [`Reporter::with_counters`]).
+    pub fn new(policy: Policy, page_size: u64, bits: S) -> Self {
+        Self::with_counters(policy, page_size, bits, Owned::default())
+    }
+}
+
+impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>> Reporter<B, S, C> {
+    /// A reporter over zeroed bitmap storage of [`Reporter::bitmap_words`],
+    /// counting into `counters`.
+    pub fn with_counters(mut policy: Policy, page_size: u64, bits: S, counters: C) -> Self {
         policy.batch_blocks = policy.batch_blocks.clamp(1, MAX_BATCH);
         policy.min_order = policy.min_order.min(policy.order);
         Reporter {
@@ -233,7 +244,7 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>> Reporter<B, S> {
             posted: false,
             parked_order: 0,
             parked_pages: 0,
-            counters: ReportCounters::default(),
+            counters,
         }
     }
 

@@ -31,8 +31,10 @@
 //! The optional Linux tags are off by default, since Firecracker rejects tags
 //! above 9; the tag set is fixed for the life of a [`Stats`] (one attach).
 
+use core::ops::Deref;
+
 use crate::avail::available_bytes;
-use crate::counters::StatsCounters;
+use crate::counters::{Owned, StatsCounters};
 use crate::platform::{Device, Error, Token, VmCounters};
 use crate::protocol::{Features, Queue, StatEntry, StatTag};
 
@@ -66,9 +68,9 @@ pub enum PushTimer {
     Every(u32),
 }
 
-/// The statistics path's state.
+/// The statistics path's state; counts into `C` (see [`crate::counters`]).
 #[derive(Debug)]
-pub struct Stats {
+pub struct Stats<C = Owned<StatsCounters>> {
     have_queue: bool,
     can_push: bool,
     linux_tags: bool,
@@ -76,23 +78,13 @@ pub struct Stats {
     pull_out: bool,
     push_out: bool,
     push_ms: u32,
-    counters: StatsCounters,
+    counters: C,
 }
 
 impl Stats {
-    /// `features` are the negotiated ones; `linux_tags` adds tags 12 and 14.
+    /// Statistics with their own counters (see [`Stats::with_counters`]).
     pub fn new(features: Features, linux_tags: bool) -> Self {
-        let have_queue = features.contains(Features::STATS_VQ);
-        Stats {
-            have_queue,
-            can_push: have_queue && features.contains(Features::STATS_PUSH),
-            linux_tags,
-            started: false,
-            pull_out: false,
-            push_out: false,
-            push_ms: 0,
-            counters: StatsCounters::default(),
-        }
+        Self::with_counters(features, linux_tags, Owned::default())
     }
 
     /// Feature bits to negotiate given what the device offers: STATS_PUSH
@@ -102,6 +94,23 @@ impl Stats {
             offered
         } else {
             offered - Features::STATS_PUSH
+        }
+    }
+}
+
+impl<C: Deref<Target = StatsCounters>> Stats<C> {
+    /// `features` are the negotiated ones; `linux_tags` adds tags 12 and 14.
+    pub fn with_counters(features: Features, linux_tags: bool, counters: C) -> Self {
+        let have_queue = features.contains(Features::STATS_VQ);
+        Stats {
+            have_queue,
+            can_push: have_queue && features.contains(Features::STATS_PUSH),
+            linux_tags,
+            started: false,
+            pull_out: false,
+            push_out: false,
+            push_ms: 0,
+            counters,
         }
     }
 
@@ -116,6 +125,17 @@ impl Stats {
 
     pub fn linux_tags(&self) -> bool {
         self.linux_tags
+    }
+
+    /// Chooses whether the Linux tags are sent; only before [`Stats::start`]
+    /// (the host sees one tag set per attach). False, and nothing changed,
+    /// once started.
+    pub fn set_linux_tags(&mut self, on: bool) -> bool {
+        if self.started {
+            return false;
+        }
+        self.linux_tags = on;
+        true
     }
 
     /// After DRIVER_OK: queues the first pull buffer and reads the push period.

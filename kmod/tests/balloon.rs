@@ -487,3 +487,21 @@ fn sim_catches_a_free_page_listed_as_ballooned() {
     assert_eq!(v.len(), 2, "{v:?}");
     assert!(v[0].contains("not allocated"), "{v:?}");
 }
+
+#[test]
+fn counters_may_live_outside_the_balloon() {
+    // The kernel keeps them beside the balloon's lock: the sysctl tree reads
+    // them while the balloon thread holds the lock and counts.
+    let counters = vtballoon::counters::BalloonCounters::default();
+    let (w, mut dev, mut mem) = sim(MTH, 1024);
+    w.borrow_mut().num_pages = 300;
+    let mut b = Balloon::with_counters(MTH, Tunables::default(), &counters);
+    while b.step(&mut dev, &mut mem) != Step::Idle {}
+    assert_eq!(counters.inflated_pages.get(), 300);
+    assert_eq!(counters.actual_pages.get(), 300);
+    assert_eq!(
+        b.counters().buffers_posted.get(),
+        counters.buffers_posted.get()
+    );
+    clean(&w);
+}

@@ -4,6 +4,7 @@ mod sim;
 
 use sim::{sim, Ack};
 use vtballoon::avail::available_bytes;
+use vtballoon::counters::StatsCounters;
 use vtballoon::platform::VmCounters;
 use vtballoon::protocol::{Features, Queue, StatTag};
 use vtballoon::stats::{PushTimer, Stats, MIN_PUSH_INTERVAL_MS};
@@ -220,4 +221,35 @@ fn push_without_the_feature_stays_pull_only() {
     let mut s = Stats::new(STATS, false);
     assert_eq!(s.start(&mut dev, &vm()), Ok(PushTimer::Off));
     assert_eq!(s.config_changed(&mut dev, &vm()), PushTimer::Off);
+}
+
+#[test]
+fn linux_tags_are_chosen_before_start_only() {
+    let (w, mut dev, _) = sim(STATS, 16);
+    let mut s = Stats::new(STATS, false);
+    assert!(s.set_linux_tags(true));
+    s.start(&mut dev, &vm()).unwrap();
+    assert!(
+        !s.set_linux_tags(false),
+        "the tag set is fixed once started"
+    );
+    assert!(s.linux_tags());
+    w.borrow_mut().request_stats();
+    s.interrupt(&mut dev, &vm()).unwrap();
+    let e = w.borrow().last_stats.clone();
+    assert_eq!(value(&e, StatTag::AsyncScan), Some(777));
+}
+
+#[test]
+fn counters_may_live_outside_the_stats_object() {
+    // The kernel keeps them beside the lock that guards the object, so the
+    // sysctl tree reads them without taking it.
+    let counters = StatsCounters::default();
+    let (w, mut dev, _) = sim(STATS, 16);
+    let mut s = Stats::with_counters(STATS, false, &counters);
+    s.start(&mut dev, &vm()).unwrap();
+    w.borrow_mut().request_stats();
+    s.interrupt(&mut dev, &vm()).unwrap();
+    assert_eq!(counters.requests.get(), 1);
+    assert_eq!(s.counters().requests.get(), 1);
 }

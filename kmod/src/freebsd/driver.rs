@@ -16,13 +16,13 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
 use super::kick::Kick;
 use super::memory::{now_ms, now_us, vm_counters, KernelBlocks, KernelMemory, Words};
-use super::sync::{wakeup, MtxCell, Mutex, SxCell};
+use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
 use super::{cstr, sys, sysctl};
 use crate::balloon::{Balloon, Step, Tunables};
-use crate::counters::{Counter, Gauge};
+use crate::counters::{BalloonCounters, Counter, Gauge, StatsCounters};
 use crate::platform::VmCounters;
 use crate::protocol::{feature_names, Features, Queue};
-use crate::reporting::{Policy, ReportEnv, Reporter};
+use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter};
 use crate::stats::{PushTimer, Stats};
 
 /// Features we ask for; STATS_PUSH only when offered together with STATS_VQ.
@@ -40,19 +40,21 @@ const PAGELIST_HEAD_BYTES: usize = 16;
 const FAILED_STEP_PAUSE_MS: u32 = 1_000;
 
 pub struct BalloonSide {
-    pub balloon: Balloon,
+    pub balloon: Balloon<StateRef<BalloonCounters>>,
     pub bufs: PfnBuffers,
     pub mem: KernelMemory,
 }
 
+pub type KernelStats = Stats<StateRef<StatsCounters>>;
+
 pub struct StatsSide {
-    pub stats: Stats,
+    pub stats: KernelStats,
     pub bufs: StatsBuffers,
     pub timer: PushTimer,
 }
 
 pub struct ReportSide {
-    pub reporter: Option<Reporter<*mut sys::vm_page, Words>>,
+    pub reporter: Option<Reporter<*mut sys::vm_page, Words, StateRef<ReportCounters>>>,
     pub blocks: KernelBlocks,
 }
 
@@ -70,6 +72,11 @@ pub struct State {
     pub balloon: SxCell<BalloonSide>,
     pub stats: MtxCell<StatsSide>,
     pub report: SxCell<ReportSide>,
+    /// What the logic objects count, outside their locks: the sysctl tree
+    /// reads these while a lock holder updates them.
+    pub balloon_counters: BalloonCounters,
+    pub stats_counters: StatsCounters,
+    pub report_counters: ReportCounters,
     pub callout: core::cell::UnsafeCell<sys::callout>,
     /// Our sysctl nodes, removed (and their running handlers waited for)
     /// before the state is freed.
@@ -178,7 +185,7 @@ impl State {
 
     pub fn with_stats<R>(
         &self,
-        f: impl FnOnce(&mut Stats, &mut KernelDevice<'_>, &VmCounters) -> R,
+        f: impl FnOnce(&mut KernelStats, &mut KernelDevice<'_>, &VmCounters) -> R,
     ) -> R {
         let vm = vm_counters();
         self.stats.with(|side| {
@@ -260,13 +267,23 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         addr_of_mut!((*p).dev).write(dev);
         addr_of_mut!((*p).features).write(features);
         addr_of_mut!((*p).report_order).write(Policy::default().order);
+        // The counters are zero bytes already: valid atomics at their final
+        // address, which the logic objects refer to.
         let side = (*p).balloon.value_ptr();
-        addr_of_mut!((*side).balloon).write(Balloon::new(features, tun));
+        addr_of_mut!((*side).balloon).write(Balloon::with_counters(
+            features,
+            tun,
+            StateRef::new(&(*p).balloon_counters),
+        ));
         addr_of_mut!((*side).mem).write(KernelMemory { list });
         sys::vtbrs_sysctl_ctx_init((*p).sysctl_ctx.get());
         sys::vtbrs_task_init((*p).start_task.get(), Some(start_check), p.cast());
         let stats = (*p).stats.value_ptr();
-        addr_of_mut!((*stats).stats).write(Stats::new(features, false));
+        addr_of_mut!((*stats).stats).write(Stats::with_counters(
+            features,
+            false,
+            StateRef::new(&(*p).stats_counters),
+        ));
         addr_of_mut!((*stats).timer).write(PushTimer::Off);
         let rep = (*p).report.value_ptr();
         addr_of_mut!((*rep).reporter).write(None);
@@ -463,7 +480,7 @@ fn start(st: &State) {
     // DRIVER_OK is set: notifications may start.
     let linux_tags = st.linux_tags.load(Ordering::Relaxed);
     let timer = st.with_stats(|stats, kdev, vm| {
-        *stats = Stats::new(st.features, linux_tags);
+        stats.set_linux_tags(linux_tags);
         stats.start(kdev, vm).unwrap_or(PushTimer::Off)
     });
     apply_push_timer(st, timer);
@@ -534,9 +551,17 @@ fn start_reporter(st: &State) {
         );
         return;
     }
+    // SAFETY: the counters live in the State beside the reporter, which
+    // detach drops before it frees the State.
+    let counters = unsafe { StateRef::new(&st.report_counters) };
     st.report.with(|side| {
         side.blocks.parked = parked;
-        side.reporter = Some(Reporter::new(policy, u64::from(sys::PAGE_SIZE), bits));
+        side.reporter = Some(Reporter::with_counters(
+            policy,
+            u64::from(sys::PAGE_SIZE),
+            bits,
+            counters,
+        ));
     });
 }
 

@@ -4,6 +4,8 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_void, CStr};
+use core::ops::Deref;
+use core::ptr::NonNull;
 
 use super::sys;
 
@@ -150,3 +152,40 @@ impl<T> MtxCell<T> {
         f(unsafe { &mut *self.value.get() })
     }
 }
+
+/// A shared reference from one part of the driver state to another (a logic
+/// object behind a lock to the counters beside it, which the sysctl tree
+/// reads without that lock). `&'a T` cannot name it: the state is not
+/// `'static` (detach frees it), and a struct cannot borrow its own field.
+pub struct StateRef<T>(NonNull<T>);
+
+impl<T> StateRef<T> {
+    /// # Safety
+    /// `target` stays valid and in place for as long as this handle is used:
+    /// both live in the same driver state, which frees its parts only after
+    /// nothing can use them any more.
+    pub unsafe fn new(target: &T) -> Self {
+        StateRef(NonNull::from(target))
+    }
+}
+
+impl<T> Deref for StateRef<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: valid for every use of the handle (see `new`); only shared
+        // references are ever made to the target.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl<T> core::fmt::Debug for StateRef<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("StateRef")
+    }
+}
+
+// SAFETY: the handle is a shared reference in all but its lifetime: it may
+// cross threads exactly when `&T` may, which is when `T: Sync`.
+unsafe impl<T: Sync> Send for StateRef<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for StateRef<T> {}

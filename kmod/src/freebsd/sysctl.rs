@@ -105,11 +105,9 @@ fn text_node(st: &State, name: &CStr, text: &[u8], descr: &CStr) {
 }
 
 pub fn register(st: &State) {
-    // SAFETY: the balloon counters are atomics inside the State; reading them
-    // needs no lock, and their address is stable.
-    let b = unsafe { &(*st.balloon.value_ptr()).balloon }.counters();
-    // SAFETY: as above for the stats counters.
-    let s = unsafe { &(*st.stats.value_ptr()).stats }.counters();
+    // Atomics in the State, outside the locks: no lock to read them.
+    let b = &st.balloon_counters;
+    let s = &st.stats_counters;
     u64_node(
         st,
         cstr!("target_pages"),
@@ -313,12 +311,11 @@ fn register_reporting(st: &State) {
         true,
         cstr!("Free page reporting on (0/1)"),
     );
-    // SAFETY: the reporter was created in attach before this and stays in
-    // place until detach; its counters are atomics.
-    let Some(rep) = (unsafe { (*st.report.value_ptr()).reporter.as_ref() }) else {
+    // Attach: nobody else holds the lock yet.
+    if !st.report.with(|side| side.reporter.is_some()) {
         return;
-    };
-    let c = rep.counters();
+    }
+    let c = &st.report_counters;
     u64_node(
         st,
         cstr!("report_blocks"),
@@ -373,8 +370,7 @@ unsafe extern "C" fn vtbrs_rs_sysctl_get(state: *mut c_void, which: i32, out: *m
     let Some(st) = (unsafe { state.cast::<State>().as_ref() }) else {
         return sys::ENXIO as i32;
     };
-    // SAFETY: counters are atomics; no lock needed to read them.
-    let b = unsafe { &(*st.balloon.value_ptr()).balloon }.counters();
+    let b = &st.balloon_counters;
     let v = match Node::from(which) {
         Some(Node::Debug) => u64::from(st.debug.load(Ordering::Relaxed)),
         Some(Node::OomBatch) => u64::from(st.oom_batch.load(Ordering::Relaxed)),
