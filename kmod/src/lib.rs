@@ -3,8 +3,12 @@
 //! The crate is `no_std`: the same logic runs in the kernel (feature
 //! `kernel`, which adds the FreeBSD glue) and in host tests, where it is
 //! driven against a simulated device and guest memory.
+//!
+//! Only the glue may use `unsafe`: every logic module (everything outside
+//! `freebsd`) is safe Rust, and the compiler holds it to that.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code)]
 
 pub mod avail;
 pub mod balloon;
@@ -15,4 +19,5 @@ pub mod reporting;
 pub mod stats;
 
 #[cfg(feature = "kernel")]
+#[allow(unsafe_code)]
 pub mod freebsd;
