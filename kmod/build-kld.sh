@@ -19,6 +19,13 @@
 # The C shim (module metadata, newbus method table, wrappers for kernel
 # macros) is compiled by bindings/build.rs with the kernel's flags and ends
 # up inside the staticlib: this script has one archive to link.
+#
+# `build-kld.sh --lint` instead lints the kernel glue (the only code with
+# FFI and `unsafe`, compiled for the kernel target alone) with the clippy of
+# the same toolchain: -D warnings, undocumented_unsafe_blocks denied. Debian:
+# rust-web-clippy (/usr/bin/cargo-clippy, clippy-driver); elsewhere
+# KLD_CLIPPY names the toolchain's cargo-clippy. No clippy, or one built for
+# another rustc, is an error: the lint is part of the kernel tier.
 set -eu
 cd "$(dirname "$0")/.."
 SYSDIR=${SYSDIR:-/usr/src/sys}
@@ -37,6 +44,26 @@ sysroot=$("$RUSTC" --print sysroot)
 if [ ! -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
 	echo "error: $RUSTC has no library source in $sysroot/lib/rustlib/src (Debian: rust-web-src; rustup: rustup component add rust-src)" >&2
 	exit 1
+fi
+if [ "${1:-}" = --lint ]; then
+	CLIPPY=${KLD_CLIPPY:-$(dirname "$CARGO")/cargo-clippy}
+	driver=$(dirname "$CLIPPY")/clippy-driver
+	if [ ! -x "$CLIPPY" ] || [ ! -x "$driver" ]; then
+		echo "error: no clippy for $RUSTC at $CLIPPY (Debian: apt-get install rust-web-clippy; or set KLD_CLIPPY): kernel glue not linted" >&2
+		exit 1
+	fi
+	if [ "$("$driver" --rustc --version)" != "$("$RUSTC" --version)" ]; then
+		echo "error: $driver is for $("$driver" --rustc --version), not $("$RUSTC" --version) (set KLD_CLIPPY)" >&2
+		exit 1
+	fi
+	# cargo-clippy runs $CARGO with its own clippy-driver as the wrapper, so
+	# no rustup proxy earlier in PATH takes part.
+	CARGO="$CARGO" RUSTC="$RUSTC" RUSTC_BOOTSTRAP=1 \
+		"$CLIPPY" clippy -p vtballoon --lib --features kernel \
+		--target x86_64-unknown-none -Z build-std=core,alloc \
+		--target-dir target/kld-clippy -- -D warnings -D clippy::undocumented_unsafe_blocks
+	echo "kernel glue linted: clippy $("$driver" --version | awk '{print $2}') for x86_64-unknown-none"
+	exit 0
 fi
 tool() {
 	for t in "$@"; do
