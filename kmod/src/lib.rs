@@ -16,6 +16,7 @@ pub mod counters;
 pub mod platform;
 pub mod protocol;
 pub mod reporting;
+pub mod runlist;
 pub mod stats;
 
 #[cfg(feature = "kernel")]

@@ -56,7 +56,7 @@ fn inflates_to_the_host_target_at_attach_in_buffers_of_at_most_256() {
     let world = w.borrow();
     assert_eq!(world.actual, 1000, "actual written to config");
     assert_eq!(world.host_units(), 1000);
-    assert_eq!(world.guest_list.len(), 1000);
+    assert_eq!(world.guest_list().len(), 1000);
     assert_eq!(world.inflate_buffers, 4, "1000 PFNs = 256+256+256+232");
     assert_eq!(b.counters().inflated_pages.get(), 1000);
     assert_eq!(b.counters().actual_pages.get(), 1000);
@@ -302,7 +302,7 @@ fn large_guest_pages_send_every_4k_pfn() {
     let mut b = Balloon::new(MTH, Tunables::default());
     run(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(b.actual(), 1000);
-    assert_eq!(w.borrow().guest_list.len(), 250);
+    assert_eq!(w.borrow().guest_list().len(), 250);
     assert_eq!(w.borrow().host_units(), 1000);
     w.borrow_mut().num_pages = 0;
     b.config_changed();

@@ -33,7 +33,7 @@ fn check(seed: u64, w: &Shared, b: &Balloon, what: &str) {
             "seed {seed}, after {what}: host vs guest count"
         );
         assert_eq!(
-            world.guest_list.len() as u32,
+            world.guest_list().len() as u32,
             b.actual(),
             "seed {seed}, after {what}: list"
         );

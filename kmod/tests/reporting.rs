@@ -122,7 +122,7 @@ fn never_reports_ballooned_or_used_pages() {
     let r = rep.pass(&mut dev, &mut mem, &mut env);
     assert!(r.reported > 0);
     clean(&w); // the device flags any reported page that is not free
-    assert_eq!(w.borrow().guest_list.len(), 3000);
+    assert_eq!(w.borrow().guest_list().len(), 3000);
 }
 
 #[test]

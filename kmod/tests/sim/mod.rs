@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use vtballoon::platform::{BlockMemory, Device, Error, Memory, PhysRange, Token};
 use vtballoon::protocol::{Features, Queue, PFN_SHIFT};
+use vtballoon::runlist::{RunList, RunPages};
 
 /// When the host returns a buffer it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +62,10 @@ pub struct World {
     pub total_pages: usize,
     free: VecDeque<usize>,
     allocated: Vec<bool>,
-    /// Pages on the guest's ballooned list.
-    pub guest_list: Vec<usize>,
+    /// The guest's ballooned runs, linked through the pages' own fields as
+    /// the kernel glue links them (the driver's run list itself).
+    ballooned_runs: RunList<usize>,
+    page_fields: PageFields,
     /// Fail this many allocations from now on.
     pub fail_allocs: usize,
     /// Keep this many pages that alloc_page never hands out (memory "runs low").
@@ -126,7 +129,11 @@ impl World {
             total_pages,
             free: (0..total_pages).rev().collect(),
             allocated: vec![false; total_pages],
-            guest_list: Vec::new(),
+            ballooned_runs: RunList::new(),
+            page_fields: PageFields {
+                next: vec![None; total_pages],
+                len: vec![0; total_pages],
+            },
             fail_allocs: 0,
             reserve: 0,
             alloc_calls: 0,
@@ -162,6 +169,14 @@ impl World {
         let off = phys.checked_sub(RAM_BASE)?;
         let page = (off / self.page_size) as usize;
         (page < self.total_pages).then_some(page)
+    }
+
+    /// Pages on the guest's ballooned list, last listed first.
+    pub fn guest_list(&self) -> Vec<usize> {
+        self.ballooned_runs
+            .runs(&self.page_fields)
+            .flat_map(|(first, n)| first..first + n)
+            .collect()
     }
 
     /// Buffers posted and not yet returned on `queue`.
@@ -279,7 +294,7 @@ impl World {
             let n = r.len / self.page_size;
             for page in first as usize..(first + n) as usize {
                 if !self.reporter_pages.contains(&page) {
-                    let what = if self.guest_list.contains(&page) {
+                    let what = if self.guest_list().contains(&page) {
                         "ballooned"
                     } else {
                         "in use"
@@ -543,24 +558,44 @@ impl Memory for SimMemory {
             if page >= w.total_pages || !w.allocated[page] {
                 w.violation(format!("page {page} listed as ballooned but not allocated"));
             }
-            w.guest_list.push(page);
         }
+        let w = &mut *w;
+        w.ballooned_runs.push(&mut w.page_fields, first, n);
     }
 
     fn pop_ballooned(&mut self, max: usize) -> Option<(usize, usize)> {
-        let mut w = self.0.borrow_mut();
-        let last = *w.guest_list.last()?;
-        // The tail of the last run: consecutive pages ending at `last`.
-        let mut n = 1;
-        while n < max
-            && n < w.guest_list.len()
-            && w.guest_list[w.guest_list.len() - 1 - n] + n == last
-        {
-            n += 1;
-        }
-        let keep = w.guest_list.len() - n;
-        w.guest_list.truncate(keep);
-        Some((last + 1 - n, n))
+        let w = &mut *self.0.borrow_mut();
+        w.ballooned_runs.pop(&mut w.page_fields, max)
+    }
+}
+
+/// The list fields of each simulated page (`plinks.q` and `pindex` in
+/// FreeBSD). Page structures are one array, as within one vm_phys segment.
+#[derive(Debug)]
+struct PageFields {
+    next: Vec<Option<usize>>,
+    len: Vec<usize>,
+}
+
+impl RunPages for PageFields {
+    type Page = usize;
+    fn next(&self, first: usize) -> Option<usize> {
+        self.next[first]
+    }
+    fn set_next(&mut self, first: usize, next: Option<usize>) {
+        self.next[first] = next;
+    }
+    fn len(&self, first: usize) -> usize {
+        self.len[first]
+    }
+    fn set_len(&mut self, first: usize, n: usize) {
+        self.len[first] = n;
+    }
+    fn array_nth(&self, first: usize, i: usize) -> usize {
+        first + i
+    }
+    fn phys_nth(&self, first: usize, i: usize) -> Option<usize> {
+        (first + i < self.len.len()).then_some(first + i)
     }
 }
 
