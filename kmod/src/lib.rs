@@ -13,10 +13,12 @@
 pub mod avail;
 pub mod balloon;
 pub mod counters;
+pub mod nodes;
 pub mod platform;
 pub mod protocol;
 pub mod reporting;
 pub mod runlist;
+pub mod sleep;
 pub mod stats;
 
 #[cfg(feature = "kernel")]

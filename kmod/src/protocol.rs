@@ -29,6 +29,34 @@ bitflags! {
     }
 }
 
+impl Features {
+    /// What of these features (offered, or left by negotiation) the driver
+    /// can use: STATS_PUSH only together with STATS_VQ, the queue it pushes
+    /// statistics on.
+    pub fn usable(self) -> Features {
+        if self.contains(Features::STATS_VQ) {
+            self
+        } else {
+            self - Features::STATS_PUSH
+        }
+    }
+}
+
+/// The features the driver asks for.
+pub const WANTED: Features = Features::MUST_TELL_HOST
+    .union(Features::STATS_VQ)
+    .union(Features::DEFLATE_ON_OOM)
+    .union(Features::REPORTING)
+    .union(Features::STATS_PUSH)
+    .union(Features::VERSION_1);
+
+/// The features in use after negotiation, from what the transport left of
+/// [`WANTED`] (`virtio_negotiate_features`): bits the driver does not know
+/// are dropped, and STATS_PUSH without STATS_VQ.
+pub fn negotiated(got: u64) -> Features {
+    Features::from_bits_truncate(got).usable()
+}
+
 /// Bit number of the proposed STATS_PUSH feature. Other proposals claim bit 6
 /// too; change it here and nowhere else.
 pub const STATS_PUSH_BIT: u32 = 6;
@@ -51,6 +79,29 @@ pub struct Config {
     pub poison_val: u32,
     /// STATS_PUSH proposal: push period in milliseconds, 0 = pull only.
     pub stats_push_interval_ms: u32,
+}
+
+/// A 32-bit config field as the transport read it from the device
+/// (`virtio_read_device_config`): a modern (VERSION_1) transport converts
+/// the little-endian field itself; a legacy one hands over its bytes as
+/// they are, and the balloon's legacy config is little-endian too (unlike
+/// other legacy devices', which are guest-endian).
+pub fn config_from_device(raw: u32, features: Features) -> u32 {
+    if features.contains(Features::VERSION_1) {
+        raw
+    } else {
+        u32::from_le(raw)
+    }
+}
+
+/// A 32-bit config value as the transport writes it to the device
+/// (`virtio_write_device_config`): the inverse of [`config_from_device`].
+pub fn config_to_device(value: u32, features: Features) -> u32 {
+    if features.contains(Features::VERSION_1) {
+        value
+    } else {
+        value.to_le()
+    }
 }
 
 /// Byte offsets of the config fields.
@@ -303,6 +354,35 @@ mod tests {
         assert_eq!(config_len(Features::empty()), 8);
         assert_eq!(config_len(Features::PAGE_POISON), 16);
         assert_eq!(config_len(Features::STATS_PUSH | Features::STATS_VQ), 20);
+    }
+
+    #[test]
+    fn stats_push_needs_the_stats_queue() {
+        let offered = Features::STATS_PUSH | Features::MUST_TELL_HOST;
+        assert_eq!(offered.usable(), Features::MUST_TELL_HOST);
+        let with_vq = offered | Features::STATS_VQ;
+        assert_eq!(with_vq.usable(), with_vq);
+    }
+
+    #[test]
+    fn negotiation_keeps_known_bits_the_driver_can_use() {
+        assert!(WANTED.contains(Features::VERSION_1 | Features::STATS_PUSH));
+        assert!(!WANTED.contains(Features::FREE_PAGE_HINT | Features::PAGE_POISON));
+        let got = (Features::DEFLATE_ON_OOM | Features::STATS_PUSH).bits() | 1 << 40;
+        assert_eq!(negotiated(got), Features::DEFLATE_ON_OOM);
+        assert_eq!(negotiated(WANTED.bits()), WANTED);
+    }
+
+    #[test]
+    fn legacy_config_is_little_endian_modern_is_converted_by_the_transport() {
+        let v = 0x0102_0304u32;
+        // A legacy transport's raw read: the field's little-endian bytes.
+        let legacy_raw = u32::from_ne_bytes(v.to_le_bytes());
+        assert_eq!(config_from_device(legacy_raw, Features::empty()), v);
+        assert_eq!(config_from_device(v, Features::VERSION_1), v);
+        let written = config_to_device(v, Features::empty());
+        assert_eq!(written.to_ne_bytes(), v.to_le_bytes());
+        assert_eq!(config_to_device(v, Features::VERSION_1), v);
     }
 
     #[test]

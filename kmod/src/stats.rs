@@ -90,11 +90,7 @@ impl Stats {
     /// Feature bits to negotiate given what the device offers: STATS_PUSH
     /// only together with STATS_VQ.
     pub fn filter_features(offered: Features) -> Features {
-        if offered.contains(Features::STATS_VQ) {
-            offered
-        } else {
-            offered - Features::STATS_PUSH
-        }
+        offered.usable()
     }
 }
 

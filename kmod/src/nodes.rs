@@ -1,0 +1,341 @@
+//! The sysctl nodes under `dev.vtballoonrs.<unit>.`: one table of plain
+//! data. The kernel glue registers every node from it (one handler reads
+//! and writes them by [`Id`]); the in-guest test program includes this file
+//! by `#[path]` and checks the same list (presence, descriptions, read-only
+//! nodes refusing writes, settings refusing what [`Accepts`] refuses).
+//!
+//! Self-contained on purpose: `core` only, nothing from the rest of the
+//! driver crate, so another crate can include it as a module.
+
+use core::ffi::CStr;
+
+/// What a node holds and who may write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A read-only 64-bit number (`QU`).
+    U64,
+    /// Read-only text (`A`).
+    Text,
+    /// A setting: a read-write integer (`I`), also a loader tunable, taking
+    /// the values it [`Accepts`]; anything else gets EINVAL and changes
+    /// nothing.
+    Setting(Accepts),
+}
+
+/// The values a setting takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    /// 0 or 1.
+    Flag,
+    /// `min..=max`.
+    Range { min: u32, max: u32 },
+    /// A power of two from 1 to `max`.
+    PowerOfTwo { max: u32 },
+}
+
+impl Accepts {
+    /// The setting value for `v`, if it is one this setting takes.
+    pub fn check(self, v: i64) -> Option<u32> {
+        let v = u32::try_from(v).ok()?;
+        let ok = match self {
+            Accepts::Flag => v <= 1,
+            Accepts::Range { min, max } => (min..=max).contains(&v),
+            Accepts::PowerOfTwo { max } => v.is_power_of_two() && v <= max,
+        };
+        ok.then_some(v)
+    }
+
+    /// Values next to the accepted ones that must be refused: for the
+    /// in-guest test's EINVAL checks.
+    pub fn refused(self) -> impl Iterator<Item = i64> {
+        let edge = match self {
+            Accepts::Flag => [Some(2), None, None],
+            Accepts::Range { min, max } => [
+                min.checked_sub(1).map(i64::from),
+                Some(i64::from(max) + 1),
+                None,
+            ],
+            Accepts::PowerOfTwo { max } => [Some(0), Some(3), Some(i64::from(max) * 2)],
+        };
+        edge.into_iter().flatten().chain([-1])
+    }
+}
+
+/// Which value a node shows (the glue maps each to its source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Id {
+    TargetPages,
+    ActualPages,
+    TargetBytes,
+    ActualBytes,
+    HeldBytes,
+    MemoryAccounting,
+    InflatedPages,
+    DeflatedPages,
+    LowmemEvents,
+    LowmemPages,
+    ConfigChanges,
+    AllocFailures,
+    HostTimeouts,
+    Errors,
+    BuffersPosted,
+    StatsRequests,
+    StatsPushes,
+    StatsErrors,
+    StatsPushIntervalMs,
+    Features,
+    Debug,
+    OomBatchPages,
+    InflateRunPages,
+    MemoryBytes,
+    NotifyUs,
+    LowmemLastUs,
+    ThreadWakeups,
+    ReportWakeups,
+    KickThread,
+    StatsLinuxTags,
+    ReportEnabled,
+    ReportBlocks,
+    ReportBytes,
+    ReportInflight,
+    ReportAcks,
+    ReportErrors,
+    ReportPasses,
+    ReportTimeMs,
+}
+
+/// One node.
+#[derive(Debug, Clone, Copy)]
+pub struct Node {
+    /// The leaf name under `dev.vtballoonrs.<unit>.`.
+    pub name: &'static CStr,
+    /// What `sysctl -d` shows.
+    pub descr: &'static CStr,
+    pub kind: Kind,
+    pub id: Id,
+    /// Only when free page reporting is negotiated (and set up).
+    pub reporting: bool,
+}
+
+impl Node {
+    pub fn writable(&self) -> bool {
+        matches!(self.kind, Kind::Setting(_))
+    }
+}
+
+const fn node(name: &'static CStr, descr: &'static CStr, kind: Kind, id: Id) -> Node {
+    Node {
+        name,
+        descr,
+        kind,
+        id,
+        reporting: false,
+    }
+}
+
+const fn report(name: &'static CStr, descr: &'static CStr, kind: Kind, id: Id) -> Node {
+    Node {
+        reporting: true,
+        ..node(name, descr, kind, id)
+    }
+}
+
+use self::Kind::{Setting, Text, U64};
+
+/// Every node, in registration order.
+pub const NODES: &[Node] = &[
+    node(c"target_pages", c"Host's balloon target (4 KiB pages)", U64, Id::TargetPages),
+    node(c"actual_pages", c"Pages the host holds now (4 KiB pages)", U64, Id::ActualPages),
+    node(c"target_bytes", c"Host's balloon target in bytes", U64, Id::TargetBytes),
+    node(c"actual_bytes", c"Balloon size in bytes", U64, Id::ActualBytes),
+    node(
+        c"held_bytes",
+        c"Guest memory the balloon holds (not free, not on any page queue)",
+        U64,
+        Id::HeldBytes,
+    ),
+    node(
+        c"memory_accounting",
+        c"How ballooned memory counts for the guest",
+        Text,
+        Id::MemoryAccounting,
+    ),
+    node(c"inflated_pages", c"Pages given to the host since attach", U64, Id::InflatedPages),
+    node(
+        c"deflated_pages",
+        c"Pages taken back from the host since attach",
+        U64,
+        Id::DeflatedPages,
+    ),
+    node(
+        c"lowmem_events",
+        c"vm_lowmem events handled (DEFLATE_ON_OOM)",
+        U64,
+        Id::LowmemEvents,
+    ),
+    node(c"lowmem_pages", c"Pages deflated because of vm_lowmem", U64, Id::LowmemPages),
+    node(c"config_changes", c"Host configuration changes seen", U64, Id::ConfigChanges),
+    node(
+        c"alloc_failures",
+        c"Page allocations that failed while inflating",
+        U64,
+        Id::AllocFailures,
+    ),
+    node(c"host_timeouts", c"Waits for the host that timed out", U64, Id::HostTimeouts),
+    node(c"errors", c"Queue errors and unusable pages", U64, Id::Errors),
+    node(c"buffers_posted", c"PFN buffers posted to the host", U64, Id::BuffersPosted),
+    node(c"stats_requests", c"Statistics requests from the host", U64, Id::StatsRequests),
+    node(
+        c"stats_pushes",
+        c"Statistics pushed on the STATS_PUSH timer",
+        U64,
+        Id::StatsPushes,
+    ),
+    node(
+        c"stats_errors",
+        c"Statistics buffers that could not be queued",
+        U64,
+        Id::StatsErrors,
+    ),
+    node(
+        c"stats_push_interval_ms",
+        c"STATS_PUSH period set by the host (0: pull only)",
+        U64,
+        Id::StatsPushIntervalMs,
+    ),
+    node(c"features", c"Negotiated virtio features", Text, Id::Features),
+    node(
+        c"debug",
+        c"Rate-limited diagnostics on the console (0/1)",
+        Setting(Accepts::Flag),
+        Id::Debug,
+    ),
+    node(
+        c"oom_batch_pages",
+        c"Pages deflated per vm_lowmem event (1-65536)",
+        Setting(Accepts::Range { min: 1, max: 65_536 }),
+        Id::OomBatchPages,
+    ),
+    node(
+        c"inflate_run_pages",
+        c"Largest physically contiguous run taken at once when inflating, in pages (power of two, 1-256; 1: page by page)",
+        Setting(Accepts::PowerOfTwo { max: 256 }),
+        Id::InflateRunPages,
+    ),
+    node(
+        c"memory_bytes",
+        c"Memory the driver allocates for this device, whatever the balloon size (0 bytes per ballooned page; kernel thread stacks not counted)",
+        U64,
+        Id::MemoryBytes,
+    ),
+    node(
+        c"notify_us",
+        c"Microseconds spent notifying the host of inflate/deflate buffers (QEMU discards the pages before it returns)",
+        U64,
+        Id::NotifyUs,
+    ),
+    node(
+        c"lowmem_last_us",
+        c"Microseconds the last vm_lowmem deflate took (guest time, host ack included)",
+        U64,
+        Id::LowmemLastUs,
+    ),
+    node(
+        c"thread_wakeups",
+        c"Times the balloon thread woke up (none while the target is reached)",
+        U64,
+        Id::ThreadWakeups,
+    ),
+    node(
+        c"report_wakeups",
+        c"Times the reporting thread woke up",
+        U64,
+        Id::ReportWakeups,
+    ),
+    node(
+        c"kick_thread",
+        c"Notify the host from a thread on another CPU (0/1); applies at next attach",
+        Setting(Accepts::Flag),
+        Id::KickThread,
+    ),
+    node(
+        c"stats_linux_tags",
+        c"Also send Linux-only stat tags 12 and 14 (0/1); applies at next attach",
+        Setting(Accepts::Flag),
+        Id::StatsLinuxTags,
+    ),
+    report(
+        c"report_enabled",
+        c"Free page reporting on (0/1)",
+        Setting(Accepts::Flag),
+        Id::ReportEnabled,
+    ),
+    report(
+        c"report_blocks",
+        c"Free 2 MiB blocks reported to the host",
+        U64,
+        Id::ReportBlocks,
+    ),
+    report(
+        c"report_bytes",
+        c"Bytes of free memory reported to the host",
+        U64,
+        Id::ReportBytes,
+    ),
+    report(
+        c"report_inflight",
+        c"Blocks held out of the free lists right now",
+        U64,
+        Id::ReportInflight,
+    ),
+    report(c"report_acks", c"Reports the host acknowledged", U64, Id::ReportAcks),
+    report(c"report_errors", c"Reports that failed or timed out", U64, Id::ReportErrors),
+    report(c"report_passes", c"Reporting passes run", U64, Id::ReportPasses),
+    report(c"report_time_ms", c"Milliseconds spent reporting", U64, Id::ReportTimeMs),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_every_node_is_described() {
+        for (i, n) in NODES.iter().enumerate() {
+            assert!(!n.descr.is_empty(), "{:?} has no description", n.name);
+            assert!(
+                NODES[..i].iter().all(|m| m.name != n.name && m.id != n.id),
+                "{:?} twice",
+                n.name
+            );
+        }
+    }
+
+    #[test]
+    fn flags_take_0_and_1_only() {
+        assert_eq!(Accepts::Flag.check(0), Some(0));
+        assert_eq!(Accepts::Flag.check(1), Some(1));
+        assert!(Accepts::Flag
+            .refused()
+            .all(|v| Accepts::Flag.check(v).is_none()));
+        assert_eq!(Accepts::Flag.refused().collect::<Vec<_>>(), [2, -1]);
+    }
+
+    #[test]
+    fn ranges_and_powers_of_two_refuse_their_neighbours() {
+        let r = Accepts::Range {
+            min: 1,
+            max: 65_536,
+        };
+        assert_eq!(r.check(1), Some(1));
+        assert_eq!(r.check(65_536), Some(65_536));
+        assert_eq!(r.refused().collect::<Vec<_>>(), [0, 65_537, -1]);
+        assert!(r.refused().all(|v| r.check(v).is_none()));
+        let p = Accepts::PowerOfTwo { max: 256 };
+        assert!([1, 2, 16, 256]
+            .iter()
+            .all(|&v| p.check(v) == Some(v as u32)));
+        assert_eq!(p.refused().collect::<Vec<_>>(), [0, 3, 512, -1]);
+        assert!(p.refused().all(|v| p.check(v).is_none()));
+        assert_eq!(p.check(i64::from(u32::MAX) + 1), None, "no wrap-around");
+    }
+}

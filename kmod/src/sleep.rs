@@ -1,0 +1,193 @@
+//! When the driver's kernel threads sleep, and for how long.
+//!
+//! The balloon thread sleeps with no timer while the target is reached (it
+//! wakes only for a host config change, WANTSIZE), steps again at once while
+//! there is work, and pauses after a step that could not go on: the
+//! balloon's own backoff when the guest is short of memory, a fixed pause
+//! after a host or queue failure. A config change ends any sleep. The
+//! kernel glue asks [`BalloonThread::next`] with its wait lock held, so a
+//! wakeup cannot fall between the decision and the sleep.
+
+use crate::balloon::Step;
+
+/// Pause after a failed balloon step (host timeout, full queue).
+pub const FAILED_STEP_PAUSE_MS: u32 = 1_000;
+
+/// What the balloon thread does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Detach: leave the loop.
+    Stop,
+    /// Take a balloon step; `config`: a host config change came first.
+    Step { config: bool },
+    /// Sleep until woken, for at most `ms` (0: no timeout), then ask again.
+    Sleep { ms: u32 },
+}
+
+/// What the balloon thread waits for between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Nothing: step again.
+    Nothing,
+    /// A config change (the target is reached).
+    Config,
+    /// This long, or a config change.
+    Ms(u32),
+}
+
+/// The balloon thread's sleep policy.
+#[derive(Debug, Clone)]
+pub struct BalloonThread {
+    wait: Wait,
+}
+
+impl Default for BalloonThread {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BalloonThread {
+    /// A thread that steps at once (attach sets a config change pending).
+    pub const fn new() -> Self {
+        BalloonThread {
+            wait: Wait::Nothing,
+        }
+    }
+
+    /// Decides, with the wait lock held: `stopping` (detach), `config` (a
+    /// config change was pending and is now taken), `timed_out` (the sleep
+    /// this thread just woke from ran out; false when it did not sleep).
+    pub fn next(&mut self, stopping: bool, config: bool, timed_out: bool) -> Next {
+        if stopping {
+            return Next::Stop;
+        }
+        if config {
+            return Next::Step { config: true };
+        }
+        match self.wait {
+            Wait::Nothing => Next::Step { config: false },
+            Wait::Config => Next::Sleep { ms: 0 },
+            Wait::Ms(_) if timed_out => Next::Step { config: false },
+            // Woken early by something else: the pause goes on.
+            Wait::Ms(ms) => Next::Sleep { ms },
+        }
+    }
+
+    /// Records how the last step ended.
+    pub fn stepped(&mut self, step: Step) {
+        self.wait = match step {
+            Step::Idle => Wait::Config,
+            Step::More | Step::Backoff { ms: 0 } => Wait::Nothing,
+            Step::Backoff { ms } => Wait::Ms(ms),
+            Step::Failed(_) => Wait::Ms(FAILED_STEP_PAUSE_MS),
+        };
+    }
+}
+
+/// The reporting thread's sleep before its next pass: `pause_ms` while
+/// reporting is on, until woken (0: no timeout) while it is off.
+pub fn report_sleep_ms(enabled: bool, pause_ms: u32) -> u32 {
+    if enabled {
+        pause_ms.max(1)
+    } else {
+        0
+    }
+}
+
+/// A duration in kernel ticks at `hz` ticks a second, rounded up: at least
+/// one tick (a callout or sleep of 0 ticks means something else), at most
+/// `i32::MAX`.
+pub fn ms_to_ticks(ms: u32, hz: u32) -> i32 {
+    let t = (u64::from(ms) * u64::from(hz)).div_ceil(1000);
+    i32::try_from(t.max(1)).unwrap_or(i32::MAX)
+}
+
+/// The timeout of a sleep of at most `ms` milliseconds in ticks, as
+/// msleep(9) takes it: 0 ms is no timeout (0 ticks).
+pub fn sleep_ticks(ms: u32, hz: u32) -> i32 {
+    if ms == 0 {
+        0
+    } else {
+        ms_to_ticks(ms, hz)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::Error;
+
+    #[test]
+    fn idle_sleeps_without_a_timer_until_a_config_change() {
+        let mut t = BalloonThread::new();
+        assert_eq!(t.next(false, false, false), Next::Step { config: false });
+        t.stepped(Step::Idle);
+        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 0 });
+        // A wakeup that is not a config change (detach's, a spurious one).
+        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 0 });
+        assert_eq!(t.next(false, true, false), Next::Step { config: true });
+    }
+
+    #[test]
+    fn more_work_steps_again_at_once() {
+        let mut t = BalloonThread::new();
+        t.stepped(Step::More);
+        assert_eq!(t.next(false, false, false), Next::Step { config: false });
+    }
+
+    #[test]
+    fn backoff_sleeps_its_time_then_steps() {
+        let mut t = BalloonThread::new();
+        t.stepped(Step::Backoff { ms: 400 });
+        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 400 });
+        // Woken early, not by the host: keeps pausing.
+        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 400 });
+        assert_eq!(t.next(false, false, true), Next::Step { config: false });
+        // A config change cuts the pause short.
+        t.stepped(Step::Backoff { ms: 400 });
+        assert_eq!(t.next(false, true, false), Next::Step { config: true });
+        // A pause of 0 is none (a sleep of 0 would have no timeout).
+        t.stepped(Step::Backoff { ms: 0 });
+        assert_eq!(t.next(false, false, false), Next::Step { config: false });
+    }
+
+    #[test]
+    fn a_failed_step_pauses_a_second() {
+        let mut t = BalloonThread::new();
+        t.stepped(Step::Failed(Error::Timeout));
+        assert_eq!(
+            t.next(false, false, false),
+            Next::Sleep {
+                ms: FAILED_STEP_PAUSE_MS
+            }
+        );
+        assert_eq!(t.next(false, false, true), Next::Step { config: false });
+    }
+
+    #[test]
+    fn stopping_wins_over_everything() {
+        let mut t = BalloonThread::new();
+        assert_eq!(t.next(true, true, false), Next::Stop);
+        t.stepped(Step::Idle);
+        assert_eq!(t.next(true, false, false), Next::Stop);
+    }
+
+    #[test]
+    fn the_reporter_sleeps_until_switched_on_when_off() {
+        assert_eq!(report_sleep_ms(true, 2_000), 2_000);
+        assert_eq!(report_sleep_ms(true, 0), 1);
+        assert_eq!(report_sleep_ms(false, 2_000), 0);
+    }
+
+    #[test]
+    fn ticks_round_up_and_stay_positive() {
+        assert_eq!(ms_to_ticks(1_000, 1_000), 1_000);
+        assert_eq!(ms_to_ticks(1, 100), 1, "10 ms ticks: 1 ms is one tick");
+        assert_eq!(ms_to_ticks(15, 100), 2);
+        assert_eq!(ms_to_ticks(0, 1_000), 1);
+        assert_eq!(ms_to_ticks(u32::MAX, u32::MAX), i32::MAX);
+        assert_eq!(sleep_ticks(0, 1_000), 0, "no timeout");
+        assert_eq!(sleep_ticks(5_000, 1_000), 5_000);
+    }
+}
