@@ -23,6 +23,7 @@ use crate::counters::{BalloonCounters, Counter, Gauge, StatsCounters};
 use crate::platform::VmCounters;
 use crate::protocol::{feature_names, Features, Queue};
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter};
+use crate::sleep::{report_sleep_ms, BalloonThread, Next};
 use crate::stats::{PushTimer, Stats};
 
 /// Features we ask for; STATS_PUSH only when offered together with STATS_VQ.
@@ -35,9 +36,6 @@ const WANTED: Features = Features::MUST_TELL_HOST
 
 /// A TAILQ head (two pointers), allocated for the ballooned and parked lists.
 const PAGELIST_HEAD_BYTES: usize = 16;
-
-/// Pause after a failed balloon step (host timeout, full queue).
-const FAILED_STEP_PAUSE_MS: u32 = 1_000;
 
 pub struct BalloonSide {
     pub balloon: Balloon<StateRef<BalloonCounters>>,
@@ -637,40 +635,30 @@ unsafe extern "C" fn vtbrs_rs_config_change(state: *mut c_void) {
 }
 
 /// The balloon kthread: sleeps until the host changes its config, then
-/// resizes; no timer while idle.
+/// resizes; no timer while idle (the policy is [`BalloonThread`]'s).
 unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
     st.kick.avoid_my_cpu();
-    let mut idle = false;
-    let mut pause_ms = 0u32;
+    let mut policy = BalloonThread::new();
     loop {
-        let mut config = false;
-        {
+        // Decided under the lock the config change handler wakes us with.
+        let next = {
             let g = st.wait.lock();
+            let mut timed_out = false;
             loop {
-                if st.stopping.load(Ordering::Acquire) {
-                    break;
-                }
-                if st.config_pending.swap(false, Ordering::AcqRel) {
-                    config = true;
-                    break;
-                }
-                if !idle && pause_ms == 0 {
-                    break;
-                }
-                // Idle: no timeout; backing off: `pause_ms`.
-                let timed_out = g.sleep(st.thread_chan(), cstr!("vtbidle"), pause_ms);
-                st.thread_wakeups.inc();
-                if timed_out && pause_ms > 0 {
-                    break;
+                let stopping = st.stopping.load(Ordering::Acquire);
+                let config = !stopping && st.config_pending.swap(false, Ordering::AcqRel);
+                match policy.next(stopping, config, timed_out) {
+                    Next::Sleep { ms } => {
+                        timed_out = g.sleep(st.thread_chan(), cstr!("vtbidle"), ms);
+                        st.thread_wakeups.inc();
+                    }
+                    next => break next,
                 }
             }
-        }
-        if st.stopping.load(Ordering::Acquire) {
-            break;
-        }
-        pause_ms = 0;
+        };
+        let Next::Step { config } = next else { break };
         let step = st.balloon.with(|side| {
             let mut dev = st.balloon_device(&mut side.bufs);
             side.balloon
@@ -680,24 +668,17 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             }
             side.balloon.step(&mut dev, &mut side.mem)
         });
-        idle = false;
+        policy.stepped(step);
         match step {
-            Step::Idle => idle = true,
-            Step::More => {}
-            Step::Backoff { ms } => {
-                st.diag(
-                    cstr!("inflate: guest short of memory, backing off ms"),
-                    u64::from(ms),
-                );
-                pause_ms = ms;
-            }
-            Step::Failed(e) => {
-                st.diag(
-                    cstr!("balloon: host did not answer / queue error"),
-                    e as u64,
-                );
-                pause_ms = FAILED_STEP_PAUSE_MS;
-            }
+            Step::Backoff { ms } => st.diag(
+                cstr!("inflate: guest short of memory, backing off ms"),
+                u64::from(ms),
+            ),
+            Step::Failed(e) => st.diag(
+                cstr!("balloon: host did not answer / queue error"),
+                e as u64,
+            ),
+            Step::Idle | Step::More => {}
         }
     }
     thread_exit(st)
@@ -739,12 +720,8 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
         {
             let g = st.wait.lock();
             if !st.stopping.load(Ordering::Acquire) {
-                // Off: sleep until the sysctl switches it on (0: no timeout).
-                let ms = if st.report_enabled.load(Ordering::Acquire) {
-                    pause.max(1)
-                } else {
-                    0
-                };
+                // Off: sleep until the sysctl switches it on.
+                let ms = report_sleep_ms(st.report_enabled.load(Ordering::Acquire), pause);
                 g.sleep(st.report_chan(), cstr!("vtbreport"), ms);
                 st.report_wakeups.inc();
             }
