@@ -11,6 +11,109 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
+/// Exported kernel functions (in the kernel's symbol table, not macros or
+/// static inlines) the glue calls directly.
+const KERNEL_FUNCTIONS: &[&str] = &[
+    "malloc",
+    "malloc_aligned",
+    "free",
+    "printf",
+    "device_printf",
+    "panic",
+    "binuptime",
+    "getbinuptime",
+    "pause_sbt",
+    "wakeup",
+    "sx_init_flags",
+    "sx_destroy",
+    "_callout_stop_safe",
+    "kthread_add",
+    "kthread_exit",
+    "taskqueue_create",
+    "taskqueue_enqueue",
+    "taskqueue_drain",
+    "taskqueue_free",
+    "taskqueue_start_threads",
+    "taskqueue_start_threads_cpuset",
+    "taskqueue_thread_enqueue",
+    "cpuset_setthread",
+    "bus_topo_lock",
+    "bus_topo_unlock",
+    "eventhandler_register",
+    "eventhandler_find_list",
+    "eventhandler_deregister",
+    "vm_page_alloc_noobj",
+    "vm_page_alloc_noobj_contig",
+    "vm_page_free",
+    "PHYS_TO_VM_PAGE",
+    "vm_free_count",
+    "vm_inactive_count",
+    "vm_laundry_count",
+    "vm_active_count",
+    "counter_u64_fetch",
+    "swap_pager_status",
+    "device_get_softc",
+    "device_get_nameunit",
+    "device_get_sysctl_tree",
+    "virtio_negotiate_features",
+    "virtio_finalize_features",
+    "virtio_alloc_virtqueues",
+    "virtio_setup_intr",
+    "virtio_reinit_complete",
+    "virtio_read_device_config",
+    "virtio_write_device_config",
+    "virtio_stop",
+    "virtqueue_enqueue",
+    "virtqueue_notify",
+    "virtqueue_dequeue",
+    "virtqueue_drain",
+    "virtqueue_enable_intr",
+    "virtqueue_nused",
+    "sglist_append",
+    "sglist_append_phys",
+    "sysctl_ctx_init",
+    "sysctl_ctx_free",
+    "sysctl_add_oid",
+    "sysctl_handle_64",
+    "sysctl_handle_int",
+    "sysctl_handle_string",
+];
+/// Kernel globals the glue reads.
+const KERNEL_VARS: &[&str] = &[
+    "hz",
+    "tick_sbt",
+    "Maxmem",
+    "mp_ncpus",
+    "mp_maxid",
+    "all_cpus",
+    "taskqueue_thread",
+    "vm_cnt",
+];
+/// Plain constants from the headers.
+const KERNEL_CONSTS: &[&str] = &[
+    "PAGE_SIZE",
+    "PAGE_SHIFT",
+    "ENOMEM|EINVAL|ENXIO|EBUSY|ETIMEDOUT|EWOULDBLOCK|ENOSPC",
+    "M_NOWAIT",
+    "M_ZERO",
+    "VM_ALLOC_NOWAIT",
+    "VM_ALLOC_NORECLAIM",
+    "VM_ALLOC_NODUMP",
+    "CTLFLAG_RD",
+    "CTLFLAG_RWTUN",
+    "CTLFLAG_STATS",
+    "CTLFLAG_MPSAFE",
+    "CTLTYPE_U64",
+    "CTLTYPE_INT",
+    "CTLTYPE_STRING",
+    "OID_AUTO",
+    "PVM",
+    "CS_DRAIN",
+    "C_HARDCLOCK",
+    "EVENTHANDLER_PRI_FIRST",
+    "VIRTQUEUE_MAX_NAME_SZ",
+    "INTR_TYPE_MISC",
+];
 const CLANG_TARGET: &str = "x86_64-unknown-freebsd14.2";
 /// Interface files whose generated headers the shim and bindings need.
 const INTERFACES: &[&str] = &[
@@ -40,6 +143,10 @@ const KERNEL_CFLAGS: &[&str] = &[
     "-fno-asynchronous-unwind-tables",
     "-D_KERNEL",
     "-DKLD_MODULE",
+    // The kernels this module loads into are SMP (GENERIC is): without it
+    // MAXCPU is 1 and cpuset_t one word instead of the kernel's 1024 bits,
+    // so the kernel would read past every cpuset_t the module passes it.
+    "-DSMP",
     "-nostdinc",
 ];
 
@@ -184,26 +291,26 @@ fn generate_bindings(cflags: &[String], out: &Path) {
         .clang_args(&args)
         .use_core()
         .ctypes_prefix("core::ffi")
-        .layout_tests(false)
         .derive_default(true)
         .generate_comments(false)
+        .prepend_enum_name(false)
+        // Checked at compile time: Rust's layout of every generated struct
+        // is the one clang computed from the headers.
+        .layout_tests(true)
+        // The shim's one-line wrappers (macros, static inlines), the Rust
+        // entry points it calls, its softc and constants.
         .allowlist_function("vtbrs_.*")
         .allowlist_type("vtbrs_.*")
-        .allowlist_type("device_t")
-        .allowlist_type("vm_page")
-        .allowlist_type("mtx")
-        .allowlist_type("sx")
-        .allowlist_type("callout")
-        .allowlist_type("timeval")
-        .allowlist_type("task")
-        .allowlist_type("sysctl_ctx_list")
-        .allowlist_var(
-            "PAGE_SIZE|PAGE_SHIFT|ENOMEM|EINVAL|ENXIO|EBUSY|ETIMEDOUT|EWOULDBLOCK|ENOSPC",
-        )
-        .allowlist_var("VTBRS_.*")
+        .allowlist_var("VTBRS_.*|M_VTBRS")
+        // Exported kernel functions the glue calls directly.
+        .allowlist_function(KERNEL_FUNCTIONS.join("|"))
+        .allowlist_var(KERNEL_VARS.join("|"))
+        .allowlist_var(KERNEL_CONSTS.join("|"))
+        .allowlist_type("device_t|vm_page|sysctl_oid|sysctl_req|vq_alloc_info|sglist|sglist_seg")
+        .allowlist_type("bintime|cpuset_t|vmmeter|mtx|sx|callout|task|sysctl_ctx_list|timeval")
         // Kernel objects Rust only stores and hands back: their size and
         // alignment, never their fields.
-        .opaque_type("mtx|sx|callout|vm_page|task|sysctl_ctx_list")
+        .opaque_type("mtx|sx|callout|task|sysctl_ctx_list|taskqueue|eventhandler_list|thread|proc")
         .generate()
         .expect("bindgen over the FreeBSD headers");
     bindings

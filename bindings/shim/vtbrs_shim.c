@@ -42,7 +42,7 @@
 #include "virtio_if.h"
 #include "vtbrs_shim.h"
 
-static MALLOC_DEFINE(M_VTBRS, "vtballoonrs", "VirtIO balloon driver (Rust)");
+MALLOC_DEFINE(M_VTBRS, "vtballoonrs", "VirtIO balloon driver (Rust)");
 
 struct vtbrs_softc {
 	void		*state;		/* the Rust state; NULL when quiesced */

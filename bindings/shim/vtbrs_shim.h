@@ -21,6 +21,8 @@ struct sysctl_oid;
 struct task;
 typedef struct _device *device_t;
 
+MALLOC_DECLARE(M_VTBRS);
+
 /* Counters the balloon logic reads; mirrors kmod's VmCounters. */
 struct vtbrs_vmcounters {
 	uint64_t page_size, page_count, free, inactive, laundry, active, wired;
