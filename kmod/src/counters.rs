@@ -10,7 +10,7 @@
 //! aliases the `&mut` a lock holder has.
 
 use core::ops::Deref;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Counters kept inside the object that updates them.
 #[derive(Debug, Default)]
@@ -67,6 +67,33 @@ impl Gauge {
     }
 }
 
+/// At most a few events a second, from any thread (diagnostics on the
+/// console). Racing callers may let an extra one through, never block.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    /// The second of the last event, plus one (0: none yet).
+    second: AtomicU64,
+    count: AtomicU32,
+}
+
+impl RateLimit {
+    pub const fn new() -> Self {
+        RateLimit {
+            second: AtomicU64::new(0),
+            count: AtomicU32::new(0),
+        }
+    }
+
+    /// True if an event at `now_ms` is among the first `max` of its second.
+    pub fn allow(&self, now_ms: u64, max: u32) -> bool {
+        let second = now_ms / 1000 + 1;
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < max
+    }
+}
+
 /// What the balloon thread and the lowmem handler count.
 #[derive(Debug, Default)]
 pub struct BalloonCounters {
@@ -107,4 +134,18 @@ pub struct StatsCounters {
     pub pulls_ignored: Counter,
     /// Failures to post a statistics buffer.
     pub errors: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_max_a_second_through() {
+        let r = RateLimit::new();
+        let passed = (0..10).filter(|i| r.allow(5_000 + i * 10, 3)).count();
+        assert_eq!(passed, 3);
+        assert!(r.allow(6_000, 3), "a new second starts afresh");
+        assert!(r.allow(0, 1), "second 0 is a second like any other");
+    }
 }

@@ -4,14 +4,17 @@
 //! logic never lends its own memory to the host.
 
 use core::ffi::c_void;
+use core::ptr::NonNull;
 
+use super::kern::{kfree, kmalloc_aligned, now_ms};
 use super::kick::Kick;
-use super::memory::now_ms;
 use super::sync::Mutex;
-use super::{cstr, sys};
+use super::sys;
 use crate::balloon::MAX_INFLIGHT;
 use crate::platform::{Device, Error, PhysRange, Token};
-use crate::protocol::{config_offset, Features, Queue, PFNS_PER_BUFFER};
+use crate::protocol::{
+    config_from_device, config_offset, config_to_device, Features, Queue, PFNS_PER_BUFFER,
+};
 use crate::reporting::MAX_BATCH;
 use crate::stats::MAX_STATS_BYTES;
 
@@ -29,14 +32,90 @@ pub fn queue_slot(q: Queue) -> usize {
 /// The device's virtqueues, null where absent.
 pub type Queues = [*mut sys::virtqueue; 5];
 
+/// Reads a 32-bit device config field.
+pub fn read_config(dev: sys::device_t, features: Features, offset: usize) -> u32 {
+    let mut raw = 0u32;
+    // SAFETY: `dev` is our attached device; offsets are within the config
+    // space the negotiated features imply; 4 bytes into our local.
+    unsafe { sys::virtio_read_device_config(dev, offset as u64, (&mut raw as *mut u32).cast(), 4) };
+    config_from_device(raw, features)
+}
+
+/// Writes a driver-writable 32-bit config field.
+pub fn write_config(dev: sys::device_t, features: Features, offset: usize, value: u32) {
+    let raw = config_to_device(value, features);
+    // SAFETY: as above; `actual` is the only field the driver writes.
+    unsafe { sys::virtio_write_device_config(dev, offset as u64, (&raw as *const u32).cast(), 4) };
+}
+
+/// An empty scatter-gather list over `segs` (sglist_init(9)).
+fn sglist(segs: &mut [sys::sglist_seg]) -> sys::sglist {
+    sys::sglist {
+        sg_segs: segs.as_mut_ptr(),
+        sg_refs: 1,
+        sg_nseg: 0,
+        sg_maxseg: segs.len() as u16,
+    }
+}
+
+/// Enqueues `len` device-readable bytes at `buf` on `vq`, without notifying.
+///
+/// # Safety
+/// The caller is the queue's only producer now, and `buf` stays put and
+/// unchanged until the host returns the buffer (or the device is reset).
+pub unsafe fn enqueue(
+    vq: *mut sys::virtqueue,
+    cookie: *mut c_void,
+    buf: *const u8,
+    len: usize,
+) -> Result<(), Error> {
+    let mut segs = [sys::sglist_seg::default(); 4];
+    let mut sg = sglist(&mut segs);
+    // SAFETY: per the contract; sglist_append only looks up the physical
+    // addresses, and the queue copies the segments into its descriptors.
+    let rc = unsafe {
+        match sys::sglist_append(&mut sg, buf.cast_mut().cast(), len) {
+            0 => sys::virtqueue_enqueue(vq, cookie, &mut sg, i32::from(sg.sg_nseg), 0),
+            e => e,
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::QueueFull)
+    }
+}
+
+/// Tells the host about what was enqueued on `vq`.
+///
+/// # Safety
+/// Nobody enqueues on `vq` meanwhile.
+pub unsafe fn notify(vq: *mut sys::virtqueue) {
+    // SAFETY: per the contract.
+    unsafe { sys::virtqueue_notify(vq) }
+}
+
+/// Takes a returned buffer's cookie off `vq` (null: none).
+///
+/// # Safety
+/// The caller is the queue's only consumer now.
+pub unsafe fn dequeue(vq: *mut sys::virtqueue) -> *mut c_void {
+    // SAFETY: per the contract.
+    unsafe { sys::virtqueue_dequeue(vq, core::ptr::null_mut()) }
+}
+
 /// `N` device-readable slots of up to `S` bytes each, in one malloc(9)
 /// block where every slot lies within one page: one physically contiguous
 /// segment per buffer, whatever the transport or host (some hosts read only
-/// a chain's first descriptor). All zero (no block) until [`DmaSlots::alloc`].
+/// a chain's first descriptor). Freed on drop, which the driver state does
+/// only after the device reset.
 pub struct DmaSlots<const N: usize, const S: usize> {
-    base: *mut u8,
+    base: NonNull<u8>,
     len: [usize; N],
 }
+
+// SAFETY: the slots are plain memory owned by this value.
+unsafe impl<const N: usize, const S: usize> Send for DmaSlots<N, S> {}
 
 /// Device-readable copies of the PFN buffers in flight.
 pub type PfnBuffers = DmaSlots<MAX_INFLIGHT, { PFNS_PER_BUFFER * 4 }>;
@@ -44,37 +123,34 @@ pub type PfnBuffers = DmaSlots<MAX_INFLIGHT, { PFNS_PER_BUFFER * 4 }>;
 pub type StatsBuffers = DmaSlots<2, MAX_STATS_BYTES>;
 
 impl<const N: usize, const S: usize> DmaSlots<N, S> {
-    /// Distance between slots: a power of two, so slots never straddle a page.
+    /// Distance between slots: a power of two, so slots never straddle a page
+    /// (malloc(9) aligns the block to it).
     const STRIDE: usize = S.next_power_of_two();
-    /// Bytes the slots take once allocated.
+    /// Bytes the slots take.
     pub const BYTES: usize = N * Self::STRIDE;
 
-    /// Allocates the slots (M_NOWAIT); false if memory is short.
-    pub fn alloc(&mut self) -> bool {
+    /// Allocates the slots (M_NOWAIT); `None` if memory is short.
+    pub fn new() -> Option<Self> {
         const { assert!(Self::STRIDE <= sys::PAGE_SIZE as usize) };
-        // SAFETY: malloc_aligned(9) with a power-of-two alignment no larger
-        // than a page, M_NOWAIT|M_ZERO; checked for NULL below.
-        let base = unsafe { sys::vtbrs_dma_alloc(N * Self::STRIDE, Self::STRIDE) };
-        self.base = base.cast();
-        !self.base.is_null()
+        let base = kmalloc_aligned(Self::BYTES, Self::STRIDE);
+        Some(DmaSlots {
+            base: NonNull::new(base.cast())?,
+            len: [0; N],
+        })
     }
 
     fn slot_ptr(&self, i: usize) -> Option<*mut u8> {
-        if self.base.is_null() || i >= N {
-            return None;
-        }
-        // SAFETY: `i < N`, so the offset stays inside the N * STRIDE bytes
-        // allocated in `alloc`.
-        Some(unsafe { self.base.add(i * Self::STRIDE) })
+        // SAFETY: `i < N`, so the offset stays inside the N * STRIDE bytes.
+        (i < N).then(|| unsafe { self.base.as_ptr().add(i * Self::STRIDE) })
     }
 
     /// Slot `i` to fill, and its length.
     fn slot_mut(&mut self, i: usize) -> Option<(&mut [u8], &mut usize)> {
         let p = self.slot_ptr(i)?;
-        // SAFETY: `p` points to S bytes of our allocation, zero-initialized
-        // at allocation; `&mut self` makes the access exclusive (the device
-        // only reads a slot while it is posted, and the logic never refills
-        // a posted slot).
+        // SAFETY: `p` points to S bytes of our zero-initialized block;
+        // `&mut self` makes the access exclusive (the device only reads a
+        // slot while it is posted, and the logic never refills a posted
+        // slot).
         let buf = unsafe { core::slice::from_raw_parts_mut(p, S) };
         Some((buf, &mut self.len[i]))
     }
@@ -87,14 +163,12 @@ impl<const N: usize, const S: usize> DmaSlots<N, S> {
             None => &[],
         }
     }
+}
 
-    /// Frees the slots; only once the device can no longer read them.
-    pub fn free(&mut self) {
-        if !self.base.is_null() {
-            // SAFETY: allocated in `alloc`, freed once (the pointer is cleared).
-            unsafe { sys::vtbrs_free(self.base.cast()) };
-            self.base = core::ptr::null_mut();
-        }
+impl<const N: usize, const S: usize> Drop for DmaSlots<N, S> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once, after the device reset.
+        unsafe { kfree(self.base.as_ptr().cast()) }
     }
 }
 
@@ -143,23 +217,17 @@ impl KernelDevice<'_> {
     fn dequeue(&self, queue: Queue, vq: *mut sys::virtqueue) -> Option<Token> {
         let cookie = match self.kick {
             Some(k) if matches!(queue, Queue::Inflate | Queue::Deflate) => k.dequeue(vq),
-            // SAFETY: `vq` is live while the driver is attached; callers
-            // serialize access to each queue (stats mutex, reporting thread).
-            _ => unsafe { sys::vtbrs_vq_dequeue(vq) },
+            // SAFETY: callers serialize access to each queue (stats mutex,
+            // reporting lock).
+            _ => unsafe { dequeue(vq) },
         };
         (!cookie.is_null()).then(|| cookie as usize - 1)
-    }
-
-    fn read4(&self, offset: usize) -> u32 {
-        // SAFETY: `dev` is our attached device; offsets are within the config
-        // space the negotiated features imply.
-        unsafe { sys::vtbrs_config_read4(self.dev, offset as i32) }
     }
 }
 
 impl Device for KernelDevice<'_> {
     fn num_pages(&mut self) -> u32 {
-        self.read4(config_offset::NUM_PAGES)
+        read_config(self.dev, self.features, config_offset::NUM_PAGES)
     }
 
     fn set_actual(&mut self, actual: u32) {
@@ -167,13 +235,16 @@ impl Device for KernelDevice<'_> {
         if self.kick.is_some_and(|k| k.set_actual(actual)) {
             return;
         }
-        // SAFETY: `actual` is a driver-writable config field.
-        unsafe { sys::vtbrs_config_write4(self.dev, config_offset::ACTUAL as i32, actual) }
+        write_config(self.dev, self.features, config_offset::ACTUAL, actual);
     }
 
     fn stats_push_interval_ms(&mut self) -> u32 {
         if self.features.contains(Features::STATS_PUSH) {
-            self.read4(config_offset::STATS_PUSH_INTERVAL_MS)
+            read_config(
+                self.dev,
+                self.features,
+                config_offset::STATS_PUSH_INTERVAL_MS,
+            )
         } else {
             0
         }
@@ -186,20 +257,19 @@ impl Device for KernelDevice<'_> {
         buf[..n].copy_from_slice(&data[..n]);
         *len = n;
         let ptr = buf.as_ptr();
-        // The slot stays allocated until detach has reset the device, and the
-        // logic does not reuse it before the host returns it; the cookie
-        // (token + 1) is never NULL.
+        // The cookie (token + 1) is never NULL.
         let cookie = (token + 1) as *mut c_void;
         if let Some(k) = self.kick {
             return k.post(vq, cookie, ptr, n, self.urgent);
         }
-        // SAFETY: as above.
-        let rc = unsafe { sys::vtbrs_vq_post(vq, cookie, ptr.cast(), n) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(Error::QueueFull)
+        // SAFETY: the slot stays allocated until detach has reset the
+        // device, and the logic does not reuse it before the host returns
+        // it; the stats mutex makes us the stats queue's only producer.
+        unsafe {
+            enqueue(vq, cookie, ptr, n)?;
+            notify(vq);
         }
+        Ok(())
     }
 
     fn posted(&self, queue: Queue, token: Token) -> &[u8] {
@@ -217,29 +287,33 @@ impl Device for KernelDevice<'_> {
         ranges: &[PhysRange],
     ) -> Result<(), Error> {
         let vq = self.vq(queue)?;
-        let mut addr = [0u64; MAX_BATCH];
-        let mut len = [0u64; MAX_BATCH];
-        let n = ranges.len().min(MAX_BATCH);
-        for (i, r) in ranges[..n].iter().enumerate() {
-            addr[i] = r.addr;
-            len[i] = r.len;
+        let mut segs = [sys::sglist_seg::default(); MAX_BATCH];
+        let mut sg = sglist(&mut segs);
+        for r in ranges.iter().take(MAX_BATCH) {
+            // SAFETY: appends one segment to our local list.
+            if unsafe { sys::sglist_append_phys(&mut sg, r.addr, r.len as usize) } != 0 {
+                return Err(Error::QueueFull);
+            }
         }
         // SAFETY: the ranges are blocks the reporter holds out of the free
-        // lists until the host returns this buffer or the device is reset.
+        // lists until the host returns this buffer or the device is reset;
+        // device-writable, since the host may discard what they hold. The
+        // reporting thread is the queue's only user.
         let rc = unsafe {
-            sys::vtbrs_vq_post_phys(
+            sys::virtqueue_enqueue(
                 vq,
                 (token + 1) as *mut c_void,
-                addr.as_ptr(),
-                len.as_ptr(),
-                n as i32,
+                &mut sg,
+                0,
+                i32::from(sg.sg_nseg),
             )
         };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(Error::QueueFull)
+        if rc != 0 {
+            return Err(Error::QueueFull);
         }
+        // SAFETY: as above.
+        unsafe { notify(vq) };
+        Ok(())
     }
 
     fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
@@ -257,7 +331,7 @@ impl Device for KernelDevice<'_> {
             // Re-arm the interrupt the filter disabled; if buffers raced in,
             // look again instead of sleeping.
             // SAFETY: as for dequeue.
-            if unsafe { sys::vtbrs_vq_enable_intr(vq) } != 0 {
+            if unsafe { sys::virtqueue_enable_intr(vq) } != 0 {
                 continue;
             }
             let now = now_ms();
@@ -265,7 +339,7 @@ impl Device for KernelDevice<'_> {
                 return Err(Error::Timeout);
             }
             let left = u32::try_from(deadline - now).unwrap_or(u32::MAX);
-            guard.sleep(chan, cstr!("vtbwait"), left);
+            guard.sleep(chan, c"vtbwait", left);
         }
     }
 }

@@ -1,41 +1,36 @@
 //! Newbus methods and the driver's threads, handlers and lifecycle.
 //!
-//! attach: negotiate features, allocate queues and the state, add sysctl
-//! nodes. attach_completed (after DRIVER_OK): first stats buffer, push
-//! timer, the balloon and reporting kthreads, the vm_lowmem handler; when
-//! the device was attached outside virtio_pci's probe-and-attach (devctl),
-//! nobody calls attach_completed and [`start_check`] starts the driver.
-//! detach: stop everything that could start work, wait for the threads,
-//! deflate with bounded waits, reset the device, give back every page, wait
-//! out running interrupt handlers, free the state.
+//! attach: negotiate features, allocate the queues, build the state in
+//! place, add sysctl nodes. attach_completed (after DRIVER_OK): first stats
+//! buffer, push timer, the balloon and reporting kthreads, the vm_lowmem
+//! handler; when the device was attached outside virtio_pci's
+//! probe-and-attach (devctl), nobody calls attach_completed and
+//! [`start_check`] starts the driver. detach: stop everything that could
+//! start work, wait for the threads, deflate with bounded waits, reset the
+//! device, give back every page, wait out running interrupt handlers, free
+//! the state.
 
-use core::ffi::c_void;
-use core::ptr::addr_of_mut;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::cell::UnsafeCell;
+use core::ffi::{c_int, c_void, CStr};
+use core::ops::Deref;
+use core::ptr::{addr_of, addr_of_mut, null_mut, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
+use super::kern::{
+    kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause, ThreadFn,
+};
 use super::kick::Kick;
-use super::memory::{now_ms, now_us, vm_counters, KernelBlocks, KernelMemory, Words};
+use super::memory::{max_phys, vm_counters, KernelBlocks, KernelMemory, VmPage, Words};
 use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
-use super::{cstr, sys, sysctl};
+use super::{sys, sysctl};
 use crate::balloon::{Balloon, Step, Tunables};
-use crate::counters::{BalloonCounters, Counter, Gauge, StatsCounters};
+use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::platform::VmCounters;
-use crate::protocol::{feature_names, Features, Queue};
-use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter};
-use crate::sleep::{report_sleep_ms, BalloonThread, Next};
+use crate::protocol::{feature_names, negotiated, Features, Queue, WANTED};
+use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
+use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
 use crate::stats::{PushTimer, Stats};
-
-/// Features we ask for; STATS_PUSH only when offered together with STATS_VQ.
-const WANTED: Features = Features::MUST_TELL_HOST
-    .union(Features::STATS_VQ)
-    .union(Features::DEFLATE_ON_OOM)
-    .union(Features::REPORTING)
-    .union(Features::STATS_PUSH)
-    .union(Features::VERSION_1);
-
-/// A TAILQ head (two pointers), allocated for the ballooned and parked lists.
-const PAGELIST_HEAD_BYTES: usize = 16;
 
 pub struct BalloonSide {
     pub balloon: Balloon<StateRef<BalloonCounters>>,
@@ -52,38 +47,26 @@ pub struct StatsSide {
 }
 
 pub struct ReportSide {
-    pub reporter: Option<Reporter<*mut sys::vm_page, Words, StateRef<ReportCounters>>>,
+    pub reporter: Option<Reporter<VmPage, Words, StateRef<ReportCounters>>>,
     pub blocks: KernelBlocks,
 }
 
-/// Everything one attached device owns. Allocated zeroed with malloc(9) and
-/// initialized in place (it holds kernel locks and DMA buffers, so it never
-/// moves and is never built on the kernel stack).
-pub struct State {
+/// What one attached device owns that needs no initialization in place:
+/// built as one value (so the compiler sees every field set), then moved
+/// into the [`State`].
+pub struct Data {
     pub dev: sys::device_t,
     pub features: Features,
     pub queues: Queues,
-    /// Posts inflate and deflate buffers from another CPU.
-    pub kick: Kick,
-    /// Waits for the host and the threads' sleeps.
-    pub wait: Mutex,
-    pub balloon: SxCell<BalloonSide>,
-    pub stats: MtxCell<StatsSide>,
-    pub report: SxCell<ReportSide>,
     /// What the logic objects count, outside their locks: the sysctl tree
     /// reads these while a lock holder updates them.
     pub balloon_counters: BalloonCounters,
     pub stats_counters: StatsCounters,
     pub report_counters: ReportCounters,
-    pub callout: core::cell::UnsafeCell<sys::callout>,
-    /// Our sysctl nodes, removed (and their running handlers waited for)
-    /// before the state is freed.
-    pub sysctl_ctx: core::cell::UnsafeCell<sys::sysctl_ctx_list>,
-    /// Starts the driver when attach_completed never comes (see start_check).
-    start_task: core::cell::UnsafeCell<sys::task>,
     /// Set by whichever of attach_completed and start_check starts first.
     start_claimed: AtomicBool,
-    lowmem_tag: *mut c_void,
+    /// The vm_lowmem handler's tag (null: not registered).
+    lowmem_tag: AtomicPtr<sys::eventhandler_entry>,
     /// Detach in progress: threads exit, handlers do nothing.
     pub stopping: AtomicBool,
     /// A config change the balloon thread has not seen yet (WANTSIZE).
@@ -93,16 +76,14 @@ pub struct State {
     threads: AtomicU32,
     started: AtomicBool,
     // Settings (sysctl / loader tunables).
-    pub debug: AtomicU32,
+    pub debug: AtomicBool,
     pub oom_batch: AtomicU32,
     pub inflate_run: AtomicU32,
     pub linux_tags: AtomicBool,
     /// Post through the kick thread (read when the driver starts).
     pub kick_thread: AtomicBool,
     pub report_enabled: AtomicBool,
-    pub report_order: u32,
-    pub diag_last: core::cell::UnsafeCell<sys::timeval>,
-    pub diag_count: core::cell::UnsafeCell<i32>,
+    diag: RateLimit,
     pub features_text: [u8; 160],
     pub accounting_text: [u8; 96],
     pub push_interval: AtomicU64,
@@ -113,24 +94,200 @@ pub struct State {
     pub thread_wakeups: Counter,
     pub report_wakeups: Counter,
     /// The reporting bitmap's size (0 without reporting).
-    pub bitmap_bytes: Gauge,
+    bitmap_bytes: u64,
 }
 
-// SAFETY: shared between kernel threads; every mutable part is an atomic or
-// behind a kernel lock (see the field docs).
+/// Everything one attached device owns. Allocated with malloc(9) and
+/// initialized in place by [`State::new`] alone (it holds kernel locks, a
+/// callout, tasks and DMA buffers: it never moves and is never built on the
+/// kernel stack); the first `&State` exists only once all of it is.
+pub struct State {
+    data: Data,
+    /// Posts inflate and deflate buffers from another CPU.
+    pub kick: Kick,
+    /// Waits for the host and the threads' sleeps.
+    pub wait: Mutex,
+    pub balloon: SxCell<BalloonSide>,
+    pub stats: MtxCell<StatsSide>,
+    pub report: SxCell<ReportSide>,
+    callout: UnsafeCell<sys::callout>,
+    /// Our sysctl nodes, removed (and their running handlers waited for)
+    /// before the state is freed.
+    pub sysctl_ctx: UnsafeCell<sys::sysctl_ctx_list>,
+    /// Starts the driver when attach_completed never comes (see start_check).
+    start_task: UnsafeCell<sys::task>,
+}
+
+// SAFETY: every part may be used from any thread at once:
+// - `dev`, `features`, `queues`, the texts and `bitmap_bytes` are written
+//   before the state is shared and only read after; `dev` and the
+//   virtqueues they name are used under the rules of the code that uses
+//   them (each queue has one producer and one consumer at a time: the
+//   balloon lock and the kick ring, the stats mutex, the reporting lock);
+// - the counters, flags, settings and `diag` are atomics;
+// - `kick`, `wait`, `balloon`, `stats` and `report` are Sync themselves
+//   (locks, and the data behind them only reached with the lock held);
+// - `callout` is only touched by callout(9) functions with the stats mutex
+//   held, or by callout_drain in detach once nothing can arm it;
+// - `sysctl_ctx` only by sysctl(9) in attach and detach, which newbus
+//   serializes, and `start_task` only by taskqueue(9) functions, which
+//   synchronize themselves.
 unsafe impl Sync for State {}
 
+impl Deref for State {
+    type Target = Data;
+    fn deref(&self) -> &Data {
+        &self.data
+    }
+}
+
+/// The reporting policy the driver runs.
+fn policy() -> Policy {
+    Policy::default()
+}
+
 impl State {
+    /// Allocates the state and initializes all of it in place; everything
+    /// that can fail comes first, so a state exists completely or not at all.
+    fn new(dev: sys::device_t, features: Features, queues: Queues) -> Result<NonNull<State>, i32> {
+        let nomem = sys::ENOMEM as i32;
+        let pfn = PfnBuffers::new().ok_or(nomem)?;
+        let stats = StatsBuffers::new().ok_or(nomem)?;
+        let bits = if features.contains(Features::REPORTING) {
+            let page = u64::from(sys::PAGE_SIZE);
+            let words =
+                Reporter::<VmPage, Words>::bitmap_words(max_phys(), page, policy().min_order);
+            let bits = Words::new(words);
+            if bits.is_none() {
+                log(dev, c"no memory for the reporting bitmap: reporting off");
+            }
+            bits
+        } else {
+            None
+        };
+        const { assert!(core::mem::align_of::<State>() <= 8) };
+        let p =
+            NonNull::new(kmalloc(core::mem::size_of::<State>()).cast::<State>()).ok_or(nomem)?;
+        // SAFETY: a fresh allocation of the right size, ours alone; malloc(9)
+        // aligns every allocation to at least a pointer, all State needs.
+        unsafe { Self::init(p.as_ptr(), dev, features, queues, pfn, stats, bits) };
+        Ok(p)
+    }
+
+    /// Writes every field of `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for writes of a State and used by nobody else until this
+    /// returns; it stays at this address until freed.
+    unsafe fn init(
+        p: *mut State,
+        dev: sys::device_t,
+        features: Features,
+        queues: Queues,
+        pfn: PfnBuffers,
+        stats: StatsBuffers,
+        bits: Option<Words>,
+    ) {
+        let tun = Tunables::default();
+        let bitmap_bytes = bits.as_ref().map_or(0, |b| b.bytes() as u64);
+        let mut data = Data {
+            dev,
+            features,
+            queues,
+            balloon_counters: BalloonCounters::default(),
+            stats_counters: StatsCounters::default(),
+            report_counters: ReportCounters::default(),
+            start_claimed: AtomicBool::new(false),
+            lowmem_tag: AtomicPtr::new(null_mut()),
+            stopping: AtomicBool::new(false),
+            config_pending: AtomicBool::new(false),
+            pressure: AtomicBool::new(false),
+            threads: AtomicU32::new(0),
+            started: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            oom_batch: AtomicU32::new(tun.oom_batch_pages),
+            inflate_run: AtomicU32::new(tun.inflate_run_pages),
+            linux_tags: AtomicBool::new(false),
+            kick_thread: AtomicBool::new(true),
+            report_enabled: AtomicBool::new(true),
+            diag: RateLimit::new(),
+            features_text: [0; 160],
+            accounting_text: [0; 96],
+            push_interval: AtomicU64::new(0),
+            lowmem_last_us: Gauge::new(),
+            thread_wakeups: Counter::new(),
+            report_wakeups: Counter::new(),
+            bitmap_bytes,
+        };
+        write_text(&mut data.features_text, b',', feature_names(features));
+        let accounting = if features.contains(Features::DEFLATE_ON_OOM) {
+            "used: the guest takes it back under memory pressure (deflate-on-oom)"
+        } else {
+            "removed: the guest has it back only when the host lowers its target"
+        };
+        write_text(&mut data.accounting_text, b',', [accounting].into_iter());
+        // SAFETY: per the contract. The data goes first: the logic objects
+        // refer to its counters, which stay in place with the state (and the
+        // objects are dropped before it is freed). Each lock is initialized
+        // at its final address, the callout after the mutex it runs under.
+        unsafe {
+            addr_of_mut!((*p).data).write(data);
+            let data = &*addr_of!((*p).data);
+            Kick::init(addr_of_mut!((*p).kick), dev, features, c"vtballoonrs ring");
+            Mutex::init(addr_of_mut!((*p).wait), c"vtballoonrs wait");
+            let balloon =
+                Balloon::with_counters(features, tun, StateRef::new(&data.balloon_counters));
+            SxCell::init(
+                addr_of_mut!((*p).balloon),
+                c"vtballoonrs balloon",
+                BalloonSide {
+                    balloon,
+                    bufs: pfn,
+                    mem: KernelMemory::default(),
+                },
+            );
+            let counters = StateRef::new(&data.stats_counters);
+            MtxCell::init(
+                addr_of_mut!((*p).stats),
+                c"vtballoonrs stats",
+                StatsSide {
+                    stats: Stats::with_counters(features, false, counters),
+                    bufs: stats,
+                    timer: PushTimer::Off,
+                },
+            );
+            let counters = StateRef::new(&data.report_counters);
+            let page = u64::from(sys::PAGE_SIZE);
+            SxCell::init(
+                addr_of_mut!((*p).report),
+                c"vtballoonrs report",
+                ReportSide {
+                    reporter: bits.map(|b| Reporter::with_counters(policy(), page, b, counters)),
+                    blocks: KernelBlocks::default(),
+                },
+            );
+            let stats_mtx = (*addr_of!((*p).stats)).mtx.raw();
+            sys::vtbrs_callout_init(addr_of_mut!((*p).callout).cast(), stats_mtx);
+            sys::sysctl_ctx_init(addr_of_mut!((*p).sysctl_ctx).cast());
+            sys::vtbrs_task_init(
+                addr_of_mut!((*p).start_task).cast(),
+                Some(start_check),
+                p.cast(),
+            );
+        }
+    }
+
     /// Memory this device holds whatever the balloon's size: the state, its
-    /// DMA slots, the two list heads and the reporting bitmap. Ballooned
-    /// pages cost nothing more (they are tracked in their own vm_page). Our
-    /// kernel threads' stacks are not counted.
+    /// DMA slots and the reporting bitmap. Ballooned pages cost nothing more
+    /// (they are tracked in their own vm_page). Our kernel threads' stacks
+    /// are not counted.
     pub fn fixed_bytes(&self) -> u64 {
-        (core::mem::size_of::<State>()
-            + PfnBuffers::BYTES
-            + StatsBuffers::BYTES
-            + 2 * PAGELIST_HEAD_BYTES) as u64
-            + self.bitmap_bytes.get()
+        (core::mem::size_of::<State>() + PfnBuffers::BYTES + StatsBuffers::BYTES) as u64
+            + self.bitmap_bytes
+    }
+
+    fn arg(&self) -> *mut c_void {
+        (self as *const State).cast_mut().cast()
     }
 
     fn chan(&self) -> *const c_void {
@@ -168,20 +325,13 @@ impl State {
     }
 
     /// A diagnostic line, only with `debug` on and at most a few a second.
-    pub fn diag(&self, msg: &core::ffi::CStr, value: u64) {
-        if self.debug.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        // SAFETY: the rate-limit state is only touched here, and concurrent
-        // updates merely let an extra line through (as in C drivers).
-        let ok = unsafe { sys::vtbrs_ratecheck(self.diag_last.get(), self.diag_count.get(), 5) };
-        if ok != 0 {
-            // SAFETY: `dev` is attached; `msg` is NUL-terminated.
-            unsafe { sys::vtbrs_log_u64(self.dev, msg.as_ptr(), value) };
+    fn diag(&self, msg: &CStr, value: u64) {
+        if self.debug.load(Ordering::Relaxed) && self.diag.allow(now_ms(), 5) {
+            log_u64(self.dev, msg, value);
         }
     }
 
-    pub fn with_stats<R>(
+    fn with_stats<R>(
         &self,
         f: impl FnOnce(&mut KernelStats, &mut KernelDevice<'_>, &VmCounters) -> R,
     ) -> R {
@@ -191,141 +341,44 @@ impl State {
             f(&mut side.stats, &mut dev, &vm)
         })
     }
-}
 
-fn log(dev: sys::device_t, msg: &core::ffi::CStr) {
-    // SAFETY: `dev` is our device; `msg` is NUL-terminated.
-    unsafe { sys::vtbrs_log(dev, msg.as_ptr()) }
-}
-
-fn state_of<'a>(dev: sys::device_t) -> Option<&'a State> {
-    // SAFETY: the softc holds NULL or the State this driver allocated in
-    // attach, freed only at the end of detach.
-    unsafe { sys::vtbrs_softc_get(dev).cast::<State>().as_ref() }
-}
-
-#[no_mangle]
-extern "C" fn vtbrs_rs_attach(dev: sys::device_t) -> i32 {
-    match attach(dev) {
-        Ok(()) => 0,
-        Err(errno) => {
-            log(dev, cstr!("attach failed"));
-            vtbrs_rs_detach(dev);
-            errno
-        }
-    }
-}
-
-fn attach(dev: sys::device_t) -> Result<(), i32> {
-    // SAFETY: negotiation on our device, during attach as virtio(4) requires.
-    let got = unsafe { sys::vtbrs_negotiate(dev, Stats::filter_features(WANTED).bits()) };
-    if got == u64::MAX {
-        return Err(sys::ENXIO as i32);
-    }
-    let features = Stats::filter_features(Features::from_bits_truncate(got));
-    let st = alloc_state(dev, features)?;
-    // SAFETY: the state is fully initialized; the softc owns it from now on.
-    unsafe { sys::vtbrs_softc_set(dev, (st as *const State).cast_mut().cast()) };
-    alloc_buffers(st)?;
-    alloc_queues(st)?;
-    // SAFETY: queues are allocated; virtio(4) sets up their interrupts.
-    if unsafe { sys::vtbrs_setup_intr(dev) } != 0 {
-        return Err(sys::ENXIO as i32);
-    }
-    if features.contains(Features::REPORTING) {
-        start_reporter(st);
-    }
-    sysctl::register(st);
-    // Last: from here the task may run (once newbus releases its lock).
-    // SAFETY: initialized in alloc_state; drained in detach.
-    unsafe { sys::vtbrs_task_enqueue(st.start_task.get()) };
-    Ok(())
-}
-
-/// Allocates the zeroed state and initializes every field in place.
-fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State, i32> {
-    // SAFETY: malloc(9) M_NOWAIT|M_ZERO, checked below.
-    let p = unsafe { sys::vtbrs_malloc(core::mem::size_of::<State>()) }.cast::<State>();
-    if p.is_null() {
-        return Err(sys::ENOMEM as i32);
-    }
-    // SAFETY: TAILQ head allocation, checked below.
-    let list = unsafe { sys::vtbrs_pagelist_new() };
-    if list.is_null() {
-        // SAFETY: allocated just above, not shared.
-        unsafe { sys::vtbrs_free(p.cast()) };
-        return Err(sys::ENOMEM as i32);
-    }
-    let tun = Tunables::default();
-    // SAFETY: `p` is a fresh, zeroed, exclusively owned allocation of the
-    // right size. Zero bytes are valid for the locks' storage, atomics,
-    // integers, arrays of bytes and raw pointers; every other field is
-    // written here before the state is shared.
-    unsafe {
-        addr_of_mut!((*p).dev).write(dev);
-        addr_of_mut!((*p).features).write(features);
-        addr_of_mut!((*p).report_order).write(Policy::default().order);
-        // The counters are zero bytes already: valid atomics at their final
-        // address, which the logic objects refer to.
-        let side = (*p).balloon.value_ptr();
-        addr_of_mut!((*side).balloon).write(Balloon::with_counters(
-            features,
-            tun,
-            StateRef::new(&(*p).balloon_counters),
-        ));
-        addr_of_mut!((*side).mem).write(KernelMemory { list });
-        sys::vtbrs_sysctl_ctx_init((*p).sysctl_ctx.get());
-        sys::vtbrs_task_init((*p).start_task.get(), Some(start_check), p.cast());
-        let stats = (*p).stats.value_ptr();
-        addr_of_mut!((*stats).stats).write(Stats::with_counters(
-            features,
-            false,
-            StateRef::new(&(*p).stats_counters),
-        ));
-        addr_of_mut!((*stats).timer).write(PushTimer::Off);
-        let rep = (*p).report.value_ptr();
-        addr_of_mut!((*rep).reporter).write(None);
-        addr_of_mut!((*rep).blocks).write(KernelBlocks {
-            parked: core::ptr::null_mut(),
+    /// (Re)arms or stops the STATS_PUSH callout, with the stats mutex held
+    /// as the callout requires. Detach sets `stopping`, then takes this
+    /// mutex before draining the callout, so a timer armed here is either
+    /// seen by the drain or never armed.
+    fn set_push_timer(&self, timer: PushTimer) {
+        self.stats.with(|side| {
+            side.timer = timer;
+            match timer {
+                // SAFETY: our callout, its mutex held (callout_stop).
+                PushTimer::Off => unsafe {
+                    sys::_callout_stop_safe(self.callout.get(), 0, None);
+                },
+                PushTimer::Every(_) if self.stopping.load(Ordering::Acquire) => {}
+                PushTimer::Every(ms) => self.arm_push(ms),
+            }
         });
-        (*p).oom_batch.store(tun.oom_batch_pages, Ordering::Relaxed);
-        (*p).inflate_run
-            .store(tun.inflate_run_pages, Ordering::Relaxed);
-        (*p).report_enabled.store(true, Ordering::Relaxed);
-        (*p).kick_thread.store(true, Ordering::Relaxed);
-        let st = &*p;
-        st.wait.init(cstr!("vtballoonrs wait"));
-        st.kick.init(cstr!("vtballoonrs ring"));
-        st.balloon.init(cstr!("vtballoonrs balloon"));
-        st.report.init(cstr!("vtballoonrs report"));
-        st.stats.mtx.init(cstr!("vtballoonrs stats"));
-        sys::vtbrs_callout_init(st.callout.get(), st.stats.mtx.raw());
-        write_text(&mut (*p).features_text, feature_names(features));
-        let accounting: &[&str] = if features.contains(Features::DEFLATE_ON_OOM) {
-            &["used: the guest takes it back under memory pressure (deflate-on-oom)"]
-        } else {
-            &["removed: the guest has it back only when the host lowers its target"]
+        let ms = match timer {
+            PushTimer::Off => 0,
+            PushTimer::Every(ms) => u64::from(ms),
         };
-        write_text(&mut (*p).accounting_text, accounting.iter().copied());
-        Ok(st)
+        self.push_interval.store(ms, Ordering::Relaxed);
+    }
+
+    /// Arms the push callout for `ms` from now; the stats mutex is held.
+    fn arm_push(&self, ms: u32) {
+        let ticks = ms_to_ticks(ms, super::kern::hz());
+        // SAFETY: our callout, initialized with the stats mutex, which the
+        // callers hold; its argument is the State, drained before it goes.
+        unsafe { sys::vtbrs_callout_reset(self.callout.get(), ticks, Some(push_tick), self.arg()) };
     }
 }
 
-/// The DMA slots the device reads (the state itself is not page-aligned).
-fn alloc_buffers(st: &State) -> Result<(), i32> {
-    let ok = st.balloon.with(|side| side.bufs.alloc()) && st.stats.with(|side| side.bufs.alloc());
-    if ok {
-        Ok(())
-    } else {
-        Err(sys::ENOMEM as i32)
-    }
-}
-
-/// Writes words separated by commas, NUL-terminated, truncating.
-fn write_text<'a>(buf: &mut [u8], words: impl Iterator<Item = &'a str>) {
+/// Writes `words` separated by `sep`, NUL-terminated, truncating.
+fn write_text<'a>(buf: &mut [u8], sep: u8, words: impl Iterator<Item = &'a str>) {
     let mut n = 0;
     for (i, w) in words.enumerate() {
-        let sep: &[u8] = if i > 0 { b"," } else { b"" };
+        let sep: &[u8] = if i > 0 { &[sep] } else { b"" };
         for &b in sep.iter().chain(w.as_bytes()) {
             if n + 1 < buf.len() {
                 buf[n] = b;
@@ -336,66 +389,155 @@ fn write_text<'a>(buf: &mut [u8], words: impl Iterator<Item = &'a str>) {
     buf[n] = 0;
 }
 
-fn alloc_queues(st: &State) -> Result<(), i32> {
-    let mut reqs: [sys::vtbrs_vq_req; 5] = Default::default();
+/// The newbus softc: the State, and how many interrupt handlers run on it.
+/// Interrupt handlers may run until virtio_pci tears the device's
+/// interrupts down, after our detach returned: they reach the State only
+/// through here, counted, and detach ([`Softc::quiesce`]) clears the pointer
+/// and waits for them before it frees the State. Newbus frees the softc
+/// itself only after the interrupts are gone.
+#[repr(C)]
+struct Softc {
+    state: AtomicPtr<State>,
+    active: AtomicU32,
+}
+
+const _: () = assert!(
+    core::mem::size_of::<Softc>() == core::mem::size_of::<sys::vtbrs_softc>()
+        && core::mem::align_of::<Softc>() == core::mem::align_of::<sys::vtbrs_softc>()
+);
+
+impl Softc {
+    fn of<'a>(dev: sys::device_t) -> &'a Softc {
+        // SAFETY: newbus allocated the softc zeroed, sized as the shim's
+        // struct vtbrs_softc (same layout, checked above), for as long as
+        // the driver is attached and its interrupts may run.
+        unsafe { &*sys::device_get_softc(dev).cast::<Softc>() }
+    }
+
+    fn state(&self) -> Option<NonNull<State>> {
+        NonNull::new(self.state.load(Ordering::Acquire))
+    }
+
+    /// Runs `f` on the State unless detach has taken it away.
+    fn with<R>(&self, f: impl FnOnce(&State) -> R) -> Option<R> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let state = NonNull::new(self.state.load(Ordering::SeqCst));
+        // SAFETY: the pointer was still set after we were counted, and
+        // `quiesce` waits for the count before the State is freed.
+        let r = state.map(|st| f(unsafe { st.as_ref() }));
+        self.active.fetch_sub(1, Ordering::Release);
+        r
+    }
+
+    /// No handler reaches the State once this returns.
+    fn quiesce(&self) {
+        self.state.store(null_mut(), Ordering::SeqCst);
+        while self.active.load(Ordering::SeqCst) != 0 {
+            pause(c"vtbquie", 1);
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn vtbrs_rs_attach(dev: sys::device_t) -> c_int {
+    match attach(dev) {
+        Ok(()) => 0,
+        Err(errno) => {
+            log(dev, c"attach failed");
+            vtbrs_rs_detach(dev);
+            errno
+        }
+    }
+}
+
+fn attach(dev: sys::device_t) -> Result<(), i32> {
+    // SAFETY: negotiation on our device, during attach as virtio(4) requires.
+    let got = unsafe { sys::virtio_negotiate_features(dev, WANTED.bits()) };
+    // SAFETY: as above.
+    if unsafe { sys::virtio_finalize_features(dev) } != 0 {
+        return Err(sys::ENXIO as i32);
+    }
+    let features = negotiated(got);
+    let queues = alloc_queues(dev, features)?;
+    let st = State::new(dev, features, queues)?;
+    // The softc owns the state from now on (detach frees it).
+    Softc::of(dev).state.store(st.as_ptr(), Ordering::Release);
+    // SAFETY: initialized completely; freed only by detach.
+    let st = unsafe { st.as_ref() };
+    // SAFETY: queues are allocated; virtio(4) sets up their interrupts.
+    if unsafe { sys::virtio_setup_intr(dev, sys::INTR_TYPE_MISC) } != 0 {
+        return Err(sys::ENXIO as i32);
+    }
+    let reporting = st.report.with(|side| side.reporter.is_some());
+    sysctl::register(st, reporting);
+    // Last: from here the task may run (once newbus releases its lock).
+    // SAFETY: initialized in State::new; drained in detach.
+    unsafe { sys::taskqueue_enqueue(addr_of!(sys::taskqueue_thread).read(), st.start_task.get()) };
+    Ok(())
+}
+
+/// The device's virtqueues, in the order it numbers them; their
+/// interrupts reach the State through the softc.
+fn alloc_queues(dev: sys::device_t, features: Features) -> Result<Queues, i32> {
+    let mut queues: Queues = [null_mut(); 5];
+    let mut info: [sys::vq_alloc_info; 5] = Default::default();
+    // SAFETY: our attached device's name.
+    let unit = unsafe { CStr::from_ptr(sys::device_get_nameunit(dev)) };
     let mut n = 0;
-    let queues = (&st.queues as *const Queues).cast_mut();
-    for q in [
-        Queue::Inflate,
-        Queue::Deflate,
-        Queue::Stats,
-        Queue::FreePageHint,
-        Queue::Reporting,
+    for (q, name) in [
+        (Queue::Inflate, "inflate"),
+        (Queue::Deflate, "deflate"),
+        (Queue::Stats, "stats"),
+        (Queue::FreePageHint, "hint"),
+        (Queue::Reporting, "reporting"),
     ] {
-        let Some(index) = q.index(st.features) else {
+        let Some(index) = q.index(features) else {
             continue;
         };
-        let (kind, name) = match q {
-            Queue::Stats => (sys::VTBRS_INTR_STATS, cstr!("stats")),
-            Queue::Inflate => (sys::VTBRS_INTR_WAKE, cstr!("inflate")),
-            Queue::Deflate => (sys::VTBRS_INTR_WAKE, cstr!("deflate")),
-            Queue::Reporting => (sys::VTBRS_INTR_WAKE, cstr!("reporting")),
-            Queue::FreePageHint => (sys::VTBRS_INTR_WAKE, cstr!("hint")),
-        };
-        let r = &mut reqs[usize::from(index)];
-        r.maxindirsz = 0;
-        r.kind = kind as i32;
-        // SAFETY: the queue array lives in the state; virtio fills it in.
-        r.vqp = unsafe { addr_of_mut!((*queues)[queue_slot(q)]) };
-        r.name = name.as_ptr();
+        let i = &mut info[usize::from(index)];
+        let mut label = [0u8; sys::VIRTQUEUE_MAX_NAME_SZ as usize];
+        let unit = unit.to_str().unwrap_or("vtballoonrs");
+        write_text(&mut label, b' ', [unit, name].into_iter());
+        for (d, s) in i.vqai_name.iter_mut().zip(label) {
+            *d = s as core::ffi::c_char;
+        }
+        i.vqai_maxindirsz = 0;
+        i.vqai_intr = Some(if q == Queue::Stats {
+            stats_intr
+        } else {
+            wake_intr
+        });
+        i.vqai_intr_arg = dev.cast();
+        i.vqai_vq = queues.as_mut_ptr().wrapping_add(queue_slot(q));
         n += 1;
     }
-    // SAFETY: `reqs[..n]` are filled in device order; pointers outlive the call.
-    let rc = unsafe { sys::vtbrs_alloc_vqs(st.dev, n, reqs.as_mut_ptr()) };
+    // SAFETY: `info[..n]` is filled in device order; virtio writes each
+    // queue into `queues`, which outlives the call.
+    let rc = unsafe { sys::virtio_alloc_virtqueues(dev, 0, n, info.as_mut_ptr()) };
     if rc == 0 {
-        Ok(())
+        Ok(queues)
     } else {
         Err(rc)
     }
 }
 
-/// A virtqueue interrupt (ithread context: may take mutexes, never sleeps).
-///
-/// # Safety
-/// `state` is the live State, from the softc under the shim's interrupt
-/// count (vtbrs_intr_enter), which detach waits out before freeing it.
-#[no_mangle]
-unsafe extern "C" fn vtbrs_rs_intr(state: *mut c_void, kind: i32) {
-    // SAFETY: per the contract.
-    let st = unsafe { &*state.cast::<State>() };
-    if kind == sys::VTBRS_INTR_STATS as i32 {
-        stats_intr(st);
-    } else {
-        // Inflate, deflate and reporting queues: the waiting thread
-        // dequeues; the interrupt only wakes it.
+/// Inflate, deflate and reporting queue interrupt (ithread context: may
+/// take mutexes, never sleeps): the waiting thread dequeues; the interrupt
+/// only wakes it.
+unsafe extern "C" fn wake_intr(dev: *mut c_void) {
+    Softc::of(dev.cast()).with(|st| {
         let _g = st.wait.lock();
         wakeup(st.chan());
-    }
+    });
 }
 
-/// Stats queue: the host returned a buffer; refill and requeue it here, with
-/// the stats mutex (never sleeps).
-fn stats_intr(st: &State) {
+/// Stats queue interrupt: the host returned a buffer; refill and requeue it
+/// here, with the stats mutex (never sleeps).
+unsafe extern "C" fn stats_intr(dev: *mut c_void) {
+    Softc::of(dev.cast()).with(stats_returned);
+}
+
+fn stats_returned(st: &State) {
     if st.stopping.load(Ordering::Acquire) {
         return;
     }
@@ -407,7 +549,7 @@ fn stats_intr(st: &State) {
     // most calls find no returned buffer and need no VM counters.
     let returned = st.stats.with(|_| {
         // SAFETY: the stats queue is serialized by the stats mutex we hold.
-        unsafe { sys::vtbrs_vq_nused(vq) > 0 || sys::vtbrs_vq_enable_intr(vq) != 0 }
+        unsafe { sys::virtqueue_nused(vq) > 0 || sys::virtqueue_enable_intr(vq) != 0 }
     });
     if !returned {
         return;
@@ -415,21 +557,25 @@ fn stats_intr(st: &State) {
     st.with_stats(|stats, dev, vm| loop {
         if stats.interrupt(dev, vm).is_err() {
             st.diag(
-                cstr!("stats: could not requeue, errors"),
+                c"stats: could not requeue, errors",
                 stats.counters().errors.get(),
             );
         }
         // SAFETY: the stats queue is serialized by the stats mutex we hold.
-        if unsafe { sys::vtbrs_vq_enable_intr(vq) } == 0 {
+        if unsafe { sys::virtqueue_enable_intr(vq) } == 0 {
             break;
         }
     });
 }
 
 #[no_mangle]
-extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) {
-    let Some(st) = state_of(dev) else { return };
-    start(st);
+extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) -> c_int {
+    if let Some(st) = Softc::of(dev).state() {
+        // SAFETY: newbus serializes attach_completed with detach, which
+        // alone frees the State.
+        start(unsafe { st.as_ref() });
+    }
+    0
 }
 
 /// Taskqueue task queued at the end of attach. Newbus holds its topology
@@ -439,22 +585,22 @@ extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) {
 /// device_probe_and_attach directly: then DRIVER_OK is set here (with
 /// virtio_reinit_complete, which also enables modern queues) and the driver
 /// started.
-unsafe extern "C" fn start_check(arg: *mut c_void, _pending: i32) {
+unsafe extern "C" fn start_check(arg: *mut c_void, _pending: c_int) {
     // SAFETY: detach drains this task before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
     // SAFETY: the newbus topology lock, as any driver code may take it.
-    unsafe { sys::vtbrs_topo_lock() };
+    unsafe { sys::bus_topo_lock() };
     if !st.stopping.load(Ordering::Acquire) && !st.start_claimed.load(Ordering::Acquire) {
         log(
             st.dev,
-            cstr!("attached outside virtio_pci's probe (devctl): setting DRIVER_OK"),
+            c"attached outside virtio_pci's probe (devctl): setting DRIVER_OK",
         );
         // SAFETY: our attached device; its queues are allocated.
-        unsafe { sys::vtbrs_reinit_complete(st.dev) };
+        unsafe { sys::virtio_reinit_complete(st.dev) };
         start(st);
     }
     // SAFETY: taken above.
-    unsafe { sys::vtbrs_topo_unlock() };
+    unsafe { sys::bus_topo_unlock() };
 }
 
 /// Everything that may notify the host: after DRIVER_OK, once.
@@ -463,16 +609,10 @@ fn start(st: &State) {
         return;
     }
     let dev = st.dev;
-    for q in [
-        Queue::Inflate,
-        Queue::Deflate,
-        Queue::Stats,
-        Queue::Reporting,
-    ] {
-        let vq = st.queues[queue_slot(q)];
+    for vq in st.queues {
         if !vq.is_null() {
             // SAFETY: the queue exists; enabling interrupts is not a notification.
-            unsafe { sys::vtbrs_vq_enable_intr(vq) };
+            unsafe { sys::virtqueue_enable_intr(vq) };
         }
     }
     // DRIVER_OK is set: notifications may start.
@@ -481,111 +621,46 @@ fn start(st: &State) {
         stats.set_linux_tags(linux_tags);
         stats.start(kdev, vm).unwrap_or(PushTimer::Off)
     });
-    apply_push_timer(st, timer);
+    st.set_push_timer(timer);
     let kick = st.kick_thread.load(Ordering::Relaxed);
     // SAFETY: once, before the balloon thread and lowmem handler can post;
     // detach stops it before the State goes.
-    if kick && !unsafe { st.kick.start(dev, cstr!("vtballoonrs kick")) } {
-        log(
-            dev,
-            cstr!("no kick taskqueue: notifying from the balloon thread"),
-        );
+    if kick && !unsafe { st.kick.start(c"vtballoonrs kick") } {
+        log(dev, c"no kick taskqueue: notifying from the balloon thread");
     }
     st.config_pending.store(true, Ordering::Release);
     let reporting = st.features.contains(Features::REPORTING);
-    let threads: [(ThreadFn, _, bool); 2] = [
-        (balloon_thread, cstr!("vtballoonrs"), true),
-        (report_thread, cstr!("vtballoonrs report"), reporting),
+    let threads: [(ThreadFn, &CStr, bool); 2] = [
+        (balloon_thread, c"vtballoonrs", true),
+        (report_thread, c"vtballoonrs report", reporting),
     ];
     for (f, name, wanted) in threads {
         if !wanted {
             continue;
         }
         st.threads.fetch_add(1, Ordering::AcqRel);
-        let arg = (st as *const State).cast_mut().cast();
         // SAFETY: the thread gets the State, which outlives it (detach waits
         // for every thread to exit before freeing it).
-        if unsafe { sys::vtbrs_kthread_add(Some(f), arg, name.as_ptr()) } != 0 {
+        if unsafe { kthread_add(f, st.arg(), name) }.is_err() {
             st.threads.fetch_sub(1, Ordering::AcqRel);
-            log(dev, cstr!("cannot start a kthread"));
+            log(dev, c"cannot start a kthread");
         }
     }
     if st.features.contains(Features::DEFLATE_ON_OOM) {
-        let arg = (st as *const State).cast_mut().cast();
+        let handler: unsafe extern "C" fn(*mut c_void, c_int) = lowmem;
         // SAFETY: deregistered in detach before the State is freed.
-        let tag = unsafe { sys::vtbrs_lowmem_register(Some(lowmem), arg) };
-        // SAFETY: written once here, read in detach after the threads stopped.
-        unsafe { *addr_of_mut!((*(st as *const State).cast_mut()).lowmem_tag) = tag };
+        let tag = unsafe {
+            sys::eventhandler_register(
+                null_mut(),
+                c"vm_lowmem".as_ptr(),
+                handler as *mut c_void,
+                st.arg(),
+                sys::EVENTHANDLER_PRI_FIRST as c_int,
+            )
+        };
+        st.lowmem_tag.store(tag, Ordering::Release);
     }
     st.started.store(true, Ordering::Release);
-}
-
-type ThreadFn = unsafe extern "C" fn(*mut c_void);
-
-fn start_reporter(st: &State) {
-    // SAFETY: reads the end of physical memory.
-    let max_phys = unsafe { sys::vtbrs_max_phys() };
-    let policy = Policy::default();
-    let words = Reporter::<*mut sys::vm_page, Words>::bitmap_words(
-        max_phys,
-        u64::from(sys::PAGE_SIZE),
-        policy.min_order,
-    );
-    st.bitmap_bytes.set(words as u64 * 8);
-    let Some(bits) = Words::new(words) else {
-        st.bitmap_bytes.set(0);
-        log(
-            st.dev,
-            cstr!("no memory for the reporting bitmap: reporting off"),
-        );
-        return;
-    };
-    // SAFETY: TAILQ head allocation, checked below.
-    let parked = unsafe { sys::vtbrs_pagelist_new() };
-    if parked.is_null() {
-        log(
-            st.dev,
-            cstr!("no memory for the reporting lists: reporting off"),
-        );
-        return;
-    }
-    // SAFETY: the counters live in the State beside the reporter, which
-    // detach drops before it frees the State.
-    let counters = unsafe { StateRef::new(&st.report_counters) };
-    st.report.with(|side| {
-        side.blocks.parked = parked;
-        side.reporter = Some(Reporter::with_counters(
-            policy,
-            u64::from(sys::PAGE_SIZE),
-            bits,
-            counters,
-        ));
-    });
-}
-
-pub fn apply_push_timer(st: &State, timer: PushTimer) {
-    let _g = st.stats.mtx.lock();
-    // SAFETY: the stats mutex is held, as the callout requires. Detach sets
-    // `stopping`, then takes this mutex before draining the callout, so a
-    // timer armed here is either seen by the drain or never armed.
-    unsafe {
-        (*st.stats.value_ptr()).timer = timer;
-        match timer {
-            PushTimer::Off => sys::vtbrs_callout_stop(st.callout.get()),
-            PushTimer::Every(_) if st.stopping.load(Ordering::Acquire) => {}
-            PushTimer::Every(ms) => {
-                let arg = (st as *const State).cast_mut().cast();
-                sys::vtbrs_callout_reset(st.callout.get(), ms, Some(push_tick), arg);
-            }
-        }
-    }
-    st.push_interval.store(
-        match timer {
-            PushTimer::Off => 0,
-            PushTimer::Every(ms) => u64::from(ms),
-        },
-        Ordering::Relaxed,
-    );
 }
 
 /// STATS_PUSH callout, run with the stats mutex held.
@@ -600,7 +675,7 @@ unsafe extern "C" fn push_tick(arg: *mut c_void) {
             let _ = side.stats.push_tick(&mut dev, &vm);
             if let PushTimer::Every(ms) = side.timer {
                 if !st.stopping.load(Ordering::Acquire) {
-                    sys::vtbrs_callout_reset(st.callout.get(), ms, Some(push_tick), arg);
+                    st.arm_push(ms);
                 }
             }
         })
@@ -608,13 +683,13 @@ unsafe extern "C" fn push_tick(arg: *mut c_void) {
 }
 
 /// VIRTIO_CONFIG_CHANGE (interrupt context).
-///
-/// # Safety
-/// As for [`vtbrs_rs_intr`].
 #[no_mangle]
-unsafe extern "C" fn vtbrs_rs_config_change(state: *mut c_void) {
-    // SAFETY: per the contract.
-    let st = unsafe { &*state.cast::<State>() };
+extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> c_int {
+    Softc::of(dev).with(config_changed);
+    1
+}
+
+fn config_changed(st: &State) {
     if st.stopping.load(Ordering::Acquire) || !st.started.load(Ordering::Acquire) {
         return;
     }
@@ -630,7 +705,7 @@ unsafe extern "C" fn vtbrs_rs_config_change(state: *mut c_void) {
         PushTimer::Every(ms) => u64::from(ms),
     };
     if new != current {
-        apply_push_timer(st, timer);
+        st.set_push_timer(timer);
     }
 }
 
@@ -651,7 +726,7 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
                 let config = !stopping && st.config_pending.swap(false, Ordering::AcqRel);
                 match policy.next(stopping, config, timed_out) {
                     Next::Sleep { ms } => {
-                        timed_out = g.sleep(st.thread_chan(), cstr!("vtbidle"), ms);
+                        timed_out = g.sleep(st.thread_chan(), c"vtbidle", ms);
                         st.thread_wakeups.inc();
                     }
                     next => break next,
@@ -671,13 +746,10 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         policy.stepped(step);
         match step {
             Step::Backoff { ms } => st.diag(
-                cstr!("inflate: guest short of memory, backing off ms"),
+                c"inflate: guest short of memory, backing off ms",
                 u64::from(ms),
             ),
-            Step::Failed(e) => st.diag(
-                cstr!("balloon: host did not answer / queue error"),
-                e as u64,
-            ),
+            Step::Failed(e) => st.diag(c"balloon: host did not answer / queue error", e as u64),
             Step::Idle | Step::More => {}
         }
     }
@@ -690,8 +762,10 @@ fn thread_exit(st: &State) -> ! {
         st.threads.fetch_sub(1, Ordering::AcqRel);
         wakeup(st.thread_chan());
     }
-    // SAFETY: kthread_exit(9) from our own kthread.
-    unsafe { sys::vtbrs_kthread_exit() }
+    // SAFETY: called by our kthreads alone, done with the State (detach
+    // frees it once the count above reached 0, which needs the wait lock
+    // this thread no longer holds).
+    unsafe { kthread_exit() }
 }
 
 /// What the reporter reads in the kernel.
@@ -714,7 +788,7 @@ impl ReportEnv for KernelEnv<'_> {
 unsafe extern "C" fn report_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
-    let policy = Policy::default();
+    let policy = policy();
     let mut pause = policy.interval_ms;
     loop {
         {
@@ -722,7 +796,7 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
             if !st.stopping.load(Ordering::Acquire) {
                 // Off: sleep until the sysctl switches it on.
                 let ms = report_sleep_ms(st.report_enabled.load(Ordering::Acquire), pause);
-                g.sleep(st.report_chan(), cstr!("vtbreport"), ms);
+                g.sleep(st.report_chan(), c"vtbreport", ms);
                 st.report_wakeups.inc();
             }
         }
@@ -738,12 +812,9 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
             let mut dev = st.device(Buffers::None);
             let r = rep.pass(&mut dev, &mut side.blocks, &mut KernelEnv(st));
             if r.reported > 0 || r.skipped > 0 {
-                st.diag(
-                    cstr!("reporting pass: blocks reported"),
-                    u64::from(r.reported),
-                );
+                st.diag(c"reporting pass: blocks reported", u64::from(r.reported));
             }
-            st.diag(cstr!("reporting pass ended, reason"), stop_code(r.stop));
+            st.diag(c"reporting pass ended, reason", stop_code(r.stop));
             Some(r)
         });
         if let Some(r) = result {
@@ -754,8 +825,7 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
 }
 
 /// Number for a pass's end reason, for diagnostics.
-fn stop_code(stop: crate::reporting::Stop) -> u64 {
-    use crate::reporting::Stop;
+fn stop_code(stop: Stop) -> u64 {
     match stop {
         Stop::Disabled => 0,
         Stop::Pressure => 1,
@@ -769,7 +839,7 @@ fn stop_code(stop: crate::reporting::Stop) -> u64 {
 }
 
 /// vm_lowmem: deflate a bounded batch, tell the reporter to back off.
-unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
+unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
     // SAFETY: deregistered in detach before the State is freed.
     let st = unsafe { &*arg.cast::<State>() };
     let start_us = now_us();
@@ -787,33 +857,55 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
         side.balloon.lowmem(&mut dev, &mut side.mem)
     });
     st.lowmem_last_us.set(now_us().saturating_sub(start_us));
-    st.diag(cstr!("vm_lowmem: deflated pages"), u64::from(freed));
+    st.diag(c"vm_lowmem: deflated pages", u64::from(freed));
 }
 
 #[no_mangle]
-extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
-    let Some(st) = state_of(dev) else { return 0 };
+extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> c_int {
+    let softc = Softc::of(dev);
+    let Some(p) = softc.state() else { return 0 };
+    // SAFETY: set by attach, freed only below.
+    stop(unsafe { p.as_ref() });
+    // Interrupt handlers can run until virtio_pci tears them down after
+    // detach; from here on they find no state, and none still runs on it.
+    softc.quiesce();
+    // SAFETY: nothing reaches the state any more (everything stopped, the
+    // device reset, no handler left); no reference to it is live.
+    unsafe { free_state(p) };
+    0
+}
+
+/// Stops everything that uses the State and gives every page back.
+fn stop(st: &State) {
+    let dev = st.dev;
     st.stopping.store(true, Ordering::Release);
-    // SAFETY: initialized in alloc_state; once drained it cannot run again
-    // (it is queued only by attach). Sleeping here drops newbus's lock, which
-    // the task may need to finish.
-    unsafe { sys::vtbrs_task_drain(st.start_task.get()) };
-    if !st.lowmem_tag.is_null() {
+    // SAFETY: initialized in State::new; once drained it cannot run again
+    // (it is queued only by attach). Sleeping here drops newbus's lock,
+    // which the task may need to finish.
+    unsafe { sys::taskqueue_drain(addr_of!(sys::taskqueue_thread).read(), st.start_task.get()) };
+    let tag = st.lowmem_tag.swap(null_mut(), Ordering::AcqRel);
+    if !tag.is_null() {
         // SAFETY: registered in start with this tag; waits for a running
-        // handler to return.
-        unsafe { sys::vtbrs_lowmem_deregister(st.lowmem_tag) };
+        // handler to return (EVENTHANDLER_DEREGISTER).
+        unsafe {
+            let list = sys::eventhandler_find_list(c"vm_lowmem".as_ptr());
+            if !list.is_null() {
+                sys::eventhandler_deregister(list, tag);
+            }
+        }
     }
-    // Whoever is arming the push timer now finishes first (apply_push_timer).
+    // Whoever is arming the push timer now finishes first (set_push_timer).
     drop(st.stats.mtx.lock());
-    // SAFETY: initialized in alloc_state; `stopping` keeps it from re-arming.
-    unsafe { sys::vtbrs_callout_drain(st.callout.get()) };
+    // SAFETY: initialized in State::new; `stopping` keeps it from
+    // re-arming (callout_drain).
+    unsafe { sys::_callout_stop_safe(st.callout.get(), sys::CS_DRAIN as c_int, None) };
     {
         let g = st.wait.lock();
         while st.threads.load(Ordering::Acquire) > 0 {
             wakeup(st.thread_chan());
             wakeup(st.report_chan());
             // Threads finish their current bounded step, then exit.
-            g.sleep(st.thread_chan(), cstr!("vtbdetach"), 0);
+            g.sleep(st.thread_chan(), c"vtbdetach", 0);
         }
     }
     // Nobody else posts now: finish the kicks, then post in place.
@@ -825,17 +917,19 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
     if deflated.is_err() {
         log(
             dev,
-            cstr!("host did not take the balloon back in time: resetting the device"),
+            c"host did not take the balloon back in time: resetting the device",
         );
     }
     // Reset: the host lets go of every buffer, so every page may be freed.
     // SAFETY: our device; no thread or handler uses the queues any more.
-    unsafe { sys::vtbrs_virtio_stop(dev) };
+    unsafe { sys::virtio_stop(dev) };
     for vq in st.queues {
-        if !vq.is_null() {
-            // SAFETY: the device is reset; the buffers still posted are ours.
-            unsafe { sys::vtbrs_vq_drain(vq) };
+        if vq.is_null() {
+            continue;
         }
+        let mut last = 0;
+        // SAFETY: the device is reset; the buffers still posted are ours.
+        while !unsafe { sys::virtqueue_drain(vq, &mut last) }.is_null() {}
     }
     st.balloon.with(|side| {
         let kdev = st.balloon_device(&mut side.bufs);
@@ -845,41 +939,31 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> i32 {
         if let Some(rep) = side.reporter.as_mut() {
             rep.release(&mut side.blocks);
         }
-        side.reporter = None;
     });
-    free_state(dev, st);
-    0
 }
 
-fn free_state(dev: sys::device_t, st: &State) {
-    let p = (st as *const State).cast_mut();
-    // Interrupt handlers can run until virtio_pci tears them down after
-    // detach; from here on they find no state, and none still runs on it.
-    // SAFETY: our device's softc.
-    unsafe { sys::vtbrs_softc_quiesce(dev) };
+/// Removes the sysctl nodes, drops and destroys what the State holds and
+/// frees it.
+///
+/// # Safety
+/// `p` came from [`State::new`]; nothing uses or refers to it any more.
+unsafe fn free_state(p: NonNull<State>) {
+    // SAFETY: per the contract; the reference ends before the memory goes.
+    let st = unsafe { p.as_ref() };
     // Our sysctl nodes go, after any handler running on them returned.
-    // SAFETY: initialized in alloc_state; nodes only refer to the State.
-    if unsafe { sys::vtbrs_sysctl_ctx_free(st.sysctl_ctx.get()) } != 0 {
-        log(dev, cstr!("cannot remove the sysctl nodes"));
+    // SAFETY: initialized in State::new; nodes only refer to the State.
+    if unsafe { sys::sysctl_ctx_free(st.sysctl_ctx.get()) } != 0 {
+        log(st.dev, c"cannot remove the sysctl nodes");
     }
-    // SAFETY: no thread, handler, callout, task, sysctl node or interrupt
-    // can reach the state any more (all stopped above, device reset);
-    // nothing else refers to it.
+    // SAFETY: per the contract, each once; the DMA slots go after the
+    // device reset, the callout and tasks are drained, the data has no
+    // destructor.
     unsafe {
-        let side = (*p).balloon.value_ptr();
-        (*side).bufs.free();
-        (*(*p).stats.value_ptr()).bufs.free();
-        sys::vtbrs_free((*side).mem.list);
-        core::ptr::drop_in_place(addr_of_mut!((*(*p).report.value_ptr()).reporter));
-        let parked = (*(*p).report.value_ptr()).blocks.parked;
-        if !parked.is_null() {
-            sys::vtbrs_free(parked);
-        }
-        (*p).balloon.destroy();
-        (*p).kick.destroy();
-        (*p).report.destroy();
-        (*p).stats.mtx.destroy();
-        (*p).wait.destroy();
-        sys::vtbrs_free(p.cast());
+        st.balloon.destroy();
+        st.report.destroy();
+        st.stats.destroy();
+        st.kick.destroy();
+        st.wait.destroy();
+        kfree(p.as_ptr().cast());
     }
 }

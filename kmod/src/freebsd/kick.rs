@@ -20,15 +20,17 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_void, CStr};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::ptr::{addr_of, addr_of_mut, null_mut};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use super::memory::now_us;
+use super::device::{dequeue, enqueue, notify, write_config};
+use super::kern::now_us;
 use super::sync::Mutex;
 use super::sys;
 use crate::balloon::MAX_INFLIGHT;
 use crate::counters::Counter;
 use crate::platform::Error;
-use crate::protocol::config_offset;
+use crate::protocol::{config_offset, Features};
 
 /// Most buffers waiting for the task: every PFN slot of both queues.
 const MAX_PENDING: usize = 2 * MAX_INFLIGHT;
@@ -45,12 +47,12 @@ struct Pending {
     len: usize,
 }
 
-/// The kicker. Lives in the zero-initialized driver state: all-zero is a
-/// valid "off" kicker until [`Kick::init`].
+/// The kicker, initialized in place in the driver state ([`Kick::init`]);
+/// off (posts notify in place) until [`Kick::start`].
 pub struct Kick {
     ring: Mutex,
-    /// Our taskqueue (null: none, posts notify in place).
-    tq: UnsafeCell<*mut c_void>,
+    /// Our taskqueue (null: none); taskqueue_thread_enqueue reads it here.
+    tq: AtomicPtr<sys::taskqueue>,
     task: UnsafeCell<sys::task>,
     on: AtomicBool,
     /// Buffers posted but not yet enqueued; under `ring`.
@@ -59,70 +61,150 @@ pub struct Kick {
     /// work on the buffers (it discards the pages before returning).
     pub notify_us: Counter,
     /// The device, for config writes the task makes.
-    dev: UnsafeCell<sys::device_t>,
+    dev: sys::device_t,
+    features: Features,
     /// Balloon size for config `actual` not yet written: bit 32 set when
     /// pending. A config write traps to the host like a notification does,
     /// so it is made from the kick thread too.
     actual: AtomicU64,
 }
 
-// SAFETY: `pending` is only touched with `ring` held; `tq` and `task` are
-// written in start/stop, which the driver's lifecycle keeps apart from
-// every other use.
+// SAFETY: `pending` is only touched with `ring` held; `task` only by the
+// taskqueue(9) functions, which synchronize themselves; `dev` and
+// `features` do not change after `init`; the rest are atomics and a lock.
 unsafe impl Sync for Kick {}
 
+/// The CPU the kick thread runs on, none with a single CPU: the last one,
+/// the least likely to be busy with the boot CPU's work.
+fn kick_cpu() -> Option<usize> {
+    // SAFETY: set once at boot.
+    let (ncpus, maxid) = unsafe {
+        (
+            addr_of!(sys::mp_ncpus).read(),
+            addr_of!(sys::mp_maxid).read(),
+        )
+    };
+    (ncpus > 1).then_some(maxid as usize)
+}
+
+/// Sets or clears `cpu` in `set` (CPU_SET, CPU_CLR).
+fn cpu_bit(set: &mut sys::cpuset_t, cpu: usize, on: bool) {
+    let bits = core::mem::size_of_val(&set.__bits[0]) * 8;
+    if let Some(word) = set.__bits.get_mut(cpu / bits) {
+        let bit = 1 << (cpu % bits);
+        if on {
+            *word |= bit;
+        } else {
+            *word &= !bit;
+        }
+    }
+}
+
 impl Kick {
-    /// Initializes the lock in place.
+    /// Initializes the kicker at `slot`, in place, off.
     ///
     /// # Safety
-    /// Once, at the kicker's final address, before any other use.
-    pub unsafe fn init(&self, name: &'static CStr) {
-        // SAFETY: per the contract; zeroed memory is not a valid array of
-        // `Option`s, so it is written before anyone reads it.
+    /// As for [`Mutex::init`]; `dev` is the attached device.
+    pub unsafe fn init(
+        slot: *mut Kick,
+        dev: sys::device_t,
+        features: Features,
+        name: &'static CStr,
+    ) {
+        // SAFETY: per the contract the slot is ours and not yet in use; the
+        // task's argument is this kicker, which outlives the task (`stop`).
         unsafe {
-            self.pending.get().write([None; MAX_PENDING]);
-            self.ring.init(name)
+            addr_of_mut!((*slot).tq).write(AtomicPtr::new(null_mut()));
+            addr_of_mut!((*slot).on).write(AtomicBool::new(false));
+            addr_of_mut!((*slot).pending).write(UnsafeCell::new([None; MAX_PENDING]));
+            addr_of_mut!((*slot).notify_us).write(Counter::new());
+            addr_of_mut!((*slot).dev).write(dev);
+            addr_of_mut!((*slot).features).write(features);
+            addr_of_mut!((*slot).actual).write(AtomicU64::new(0));
+            sys::vtbrs_task_init(
+                addr_of_mut!((*slot).task).cast(),
+                Some(kick_task),
+                slot.cast(),
+            );
+            Mutex::init(addr_of_mut!((*slot).ring), name);
         }
     }
 
-    /// Starts the taskqueue; on failure the kicker stays off (posts notify
-    /// in place), which is correct, only slower.
+    /// Starts the taskqueue, its thread on the kick CPU; on failure the
+    /// kicker stays off (posts notify in place), which is correct, only
+    /// slower.
     ///
     /// # Safety
-    /// Once, after `init`, before any post; `self` outlives [`Kick::stop`].
-    pub unsafe fn start(&self, dev: sys::device_t, name: &'static CStr) -> bool {
-        let arg = (self as *const Kick).cast_mut().cast::<c_void>();
-        // SAFETY: per the contract nothing else uses `task`, `tq` or `dev`
-        // yet; the task's argument is this kicker, drained in `stop` before
-        // it goes.
-        let ok = unsafe {
-            *self.dev.get() = dev;
-            sys::vtbrs_task_init(self.task.get(), Some(kick_task), arg);
-            sys::vtbrs_tq_create(self.tq.get(), name.as_ptr(), sys::vtbrs_kick_cpu()) == 0
+    /// Once, before any post; `self` outlives [`Kick::stop`].
+    pub unsafe fn start(&self, name: &'static CStr) -> bool {
+        let tqp = self.tq.as_ptr();
+        // SAFETY: taskqueue_thread_enqueue finds the queue through `tqp`,
+        // which lives as long as the kicker; nobody uses `tq` before this
+        // returns (per the contract).
+        let tq = unsafe {
+            sys::taskqueue_create(
+                name.as_ptr(),
+                sys::M_NOWAIT as i32,
+                Some(sys::taskqueue_thread_enqueue),
+                tqp.cast(),
+            )
         };
-        if ok {
+        if tq.is_null() {
+            return false;
+        }
+        self.tq.store(tq, Ordering::Release);
+        // SAFETY: our new taskqueue; the mask is a full cpuset_t (the
+        // bindings are built for the SMP kernel's MAXCPU).
+        let rc = unsafe {
+            match kick_cpu() {
+                None => sys::taskqueue_start_threads(
+                    tqp,
+                    1,
+                    sys::PVM as i32,
+                    c"%s".as_ptr(),
+                    name.as_ptr(),
+                ),
+                Some(cpu) => {
+                    let mut mask = sys::cpuset_t::default();
+                    cpu_bit(&mut mask, cpu, true);
+                    sys::taskqueue_start_threads_cpuset(
+                        tqp,
+                        1,
+                        sys::PVM as i32,
+                        &mut mask,
+                        c"%s".as_ptr(),
+                        name.as_ptr(),
+                    )
+                }
+            }
+        };
+        if rc == 0 {
             self.on.store(true, Ordering::Release);
         }
-        ok
+        rc == 0
     }
 
     /// Keeps the calling thread (the balloon thread) off the kick thread's
     /// CPU, so that they run at the same time.
     pub fn avoid_my_cpu(&self) {
-        // SAFETY: changes only the calling thread's CPU set.
-        unsafe { sys::vtbrs_avoid_cpu(sys::vtbrs_kick_cpu()) }
+        let Some(cpu) = kick_cpu() else { return };
+        // SAFETY: all_cpus is set at boot; only the calling thread's CPU set
+        // changes. A failure leaves it as it was, which is only slower.
+        unsafe {
+            let mut mask = addr_of!(sys::all_cpus).read();
+            cpu_bit(&mut mask, cpu, false);
+            let _ = sys::cpuset_setthread(sys::vtbrs_curthread_tid(), &mut mask);
+        }
     }
 
     /// Waits for the task to finish what was posted and turns the kicker
     /// off. Called when nothing posts concurrently (threads stopped, lowmem
     /// handler gone).
     pub fn stop(&self) {
-        // SAFETY: `tq` was written by `start` before any post and is read
-        // only here and in `post`.
-        let tq = unsafe { *self.tq.get() };
+        let tq = self.tq.load(Ordering::Acquire);
         if !tq.is_null() {
             // SAFETY: our taskqueue and task.
-            unsafe { sys::vtbrs_tq_drain(tq, self.task.get()) };
+            unsafe { sys::taskqueue_drain(tq, self.task.get()) };
         }
         let _g = self.ring.lock();
         self.on.store(false, Ordering::Release);
@@ -133,14 +215,21 @@ impl Kick {
     /// # Safety
     /// Once, after `stop`, when nothing uses the kicker any more.
     pub unsafe fn destroy(&self) {
+        let tq = self.tq.load(Ordering::Acquire);
         // SAFETY: per the contract.
         unsafe {
-            let tq = *self.tq.get();
             if !tq.is_null() {
-                sys::vtbrs_tq_free(tq);
+                sys::taskqueue_free(tq);
             }
             self.ring.destroy();
         }
+    }
+
+    fn enqueue_task(&self) {
+        // SAFETY: `on` (checked by the callers) means `start` made the
+        // taskqueue, and `stop` (which ends its use) does not run
+        // concurrently with posts.
+        unsafe { sys::taskqueue_enqueue(self.tq.load(Ordering::Acquire), self.task.get()) };
     }
 
     /// Hands `len` bytes at `buf` (a DMA slot that stays put until the host
@@ -163,10 +252,7 @@ impl Kick {
             // negotiated, so it cannot be misled by this enqueue either.)
             // SAFETY: the ring lock makes us the only user of the queue's
             // producer side; the buffer outlives the post (see above).
-            let rc = unsafe { sys::vtbrs_vq_enqueue(vq, cookie, buf.cast(), len) };
-            if rc != 0 {
-                return Err(Error::QueueFull);
-            }
+            unsafe { enqueue(vq, cookie, buf, len)? };
             self.notify(vq);
             return Ok(());
         }
@@ -183,9 +269,7 @@ impl Kick {
             len,
         });
         drop(g);
-        // SAFETY: `on` means `start` made the taskqueue, and `stop` (which
-        // ends its use) does not run concurrently with posts.
-        unsafe { sys::vtbrs_tq_enqueue(*self.tq.get(), self.task.get()) };
+        self.enqueue_task();
         Ok(())
     }
 
@@ -197,8 +281,7 @@ impl Kick {
         }
         self.actual
             .store(PENDING_ACTUAL | u64::from(actual), Ordering::Release);
-        // SAFETY: as in `post`.
-        unsafe { sys::vtbrs_tq_enqueue(*self.tq.get(), self.task.get()) };
+        self.enqueue_task();
         true
     }
 
@@ -207,7 +290,7 @@ impl Kick {
         let _g = self.ring.lock();
         // SAFETY: the ring lock serializes us with the task's enqueues; the
         // balloon lock with other consumers.
-        unsafe { sys::vtbrs_vq_dequeue(vq) }
+        unsafe { dequeue(vq) }
     }
 
     /// Notifies the host about `vq`, timing it.
@@ -215,7 +298,7 @@ impl Kick {
         let t0 = now_us();
         // SAFETY: the callers make sure nobody enqueues on `vq` meanwhile
         // (ring lock held, or the task being the only producer).
-        unsafe { sys::vtbrs_vq_notify(vq) };
+        unsafe { notify(vq) };
         self.notify_us.add(now_us().saturating_sub(t0));
     }
 
@@ -229,28 +312,23 @@ impl Kick {
             for (slot, p) in todo.iter_mut().zip(pending.iter_mut()) {
                 let Some(post) = p.take() else { continue };
                 // SAFETY: the ring lock serializes enqueue and dequeue.
-                let rc = unsafe {
-                    sys::vtbrs_vq_enqueue(post.vq, post.cookie, post.buf.cast(), post.len)
-                };
+                let ok = unsafe { enqueue(post.vq, post.cookie, post.buf, post.len) };
                 // A buffer that cannot be enqueued (the ring has room for
                 // every slot, so never expected) is one the balloon's
                 // bounded wait then times out on and counts.
-                if rc == 0 {
+                if ok.is_ok() {
                     *slot = Some(post.vq);
                 }
             }
         }
         let actual = self.actual.swap(0, Ordering::AcqRel);
         if actual & PENDING_ACTUAL != 0 {
-            // SAFETY: `dev` is our attached device (set in `start`); `actual`
-            // is the driver-writable config field.
-            unsafe {
-                sys::vtbrs_config_write4(
-                    *self.dev.get(),
-                    config_offset::ACTUAL as i32,
-                    actual as u32,
-                )
-            };
+            write_config(
+                self.dev,
+                self.features,
+                config_offset::ACTUAL,
+                actual as u32,
+            );
         }
         let mut notified: [*mut sys::virtqueue; 2] = [core::ptr::null_mut(); 2];
         for vq in todo.into_iter().flatten() {

@@ -1,184 +1,271 @@
 //! The VM as the logic sees it: pages and runs from vm_page_alloc_noobj(9)
 //! and vm_page_alloc_noobj_contig(9) (freed page by page: the KPI has no
-//! batch free), free
-//! blocks for reporting, the ballooned-page list threaded through each
-//! page's own queue linkage (no memory of our own per page), and the VM
-//! counters.
+//! batch free), free blocks for reporting, the ballooned runs listed
+//! through each run's first page ([`crate::runlist`]: no memory of our own
+//! per page), and the VM counters.
 
-use core::ffi::c_void;
+use core::ptr::{addr_of, addr_of_mut, NonNull};
 
+use super::kern::{kfree, kmalloc};
 use super::sys;
 use crate::platform::{BlockMemory, Memory, VmCounters};
+use crate::runlist::{run_pages, RunList, RunPages};
 
-/// Guest memory for one device. `list` is the TAILQ of ballooned pages.
+/// A page the driver holds: taken from the VM by the driver (unmanaged,
+/// object-less, on no page queue), or found by the physical address of
+/// such a page. Only the driver touches its list fields (`plinks.q`,
+/// `pindex`) while it holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmPage(NonNull<sys::vm_page>);
+
+// SAFETY: a held page is the driver's, whichever thread works on it (each
+// list of them is behind a lock).
+unsafe impl Send for VmPage {}
+
+impl VmPage {
+    fn new(m: *mut sys::vm_page) -> Option<VmPage> {
+        NonNull::new(m).map(VmPage)
+    }
+
+    fn ptr(self) -> *mut sys::vm_page {
+        self.0.as_ptr()
+    }
+
+    fn phys(self) -> u64 {
+        // SAFETY: a live vm_page; phys_addr is constant from boot on.
+        unsafe { addr_of!((*self.ptr()).phys_addr).read() }
+    }
+}
+
+const PAGE_SIZE: u64 = sys::PAGE_SIZE as u64;
+
+/// The held pages' list fields and the page lookups, for [`RunList`].
+struct VmPages;
+
+impl RunPages for VmPages {
+    type Page = VmPage;
+
+    fn next(&self, first: VmPage) -> Option<VmPage> {
+        // SAFETY: a held page (see VmPage): its queue linkage is ours.
+        VmPage::new(unsafe { addr_of!((*first.ptr()).plinks.q.tqe_next).read() })
+    }
+
+    fn set_next(&mut self, first: VmPage, next: Option<VmPage>) {
+        let next = next.map_or(core::ptr::null_mut(), VmPage::ptr);
+        // SAFETY: as above.
+        unsafe { addr_of_mut!((*first.ptr()).plinks.q.tqe_next).write(next) }
+    }
+
+    fn len(&self, first: VmPage) -> usize {
+        // SAFETY: as above: the VM leaves pindex to the owner of an
+        // object-less page.
+        unsafe { addr_of!((*first.ptr()).pindex).read() as usize }
+    }
+
+    fn set_len(&mut self, first: VmPage, n: usize) {
+        // SAFETY: as above.
+        unsafe { addr_of_mut!((*first.ptr()).pindex).write(n as u64) }
+    }
+
+    fn array_nth(&self, first: VmPage, i: usize) -> VmPage {
+        // Only compared, or used for pages of a run the list checked to be
+        // consecutive in the page array. Kernel addresses do not wrap to 0.
+        VmPage::new(first.ptr().wrapping_add(i)).unwrap_or(first)
+    }
+
+    fn phys_nth(&self, first: VmPage, i: usize) -> Option<VmPage> {
+        let pa = first.phys() + i as u64 * PAGE_SIZE;
+        // SAFETY: PHYS_TO_VM_PAGE only looks the address up.
+        VmPage::new(unsafe { sys::PHYS_TO_VM_PAGE(pa) })
+    }
+}
+
+/// A free, naturally aligned run of 2^order pages: no sleeping, no
+/// reclaim, so only pages that are free right now.
+fn alloc_contig(order: u32) -> Option<VmPage> {
+    let n = 1u64 << order;
+    let req = sys::VM_ALLOC_NOWAIT | sys::VM_ALLOC_NORECLAIM | sys::VM_ALLOC_NODUMP;
+    // SAFETY: a non-sleeping allocation, callable from any thread context.
+    VmPage::new(unsafe {
+        sys::vm_page_alloc_noobj_contig(
+            req as i32,
+            n,
+            0,
+            u64::MAX,
+            n * PAGE_SIZE,
+            0,
+            sys::VTBRS_MEMATTR_DEFAULT as sys::vm_memattr_t,
+        )
+    })
+}
+
+/// Gives `n` held pages from `first` on back to the VM.
+fn free_pages(first: VmPage, n: usize) {
+    for page in run_pages(&VmPages, first, n) {
+        // SAFETY: the logic frees only pages it holds alone, once.
+        // vm_page_free() drops PG_ZERO: a page the host discarded is never
+        // assumed zero.
+        unsafe { sys::vm_page_free(page.ptr()) }
+    }
+}
+
+/// Guest memory for one device, and its ballooned runs.
+#[derive(Default)]
 pub struct KernelMemory {
-    pub list: *mut c_void,
+    ballooned: RunList<VmPage>,
 }
 
 impl Memory for KernelMemory {
-    type Page = *mut sys::vm_page;
+    type Page = VmPage;
 
     fn page_size(&self) -> u64 {
-        u64::from(sys::PAGE_SIZE)
+        PAGE_SIZE
     }
 
-    fn alloc_page(&mut self) -> Option<Self::Page> {
-        // SAFETY: non-sleeping allocation, callable from any thread context.
-        let m = unsafe { sys::vtbrs_page_alloc() };
-        (!m.is_null()).then_some(m)
+    fn alloc_page(&mut self) -> Option<VmPage> {
+        let req = sys::VM_ALLOC_NOWAIT | sys::VM_ALLOC_NODUMP;
+        // SAFETY: a non-sleeping allocation, callable from any thread context.
+        VmPage::new(unsafe { sys::vm_page_alloc_noobj(req as i32) })
     }
 
-    fn alloc_run(&mut self, order: u32) -> Option<Self::Page> {
-        // SAFETY: non-sleeping, non-reclaiming contiguous allocation.
-        let m = unsafe { sys::vtbrs_block_alloc(order as i32) };
-        (!m.is_null()).then_some(m)
+    fn alloc_run(&mut self, order: u32) -> Option<VmPage> {
+        alloc_contig(order)
     }
 
-    fn free_run(&mut self, first: Self::Page, n: usize) {
-        // SAFETY: the logic frees only pages it allocated and holds alone,
-        // as runs of consecutive physical addresses (checked in the shim).
-        unsafe { sys::vtbrs_run_free(first, n as u64) }
+    fn free_run(&mut self, first: VmPage, n: usize) {
+        free_pages(first, n);
     }
 
-    fn phys_addr(&self, page: Self::Page) -> u64 {
-        // SAFETY: `page` is a live vm_page we allocated.
-        unsafe { sys::vtbrs_page_phys(page) }
+    fn phys_addr(&self, page: VmPage) -> u64 {
+        page.phys()
     }
 
-    fn page_at(&self, phys: u64) -> Option<Self::Page> {
+    fn page_at(&self, phys: u64) -> Option<VmPage> {
         // SAFETY: PHYS_TO_VM_PAGE only looks the address up.
-        let m = unsafe { sys::vtbrs_phys_page(phys) };
-        (!m.is_null()).then_some(m)
+        VmPage::new(unsafe { sys::PHYS_TO_VM_PAGE(phys) })
     }
 
-    fn push_ballooned(&mut self, first: Self::Page, n: usize) {
-        // SAFETY: `list` is our TAILQ head, serialized by the balloon lock;
-        // the pages are ours, unmanaged and on no queue, so the first page's
-        // plinks.q linkage and pindex are free to use.
-        unsafe { sys::vtbrs_run_push(self.list, first, n as u64) }
+    fn push_ballooned(&mut self, first: VmPage, n: usize) {
+        self.ballooned.push(&mut VmPages, first, n);
     }
 
-    fn pop_ballooned(&mut self, max: usize) -> Option<(Self::Page, usize)> {
-        let mut n = 0u64;
-        // SAFETY: as above; `n` is our local.
-        let m = unsafe { sys::vtbrs_run_pop(self.list, max as u64, &mut n) };
-        (!m.is_null()).then_some((m, n as usize))
+    fn pop_ballooned(&mut self, max: usize) -> Option<(VmPage, usize)> {
+        self.ballooned.pop(&mut VmPages, max)
     }
 }
 
-/// Free blocks for reporting; `parked` is a TAILQ of blocks set aside
-/// during a scan, linked through each block's first page.
+/// Free blocks for reporting; `parked` holds blocks set aside during a
+/// scan, listed through each block's first page.
+#[derive(Default)]
 pub struct KernelBlocks {
-    pub parked: *mut c_void,
+    parked: RunList<VmPage>,
 }
 
 impl BlockMemory for KernelBlocks {
-    type Block = *mut sys::vm_page;
+    type Block = VmPage;
 
-    fn alloc_block(&mut self, order: u32) -> Option<Self::Block> {
-        // SAFETY: non-sleeping, non-reclaiming contiguous allocation.
-        let m = unsafe { sys::vtbrs_block_alloc(order as i32) };
-        (!m.is_null()).then_some(m)
+    fn alloc_block(&mut self, order: u32) -> Option<VmPage> {
+        alloc_contig(order)
     }
 
-    fn free_block(&mut self, block: Self::Block, order: u32) {
-        // SAFETY: `block` came from alloc_block with the same order (a run
-        // of 2^order pages) and the host has acknowledged (or the device was
-        // reset). vm_page_free() drops PG_ZERO: a reported page is never
-        // assumed zero.
-        unsafe { sys::vtbrs_run_free(block, 1 << order) }
+    fn free_block(&mut self, block: VmPage, order: u32) {
+        // The host has acknowledged the block, or the device was reset.
+        free_pages(block, 1 << order);
     }
 
-    fn block_phys(&self, block: Self::Block) -> u64 {
-        // SAFETY: `block` is a live run of pages we hold.
-        unsafe { sys::vtbrs_page_phys(block) }
+    fn block_phys(&self, block: VmPage) -> u64 {
+        block.phys()
     }
 
-    fn park(&mut self, block: Self::Block) {
-        // SAFETY: the block is ours, unmanaged and on no queue; `parked` is
-        // our TAILQ head, used only by the reporting thread.
-        unsafe { sys::vtbrs_pagelist_push(self.parked, block) }
+    fn park(&mut self, block: VmPage) {
+        self.parked.push(&mut VmPages, block, 1);
     }
 
-    fn unpark(&mut self) -> Option<Self::Block> {
-        // SAFETY: as above.
-        let m = unsafe { sys::vtbrs_pagelist_pop(self.parked) };
-        (!m.is_null()).then_some(m)
+    fn unpark(&mut self) -> Option<VmPage> {
+        self.parked.pop(&mut VmPages, 1).map(|(block, _)| block)
     }
 }
 
 /// Reads the VM counters (never sleeps).
 pub fn vm_counters() -> VmCounters {
-    let mut c = sys::vtbrs_vmcounters::default();
-    // SAFETY: fills a plain struct we own.
-    unsafe { sys::vtbrs_vm_counters(&mut c) };
-    VmCounters {
-        page_size: c.page_size,
-        page_count: c.page_count,
-        free: c.free,
-        inactive: c.inactive,
-        laundry: c.laundry,
-        active: c.active,
-        wired: c.wired,
-        free_target: c.free_target,
-        free_reserved: c.free_reserved,
-        free_min: c.free_min,
-        inactive_target: c.inactive_target,
-        swap_in: c.swap_in,
-        swap_out: c.swap_out,
-        major_faults: c.major_faults,
-        faults: c.faults,
-        swap_free: c.swap_free,
-        freed_total: c.freed_total,
-        pd_scanned: c.pd_scanned,
-        pd_freed: c.pd_freed,
+    let cnt = addr_of!(sys::vm_cnt);
+    // SAFETY: vm_cnt is the kernel's; its plain fields are read as the
+    // kernel reads them (racy by design, each one word), its counters with
+    // counter_u64_fetch(9).
+    unsafe {
+        let word = |f: *const u32| u64::from(f.read_volatile());
+        let count = |c: *const sys::counter_u64_t| sys::counter_u64_fetch(c.read());
+        let (mut total, mut used) = (0, 0);
+        sys::swap_pager_status(&mut total, &mut used);
+        VmCounters {
+            page_size: PAGE_SIZE,
+            page_count: word(addr_of!((*cnt).v_page_count)),
+            free: u64::from(sys::vm_free_count()),
+            inactive: u64::from(sys::vm_inactive_count()),
+            laundry: u64::from(sys::vm_laundry_count()),
+            active: u64::from(sys::vm_active_count()),
+            wired: count(addr_of!((*cnt).v_wire_count)),
+            free_target: word(addr_of!((*cnt).v_free_target)),
+            free_reserved: word(addr_of!((*cnt).v_free_reserved)),
+            free_min: word(addr_of!((*cnt).v_free_min)),
+            inactive_target: word(addr_of!((*cnt).v_inactive_target)),
+            swap_in: count(addr_of!((*cnt).v_swappgsin)),
+            swap_out: count(addr_of!((*cnt).v_swappgsout)),
+            major_faults: count(addr_of!((*cnt).v_io_faults)),
+            faults: count(addr_of!((*cnt).v_vm_faults)),
+            swap_free: u64::try_from(total - used).unwrap_or(0),
+            freed_total: count(addr_of!((*cnt).v_tfree)),
+            pd_scanned: count(addr_of!((*cnt).v_pdpages)),
+            pd_freed: count(addr_of!((*cnt).v_dfree)),
+        }
     }
 }
 
-/// Monotonic microseconds since boot.
-pub fn now_us() -> u64 {
-    // SAFETY: reads the uptime clock.
-    unsafe { sys::vtbrs_now_us() }
-}
-
-/// Monotonic milliseconds since boot.
-pub fn now_ms() -> u64 {
-    // SAFETY: reads the uptime clock.
-    unsafe { sys::vtbrs_now_ms() }
+/// The end of physical memory (`Maxmem`, in pages, as bytes).
+pub fn max_phys() -> u64 {
+    // SAFETY: set once at boot.
+    let pages = unsafe { addr_of!(sys::Maxmem).read() };
+    u64::try_from(pages).unwrap_or(0) * PAGE_SIZE
 }
 
 /// Zeroed kernel memory holding `len` u64 words (the reporting bitmap).
 pub struct Words {
-    ptr: *mut u64,
+    ptr: NonNull<u64>,
     len: usize,
 }
 
+// SAFETY: the words belong to this value.
+unsafe impl Send for Words {}
+
 impl Words {
     pub fn new(len: usize) -> Option<Words> {
-        let bytes = len.checked_mul(8)?;
-        // SAFETY: malloc(9) with M_NOWAIT|M_ZERO; checked for NULL below.
-        let ptr = unsafe { sys::vtbrs_malloc(bytes) }.cast::<u64>();
-        (!ptr.is_null()).then_some(Words { ptr, len })
+        let ptr = NonNull::new(kmalloc(len.checked_mul(8)?).cast::<u64>())?;
+        Some(Words { ptr, len })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.len * 8
     }
 }
 
 impl AsRef<[u64]> for Words {
     fn as_ref(&self) -> &[u64] {
         // SAFETY: `ptr` points to `len` zero-initialized words we own.
-        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl AsMut<[u64]> for Words {
     fn as_mut(&mut self) -> &mut [u64] {
         // SAFETY: as above, and `&mut self` makes the access exclusive.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for Words {
     fn drop(&mut self) {
-        // SAFETY: allocated by vtbrs_malloc in `new`, freed once.
-        unsafe { sys::vtbrs_free(self.ptr.cast()) }
+        // SAFETY: allocated by kmalloc in `new`, freed once.
+        unsafe { kfree(self.ptr.as_ptr().cast()) }
     }
 }

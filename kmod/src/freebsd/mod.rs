@@ -4,6 +4,7 @@
 
 mod device;
 mod driver;
+mod kern;
 mod kick;
 mod memory;
 mod panic;
@@ -11,11 +12,3 @@ mod sync;
 mod sysctl;
 
 use vtballoon_bindings as sys;
-
-/// A NUL-terminated string literal as a C string.
-macro_rules! cstr {
-    ($s:literal) => {
-        core::ffi::CStr::from_bytes_with_nul(concat!($s, "\0").as_bytes()).unwrap()
-    };
-}
-pub(crate) use cstr;

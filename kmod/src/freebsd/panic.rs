@@ -32,5 +32,5 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let _ = write!(m, "{info}");
     // SAFETY: `m.buf` is NUL-terminated (len < buf.len() and the buffer was
     // zeroed); panic(9) does not return.
-    unsafe { sys::vtbrs_panic(m.buf.as_ptr().cast()) }
+    unsafe { sys::panic(c"vtballoonrs: %s".as_ptr(), m.buf.as_ptr()) }
 }

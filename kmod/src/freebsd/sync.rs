@@ -1,28 +1,49 @@
 //! Kernel locks: mtx(9) for waits and interrupt paths, sx(9) for paths
-//! that sleep waiting for the host. Each lock lives inside the driver state,
-//! which is allocated once and never moves, and is initialized in place.
+//! that sleep waiting for the host.
+//!
+//! A kernel lock is initialized at its final address and never moves (its
+//! address is its identity to WITNESS and to sleepers). So, in the spirit of
+//! Rust-for-Linux's pin-init, these types have no constructor by value: the
+//! only way to make one is `init` on a raw slot inside the driver state,
+//! before any reference to it exists. Safe code reaches a lock only through
+//! a reference, and every reference points at an initialized lock (the state
+//! is initialized in place completely before the first `&State` is made):
+//! `lock` and `with` can therefore not be called on an uninitialized lock.
+//!
+//! Without INVARIANTS the kernel lets a thread take a non-recursive mtx or
+//! sx it already holds (it only counts the recursion): the cells therefore
+//! keep a flag, under their lock, that makes a nested `with` on the same
+//! cell panic instead of handing out a second `&mut`.
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_void, CStr};
+use core::marker::PhantomPinned;
 use core::ops::Deref;
-use core::ptr::NonNull;
+use core::ptr::{addr_of_mut, NonNull};
 
+use super::kern::hz;
 use super::sys;
+use crate::sleep::sleep_ticks;
 
 /// A default (sleep) mutex.
-pub struct Mutex(UnsafeCell<sys::mtx>);
+pub struct Mutex {
+    mtx: UnsafeCell<sys::mtx>,
+    _pinned: PhantomPinned,
+}
 
 // SAFETY: mtx(9) is designed to be shared between threads.
 unsafe impl Sync for Mutex {}
 
 impl Mutex {
-    /// Initializes the mutex in place.
+    /// Initializes the mutex at `slot`, in place.
     ///
     /// # Safety
-    /// Called once, before any other use, with `self` at its final address.
-    pub unsafe fn init(&self, name: &'static CStr) {
-        // SAFETY: per the contract, the storage is ours and not yet in use.
-        unsafe { sys::vtbrs_mtx_init(self.0.get(), name.as_ptr()) }
+    /// `slot` is valid for writes, holds no initialized mutex, and stays at
+    /// this address until [`Mutex::destroy`]; no reference to it exists yet.
+    pub unsafe fn init(slot: *mut Mutex, name: &'static CStr) {
+        // SAFETY: per the contract; UnsafeCell<mtx> has mtx's layout, and
+        // the marker field is zero-sized.
+        unsafe { sys::vtbrs_mtx_init(addr_of_mut!((*slot).mtx).cast(), name.as_ptr()) }
     }
 
     /// Destroys the mutex.
@@ -31,16 +52,17 @@ impl Mutex {
     /// Called once, after every other use, with the mutex unowned.
     pub unsafe fn destroy(&self) {
         // SAFETY: per the contract, nobody holds or will take the lock.
-        unsafe { sys::vtbrs_mtx_destroy(self.0.get()) }
+        unsafe { sys::vtbrs_mtx_destroy(self.mtx.get()) }
     }
 
     pub fn raw(&self) -> *mut sys::mtx {
-        self.0.get()
+        self.mtx.get()
     }
 
     pub fn lock(&self) -> MutexGuard<'_> {
-        // SAFETY: the mutex was initialized in attach and lives as long as `self`.
-        unsafe { sys::vtbrs_mtx_lock(self.0.get()) };
+        // SAFETY: a `&Mutex` only exists for an initialized one (see the
+        // module docs), which lives as long as the reference.
+        unsafe { sys::vtbrs_mtx_lock(self.mtx.get()) };
         MutexGuard(self)
     }
 }
@@ -53,12 +75,7 @@ impl MutexGuard<'_> {
     /// milliseconds (0: until woken; at least one tick otherwise). Returns
     /// true if it timed out.
     pub fn sleep(&self, chan: *const c_void, wmesg: &'static CStr, ms: u32) -> bool {
-        let ticks = if ms == 0 {
-            0
-        } else {
-            // SAFETY: converts a duration; no other effect.
-            unsafe { sys::vtbrs_ms_to_ticks(ms) }
-        };
+        let ticks = sleep_ticks(ms, hz());
         // SAFETY: we hold the mutex (this guard exists), as msleep(9) requires.
         let rc = unsafe { sys::vtbrs_msleep(chan.cast_mut(), self.0.raw(), wmesg.as_ptr(), ticks) };
         rc != 0
@@ -75,47 +92,77 @@ impl Drop for MutexGuard<'_> {
 /// Wakes every thread sleeping on `chan`.
 pub fn wakeup(chan: *const c_void) {
     // SAFETY: wakeup(9) accepts any address as a channel.
-    unsafe { sys::vtbrs_wakeup(chan.cast_mut()) }
+    unsafe { sys::wakeup(chan) }
+}
+
+/// Lends the value of a locked cell to `f`.
+///
+/// # Safety
+/// The caller holds the cell's lock (exclusively); `busy` and `value` are
+/// the cell's and are only touched with that lock held.
+unsafe fn lend<T, R>(
+    busy: &UnsafeCell<bool>,
+    value: &UnsafeCell<T>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    // SAFETY: per the contract only this thread reaches `busy` now.
+    let borrowed = unsafe { &mut *busy.get() };
+    // Set: this thread is already inside `f` for this cell (a recursed lock).
+    assert!(!*borrowed, "vtballoonrs: driver lock recursed");
+    *borrowed = true;
+    // SAFETY: the lock is held and no other borrow of the value is live
+    // (`busy` was clear), so this is the only reference.
+    let r = f(unsafe { &mut *value.get() });
+    // SAFETY: as above (panics abort: no unwinding leaves it set).
+    unsafe { *busy.get() = false };
+    r
 }
 
 /// A value guarded by an sx(9) lock: holders may sleep.
 pub struct SxCell<T> {
     lock: UnsafeCell<sys::sx>,
+    busy: UnsafeCell<bool>,
     value: UnsafeCell<T>,
+    _pinned: PhantomPinned,
 }
 
-// SAFETY: access to `value` is serialized by the sx lock.
+// SAFETY: access to `value` is serialized by the sx lock, and the value
+// moves between threads with the lock.
 unsafe impl<T: Send> Sync for SxCell<T> {}
 
 impl<T> SxCell<T> {
-    /// Initializes the lock in place.
+    /// Writes `value` to `slot` and initializes the lock, in place.
     ///
     /// # Safety
-    /// Called once, before any other use, with `self` at its final address
-    /// and `value` already initialized.
-    pub unsafe fn init(&self, name: &'static CStr) {
-        // SAFETY: per the contract, the storage is ours and not yet in use.
-        unsafe { sys::vtbrs_sx_init(self.lock.get(), name.as_ptr()) }
+    /// As for [`Mutex::init`].
+    pub unsafe fn init(slot: *mut Self, name: &'static CStr, value: T) {
+        // SAFETY: per the contract the slot is ours and not yet in use.
+        unsafe {
+            addr_of_mut!((*slot).value).write(UnsafeCell::new(value));
+            addr_of_mut!((*slot).busy).write(UnsafeCell::new(false));
+            sys::sx_init_flags(addr_of_mut!((*slot).lock).cast(), name.as_ptr(), 0);
+        }
     }
 
+    /// Drops the value and destroys the lock.
+    ///
     /// # Safety
     /// Called once, after every other use.
     pub unsafe fn destroy(&self) {
-        // SAFETY: per the contract, nobody holds or will take the lock.
-        unsafe { sys::vtbrs_sx_destroy(self.lock.get()) }
-    }
-
-    /// Pointer to the value, for in-place initialization before `init`.
-    pub fn value_ptr(&self) -> *mut T {
-        self.value.get()
+        // SAFETY: per the contract, nobody holds or will take the lock, and
+        // nobody refers to the value any more.
+        unsafe {
+            core::ptr::drop_in_place(self.value.get());
+            sys::sx_destroy(self.lock.get());
+        }
     }
 
     /// Runs `f` with the lock held exclusively.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: the lock was initialized in attach.
+        // SAFETY: a `&SxCell` only exists for an initialized one (module docs).
         unsafe { sys::vtbrs_sx_xlock(self.lock.get()) };
-        // SAFETY: the exclusive lock is held, so this is the only reference.
-        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: the exclusive lock is held.
+        let r = unsafe { lend(&self.busy, &self.value, f) };
         // SAFETY: we took the lock above.
         unsafe { sys::vtbrs_sx_xunlock(self.lock.get()) };
         r
@@ -125,6 +172,7 @@ impl<T> SxCell<T> {
 /// A value guarded by a [`Mutex`]: holders must not sleep.
 pub struct MtxCell<T> {
     pub mtx: Mutex,
+    busy: UnsafeCell<bool>,
     value: UnsafeCell<T>,
 }
 
@@ -132,14 +180,35 @@ pub struct MtxCell<T> {
 unsafe impl<T: Send> Sync for MtxCell<T> {}
 
 impl<T> MtxCell<T> {
-    pub fn value_ptr(&self) -> *mut T {
-        self.value.get()
+    /// Writes `value` to `slot` and initializes the mutex, in place.
+    ///
+    /// # Safety
+    /// As for [`Mutex::init`].
+    pub unsafe fn init(slot: *mut Self, name: &'static CStr, value: T) {
+        // SAFETY: per the contract.
+        unsafe {
+            addr_of_mut!((*slot).value).write(UnsafeCell::new(value));
+            addr_of_mut!((*slot).busy).write(UnsafeCell::new(false));
+            Mutex::init(addr_of_mut!((*slot).mtx), name);
+        }
+    }
+
+    /// Drops the value and destroys the mutex.
+    ///
+    /// # Safety
+    /// As for [`SxCell::destroy`].
+    pub unsafe fn destroy(&self) {
+        // SAFETY: per the contract.
+        unsafe {
+            core::ptr::drop_in_place(self.value.get());
+            self.mtx.destroy();
+        }
     }
 
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let _g = self.mtx.lock();
-        // SAFETY: the mutex is held, so this is the only reference.
-        f(unsafe { &mut *self.value.get() })
+        // SAFETY: the mutex is held.
+        unsafe { lend(&self.busy, &self.value, f) }
     }
 
     /// Runs `f` on the value when the caller already holds the mutex (a
@@ -149,7 +218,7 @@ impl<T> MtxCell<T> {
     /// The caller holds `self.mtx`.
     pub unsafe fn with_held<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         // SAFETY: per the contract the mutex is held.
-        f(unsafe { &mut *self.value.get() })
+        unsafe { lend(&self.busy, &self.value, f) }
     }
 }
 

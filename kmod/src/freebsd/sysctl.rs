@@ -1,437 +1,175 @@
-//! The sysctl tree under the device (`dev.vtballoonrs.<unit>.*`). Counters
-//! are read straight from the logic's atomics; settings go through
-//! [`vtbrs_rs_sysctl_set`], which validates before changing anything.
+//! The sysctl tree under the device (`dev.vtballoonrs.<unit>.*`), made from
+//! the node table ([`crate::nodes`]): one handler reads every node from the
+//! State and writes settings after the table's check (EINVAL and no change
+//! otherwise).
 
-use core::ffi::{c_void, CStr};
+use core::ffi::{c_int, c_void};
+use core::ptr::{addr_of_mut, null};
 use core::sync::atomic::Ordering;
 
 use super::driver::State;
+use super::kern::log;
 use super::sync::wakeup;
-use super::{cstr, sys};
-use crate::balloon::Tunables;
+use super::sys;
+use crate::nodes::{Id, Kind, NODES};
 use crate::protocol::BALLOON_PAGE_SIZE;
 
-/// Settings and computed values behind SYSCTL_ADD_PROC nodes.
-#[repr(i32)]
-#[derive(Clone, Copy)]
-enum Node {
-    Debug = 1,
-    OomBatch = 2,
-    LinuxTags = 3,
-    ReportEnabled = 4,
-    InflateRun = 5,
-    KickThread = 6,
-    TargetBytes = 10,
-    ActualBytes = 11,
-    PushInterval = 12,
-    MemoryBytes = 13,
+/// What a node shows.
+enum Value<'a> {
+    Number(u64),
+    Text(&'a [u8]),
 }
 
-impl Node {
-    fn from(which: i32) -> Option<Node> {
-        [
-            Node::Debug,
-            Node::OomBatch,
-            Node::LinuxTags,
-            Node::ReportEnabled,
-            Node::InflateRun,
-            Node::KickThread,
-            Node::TargetBytes,
-            Node::ActualBytes,
-            Node::PushInterval,
-            Node::MemoryBytes,
-        ]
-        .into_iter()
-        .find(|n| *n as i32 == which)
+fn read(st: &State, id: Id) -> Value<'_> {
+    let b = &st.balloon_counters;
+    let s = &st.stats_counters;
+    let r = &st.report_counters;
+    let flag = |on: bool| Value::Number(u64::from(on));
+    let n = match id {
+        Id::MemoryAccounting => return Value::Text(&st.accounting_text),
+        Id::Features => return Value::Text(&st.features_text),
+        Id::Debug => return flag(st.debug.load(Ordering::Relaxed)),
+        Id::KickThread => return flag(st.kick_thread.load(Ordering::Relaxed)),
+        Id::StatsLinuxTags => return flag(st.linux_tags.load(Ordering::Relaxed)),
+        Id::ReportEnabled => return flag(st.report_enabled.load(Ordering::Relaxed)),
+        Id::OomBatchPages => u64::from(st.oom_batch.load(Ordering::Relaxed)),
+        Id::InflateRunPages => u64::from(st.inflate_run.load(Ordering::Relaxed)),
+        Id::TargetPages => b.target_pages.get(),
+        Id::ActualPages => b.actual_pages.get(),
+        Id::TargetBytes => b.target_pages.get() * BALLOON_PAGE_SIZE,
+        Id::ActualBytes | Id::HeldBytes => b.actual_pages.get() * BALLOON_PAGE_SIZE,
+        Id::InflatedPages => b.inflated_pages.get(),
+        Id::DeflatedPages => b.deflated_pages.get(),
+        Id::LowmemEvents => b.lowmem_events.get(),
+        Id::LowmemPages => b.lowmem_pages.get(),
+        Id::ConfigChanges => b.config_changes.get(),
+        Id::AllocFailures => b.alloc_failures.get(),
+        Id::HostTimeouts => b.host_timeouts.get(),
+        Id::Errors => b.errors.get(),
+        Id::BuffersPosted => b.buffers_posted.get(),
+        Id::StatsRequests => s.requests.get(),
+        Id::StatsPushes => s.pushes.get(),
+        Id::StatsErrors => s.errors.get(),
+        Id::StatsPushIntervalMs => st.push_interval.load(Ordering::Relaxed),
+        Id::MemoryBytes => st.fixed_bytes(),
+        Id::NotifyUs => st.kick.notify_us.get(),
+        Id::LowmemLastUs => st.lowmem_last_us.get(),
+        Id::ThreadWakeups => st.thread_wakeups.get(),
+        Id::ReportWakeups => st.report_wakeups.get(),
+        Id::ReportBlocks => r.blocks.get(),
+        Id::ReportBytes => r.bytes.get(),
+        Id::ReportInflight => r.inflight.get(),
+        Id::ReportAcks => r.acks.get(),
+        Id::ReportErrors => r.errors.get(),
+        Id::ReportPasses => r.passes.get(),
+        Id::ReportTimeMs => r.time_ms.get(),
+    };
+    Value::Number(n)
+}
+
+/// Applies a setting the table accepted.
+fn write(st: &State, id: Id, v: u32) {
+    match id {
+        Id::Debug => st.debug.store(v == 1, Ordering::Relaxed),
+        Id::KickThread => st.kick_thread.store(v == 1, Ordering::Relaxed),
+        Id::StatsLinuxTags => st.linux_tags.store(v == 1, Ordering::Relaxed),
+        Id::OomBatchPages => st.oom_batch.store(v, Ordering::Relaxed),
+        Id::InflateRunPages => st.inflate_run.store(v, Ordering::Relaxed),
+        Id::ReportEnabled => {
+            // Under the lock the reporter decides to sleep with: it cannot
+            // miss being switched on.
+            let _g = st.wait.lock();
+            st.report_enabled.store(v == 1, Ordering::Release);
+            wakeup(st.report_chan());
+        }
+        _ => {}
     }
 }
 
-// Every node lives in the State's own sysctl context, which detach frees
-// (waiting for running handlers) before it frees the State: what a node
-// points at outlives the node.
-
-fn u64_node(st: &State, name: &CStr, p: *mut u64, descr: &CStr) {
-    // SAFETY: `p` points into the State (see above); names and descriptions
-    // are static strings.
-    unsafe {
-        sys::vtbrs_sysctl_u64(
-            st.dev,
-            st.sysctl_ctx.get(),
-            name.as_ptr(),
-            p,
-            descr.as_ptr(),
-        )
-    }
-}
-
-fn proc_node(st: &State, name: &CStr, node: Node, rw: bool, descr: &CStr) {
-    let state = (st as *const State).cast_mut().cast::<c_void>();
-    let ctx = st.sysctl_ctx.get();
-    // SAFETY: registers a handler called with the State and `which` (see above).
-    unsafe {
-        if rw {
-            sys::vtbrs_sysctl_rw_int(
-                st.dev,
-                ctx,
-                name.as_ptr(),
-                state,
-                node as i32,
-                descr.as_ptr(),
-            );
-        } else {
-            sys::vtbrs_sysctl_ro_u64(
-                st.dev,
-                ctx,
-                name.as_ptr(),
-                state,
-                node as i32,
-                descr.as_ptr(),
-            );
+/// Adds every node that applies to this device, in the State's own sysctl
+/// context, which detach frees (waiting for running handlers) before it
+/// frees the State: what a node points at outlives the node.
+pub fn register(st: &State, reporting: bool) {
+    // SAFETY: our attached device's tree, which newbus made at attach.
+    let children = unsafe { addr_of_mut!((*sys::device_get_sysctl_tree(st.dev)).oid_children) };
+    let arg = (st as *const State).cast_mut().cast::<c_void>();
+    for (i, node) in NODES.iter().enumerate() {
+        if node.reporting && !reporting {
+            continue;
+        }
+        let (kind, fmt) = match node.kind {
+            Kind::U64 => (
+                sys::CTLTYPE_U64 | sys::CTLFLAG_RD | sys::CTLFLAG_STATS,
+                c"QU",
+            ),
+            Kind::Text => (sys::CTLTYPE_STRING | sys::CTLFLAG_RD, c"A"),
+            Kind::Setting(_) => (sys::CTLTYPE_INT | sys::CTLFLAG_RWTUN, c"I"),
+        };
+        // SAFETY: the handler gets the State (see above) and the node's
+        // index; names and descriptions are copied, formats are static.
+        let oid = unsafe {
+            sys::sysctl_add_oid(
+                st.sysctl_ctx.get(),
+                children,
+                sys::OID_AUTO,
+                node.name.as_ptr(),
+                (kind | sys::CTLFLAG_MPSAFE) as i32,
+                arg,
+                i as sys::intmax_t,
+                Some(handler),
+                fmt.as_ptr(),
+                node.descr.as_ptr(),
+                null(),
+            )
+        };
+        if oid.is_null() {
+            log(st.dev, c"cannot add a sysctl node");
         }
     }
 }
 
-fn text_node(st: &State, name: &CStr, text: &[u8], descr: &CStr) {
-    // SAFETY: `text` is a NUL-terminated buffer inside the State (see above).
-    unsafe {
-        sys::vtbrs_sysctl_string(
-            st.dev,
-            st.sysctl_ctx.get(),
-            name.as_ptr(),
-            text.as_ptr().cast(),
-            descr.as_ptr(),
-        )
-    }
-}
-
-pub fn register(st: &State) {
-    // Atomics in the State, outside the locks: no lock to read them.
-    let b = &st.balloon_counters;
-    let s = &st.stats_counters;
-    u64_node(
-        st,
-        cstr!("target_pages"),
-        b.target_pages.as_ptr(),
-        cstr!("Host's balloon target (4 KiB pages)"),
-    );
-    u64_node(
-        st,
-        cstr!("actual_pages"),
-        b.actual_pages.as_ptr(),
-        cstr!("Pages the host holds now (4 KiB pages)"),
-    );
-    proc_node(
-        st,
-        cstr!("target_bytes"),
-        Node::TargetBytes,
-        false,
-        cstr!("Host's balloon target in bytes"),
-    );
-    proc_node(
-        st,
-        cstr!("actual_bytes"),
-        Node::ActualBytes,
-        false,
-        cstr!("Balloon size in bytes"),
-    );
-    proc_node(
-        st,
-        cstr!("held_bytes"),
-        Node::ActualBytes,
-        false,
-        cstr!("Guest memory the balloon holds (not free, not on any page queue)"),
-    );
-    text_node(
-        st,
-        cstr!("memory_accounting"),
-        &st.accounting_text,
-        cstr!("How ballooned memory counts for the guest"),
-    );
-    u64_node(
-        st,
-        cstr!("inflated_pages"),
-        b.inflated_pages.as_ptr(),
-        cstr!("Pages given to the host since attach"),
-    );
-    u64_node(
-        st,
-        cstr!("deflated_pages"),
-        b.deflated_pages.as_ptr(),
-        cstr!("Pages taken back from the host since attach"),
-    );
-    u64_node(
-        st,
-        cstr!("lowmem_events"),
-        b.lowmem_events.as_ptr(),
-        cstr!("vm_lowmem events handled (DEFLATE_ON_OOM)"),
-    );
-    u64_node(
-        st,
-        cstr!("lowmem_pages"),
-        b.lowmem_pages.as_ptr(),
-        cstr!("Pages deflated because of vm_lowmem"),
-    );
-    u64_node(
-        st,
-        cstr!("config_changes"),
-        b.config_changes.as_ptr(),
-        cstr!("Host configuration changes seen"),
-    );
-    u64_node(
-        st,
-        cstr!("alloc_failures"),
-        b.alloc_failures.as_ptr(),
-        cstr!("Page allocations that failed while inflating"),
-    );
-    u64_node(
-        st,
-        cstr!("host_timeouts"),
-        b.host_timeouts.as_ptr(),
-        cstr!("Waits for the host that timed out"),
-    );
-    u64_node(
-        st,
-        cstr!("errors"),
-        b.errors.as_ptr(),
-        cstr!("Queue errors and unusable pages"),
-    );
-    u64_node(
-        st,
-        cstr!("buffers_posted"),
-        b.buffers_posted.as_ptr(),
-        cstr!("PFN buffers posted to the host"),
-    );
-    u64_node(
-        st,
-        cstr!("stats_requests"),
-        s.requests.as_ptr(),
-        cstr!("Statistics requests from the host"),
-    );
-    u64_node(
-        st,
-        cstr!("stats_pushes"),
-        s.pushes.as_ptr(),
-        cstr!("Statistics pushed on the STATS_PUSH timer"),
-    );
-    u64_node(
-        st,
-        cstr!("stats_errors"),
-        s.errors.as_ptr(),
-        cstr!("Statistics buffers that could not be queued"),
-    );
-    proc_node(
-        st,
-        cstr!("stats_push_interval_ms"),
-        Node::PushInterval,
-        false,
-        cstr!("STATS_PUSH period set by the host (0: pull only)"),
-    );
-    text_node(
-        st,
-        cstr!("features"),
-        &st.features_text,
-        cstr!("Negotiated virtio features"),
-    );
-    proc_node(
-        st,
-        cstr!("debug"),
-        Node::Debug,
-        true,
-        cstr!("Rate-limited diagnostics on the console (0/1)"),
-    );
-    proc_node(
-        st,
-        cstr!("oom_batch_pages"),
-        Node::OomBatch,
-        true,
-        cstr!("Pages deflated per vm_lowmem event (1-65536)"),
-    );
-    proc_node(
-        st,
-        cstr!("inflate_run_pages"),
-        Node::InflateRun,
-        true,
-        cstr!("Largest physically contiguous run taken at once when inflating, in pages (power of two, 1-256; 1: page by page)"),
-    );
-    proc_node(
-        st,
-        cstr!("memory_bytes"),
-        Node::MemoryBytes,
-        false,
-        cstr!("Memory the driver allocates for this device, whatever the balloon size (0 bytes per ballooned page; kernel thread stacks not counted)"),
-    );
-    u64_node(
-        st,
-        cstr!("notify_us"),
-        st.kick.notify_us.as_ptr(),
-        cstr!("Microseconds spent notifying the host of inflate/deflate buffers (QEMU discards the pages before it returns)"),
-    );
-    u64_node(
-        st,
-        cstr!("lowmem_last_us"),
-        st.lowmem_last_us.as_ptr(),
-        cstr!("Microseconds the last vm_lowmem deflate took (guest time, host ack included)"),
-    );
-    u64_node(
-        st,
-        cstr!("thread_wakeups"),
-        st.thread_wakeups.as_ptr(),
-        cstr!("Times the balloon thread woke up (none while the target is reached)"),
-    );
-    u64_node(
-        st,
-        cstr!("report_wakeups"),
-        st.report_wakeups.as_ptr(),
-        cstr!("Times the reporting thread woke up"),
-    );
-    proc_node(
-        st,
-        cstr!("kick_thread"),
-        Node::KickThread,
-        true,
-        cstr!("Notify the host from a thread on another CPU (0/1); applies at next attach"),
-    );
-    proc_node(
-        st,
-        cstr!("stats_linux_tags"),
-        Node::LinuxTags,
-        true,
-        cstr!("Also send Linux-only stat tags 12 and 14 (0/1); applies at next attach"),
-    );
-    if st.features.contains(crate::protocol::Features::REPORTING) {
-        register_reporting(st);
-    }
-}
-
-fn register_reporting(st: &State) {
-    proc_node(
-        st,
-        cstr!("report_enabled"),
-        Node::ReportEnabled,
-        true,
-        cstr!("Free page reporting on (0/1)"),
-    );
-    // Attach: nobody else holds the lock yet.
-    if !st.report.with(|side| side.reporter.is_some()) {
-        return;
-    }
-    let c = &st.report_counters;
-    u64_node(
-        st,
-        cstr!("report_blocks"),
-        c.blocks.as_ptr(),
-        cstr!("Free 2 MiB blocks reported to the host"),
-    );
-    u64_node(
-        st,
-        cstr!("report_bytes"),
-        c.bytes.as_ptr(),
-        cstr!("Bytes of free memory reported to the host"),
-    );
-    u64_node(
-        st,
-        cstr!("report_inflight"),
-        c.inflight.as_ptr(),
-        cstr!("Blocks held out of the free lists right now"),
-    );
-    u64_node(
-        st,
-        cstr!("report_acks"),
-        c.acks.as_ptr(),
-        cstr!("Reports the host acknowledged"),
-    );
-    u64_node(
-        st,
-        cstr!("report_errors"),
-        c.errors.as_ptr(),
-        cstr!("Reports that failed or timed out"),
-    );
-    u64_node(
-        st,
-        cstr!("report_passes"),
-        c.passes.as_ptr(),
-        cstr!("Reporting passes run"),
-    );
-    u64_node(
-        st,
-        cstr!("report_time_ms"),
-        c.time_ms.as_ptr(),
-        cstr!("Milliseconds spent reporting"),
-    );
-}
-
-/// Reads a computed or settable node.
+/// Every node's handler (SYSCTL_HANDLER_ARGS).
 ///
 /// # Safety
-/// `state` is the State registered with the node.
-#[no_mangle]
-unsafe extern "C" fn vtbrs_rs_sysctl_get(state: *mut c_void, which: i32, out: *mut u64) -> i32 {
-    // SAFETY: per the contract.
-    let Some(st) = (unsafe { state.cast::<State>().as_ref() }) else {
-        return sys::ENXIO as i32;
+/// Called by sysctl(9) with the arguments [`register`] gave.
+unsafe extern "C" fn handler(
+    oidp: *mut sys::sysctl_oid,
+    arg1: *mut c_void,
+    arg2: sys::intmax_t,
+    req: *mut sys::sysctl_req,
+) -> c_int {
+    // SAFETY: `arg1` is the State, alive while the node exists (see register).
+    let st = unsafe { &*arg1.cast::<State>() };
+    let Some(node) = usize::try_from(arg2).ok().and_then(|i| NODES.get(i)) else {
+        return sys::EINVAL as c_int;
     };
-    let b = &st.balloon_counters;
-    let v = match Node::from(which) {
-        Some(Node::Debug) => u64::from(st.debug.load(Ordering::Relaxed)),
-        Some(Node::OomBatch) => u64::from(st.oom_batch.load(Ordering::Relaxed)),
-        Some(Node::InflateRun) => u64::from(st.inflate_run.load(Ordering::Relaxed)),
-        Some(Node::LinuxTags) => u64::from(st.linux_tags.load(Ordering::Relaxed)),
-        Some(Node::KickThread) => u64::from(st.kick_thread.load(Ordering::Relaxed)),
-        Some(Node::ReportEnabled) => u64::from(st.report_enabled.load(Ordering::Relaxed)),
-        Some(Node::TargetBytes) => b.target_pages.get() * BALLOON_PAGE_SIZE,
-        Some(Node::ActualBytes) => b.actual_pages.get() * BALLOON_PAGE_SIZE,
-        Some(Node::PushInterval) => st.push_interval.load(Ordering::Relaxed),
-        Some(Node::MemoryBytes) => st.fixed_bytes(),
-        None => return sys::EINVAL as i32,
-    };
-    // SAFETY: `out` is the handler's local.
-    unsafe { *out = v };
-    0
-}
-
-/// Validates and applies a write; EINVAL and no change on a bad value.
-///
-/// # Safety
-/// `state` is the State registered with the node.
-#[no_mangle]
-unsafe extern "C" fn vtbrs_rs_sysctl_set(state: *mut c_void, which: i32, value: u64) -> i32 {
-    // SAFETY: per the contract.
-    let Some(st) = (unsafe { state.cast::<State>().as_ref() }) else {
-        return sys::ENXIO as i32;
-    };
-    let flag = |v: u64| if v <= 1 { Some(v == 1) } else { None };
-    match Node::from(which) {
-        Some(Node::Debug) => match flag(value) {
-            Some(on) => st.debug.store(u32::from(on), Ordering::Relaxed),
-            None => return sys::EINVAL as i32,
-        },
-        Some(Node::LinuxTags) => match flag(value) {
-            Some(on) => st.linux_tags.store(on, Ordering::Relaxed),
-            None => return sys::EINVAL as i32,
-        },
-        Some(Node::KickThread) => match flag(value) {
-            Some(on) => st.kick_thread.store(on, Ordering::Relaxed),
-            None => return sys::EINVAL as i32,
-        },
-        Some(Node::ReportEnabled) => match flag(value) {
-            Some(on) => {
-                // Under the lock the reporter decides to sleep with: it
-                // cannot miss being switched on.
-                let _g = st.wait.lock();
-                st.report_enabled.store(on, Ordering::Release);
-                wakeup(st.report_chan());
+    match (node.kind, read(st, node.id)) {
+        (Kind::Text, Value::Text(text)) => {
+            // SAFETY: a NUL-terminated string inside the State; arg2 0 makes
+            // it read-only to sysctl_handle_string (and the node is RD).
+            unsafe { sys::sysctl_handle_string(oidp, text.as_ptr().cast_mut().cast(), 0, req) }
+        }
+        (Kind::U64, Value::Number(mut v)) => {
+            // SAFETY: `v` is our local; read-only node.
+            unsafe { sys::sysctl_handle_64(oidp, (&mut v as *mut u64).cast(), 0, req) }
+        }
+        (Kind::Setting(accepts), Value::Number(v)) => {
+            let mut val = v as c_int;
+            // SAFETY: `val` is our local; sysctl copies the new value into it.
+            let error =
+                unsafe { sys::sysctl_handle_int(oidp, (&mut val as *mut c_int).cast(), 0, req) };
+            // SAFETY: `req` is the request sysctl passed us.
+            if error != 0 || unsafe { (*req).newptr }.is_null() {
+                return error;
             }
-            None => return sys::EINVAL as i32,
-        },
-        Some(Node::InflateRun) => match u32::try_from(value) {
-            Ok(v) if Tunables::valid_inflate_run(v) => st.inflate_run.store(v, Ordering::Relaxed),
-            _ => return sys::EINVAL as i32,
-        },
-        Some(Node::OomBatch) => match u32::try_from(value) {
-            Ok(v) if Tunables::valid_oom_batch(v) => st.oom_batch.store(v, Ordering::Relaxed),
-            _ => return sys::EINVAL as i32,
-        },
-        _ => return sys::EINVAL as i32,
+            match accepts.check(i64::from(val)) {
+                Some(v) => {
+                    write(st, node.id, v);
+                    0
+                }
+                None => sys::EINVAL as c_int,
+            }
+        }
+        _ => sys::EINVAL as c_int,
     }
-    0
 }
