@@ -10,6 +10,7 @@ pub mod avail;
 pub mod balloon;
 pub mod counters;
 pub mod platform;
+pub mod pressure;
 pub mod protocol;
 pub mod reporting;
 pub mod stats;

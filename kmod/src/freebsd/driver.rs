@@ -18,9 +18,10 @@ use super::kick::Kick;
 use super::memory::{now_ms, now_us, vm_counters, KernelBlocks, KernelMemory, Words};
 use super::sync::{wakeup, MtxCell, Mutex, SxCell};
 use super::{cstr, sys, sysctl};
-use crate::balloon::{Balloon, Step, Tunables};
+use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use crate::counters::{Counter, Gauge};
 use crate::platform::VmCounters;
+use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
 use crate::protocol::{feature_names, Features, Queue};
 use crate::reporting::{Policy, ReportEnv, Reporter};
 use crate::stats::{PushTimer, Stats};
@@ -41,6 +42,7 @@ const FAILED_STEP_PAUSE_MS: u32 = 1_000;
 
 pub struct BalloonSide {
     pub balloon: Balloon,
+    pub pressure: Pressure,
     pub bufs: PfnBuffers,
     pub mem: KernelMemory,
 }
@@ -83,6 +85,8 @@ pub struct State {
     pub stopping: AtomicBool,
     /// A config change the balloon thread has not seen yet (WANTSIZE).
     config_pending: AtomicBool,
+    /// vm_lowmem ran: the balloon thread should look at the pressure watch.
+    lowmem_kick: AtomicBool,
     /// vm_lowmem seen, for the reporter.
     pressure: AtomicBool,
     threads: AtomicU32,
@@ -90,6 +94,13 @@ pub struct State {
     // Settings (sysctl / loader tunables).
     pub debug: AtomicU32,
     pub oom_batch: AtomicU32,
+    pub oom_headroom: AtomicU32,
+    pub oom_watch_ms: AtomicU32,
+    pub oom_interval_ms: AtomicU32,
+    /// Guest-side floor, in pages (0: none).
+    pub floor_pages: AtomicU64,
+    /// The pressure watch runs (for sysctl).
+    pub oom_watching: AtomicBool,
     pub inflate_run: AtomicU32,
     pub linux_tags: AtomicBool,
     /// Post through the kick thread (read when the driver starts).
@@ -159,6 +170,16 @@ impl State {
         KernelDevice {
             kick: Some(&self.kick),
             ..self.device(Buffers::Pfn(bufs))
+        }
+    }
+
+    /// The pressure policy's settings as they are now.
+    pub fn oom_tunables(&self) -> OomTunables {
+        OomTunables {
+            min_batch_pages: self.oom_batch.load(Ordering::Relaxed),
+            headroom_pages: self.oom_headroom.load(Ordering::Relaxed),
+            watch_ms: self.oom_watch_ms.load(Ordering::Relaxed),
+            interval_ms: self.oom_interval_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -262,6 +283,7 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         addr_of_mut!((*p).report_order).write(Policy::default().order);
         let side = (*p).balloon.value_ptr();
         addr_of_mut!((*side).balloon).write(Balloon::new(features, tun));
+        addr_of_mut!((*side).pressure).write(Pressure::new());
         addr_of_mut!((*side).mem).write(KernelMemory { list });
         sys::vtbrs_sysctl_ctx_init((*p).sysctl_ctx.get());
         sys::vtbrs_task_init((*p).start_task.get(), Some(start_check), p.cast());
@@ -273,7 +295,15 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         addr_of_mut!((*rep).blocks).write(KernelBlocks {
             parked: core::ptr::null_mut(),
         });
-        (*p).oom_batch.store(tun.oom_batch_pages, Ordering::Relaxed);
+        let oom = OomTunables::default();
+        (*p).oom_batch.store(oom.min_batch_pages, Ordering::Relaxed);
+        (*p).oom_headroom
+            .store(oom.headroom_pages, Ordering::Relaxed);
+        (*p).oom_watch_ms.store(oom.watch_ms, Ordering::Relaxed);
+        (*p).oom_interval_ms
+            .store(oom.interval_ms, Ordering::Relaxed);
+        (*p).floor_pages
+            .store(floor_default_pages(&vm_counters()), Ordering::Relaxed);
         (*p).inflate_run
             .store(tun.inflate_run_pages, Ordering::Relaxed);
         (*p).report_enabled.store(true, Ordering::Relaxed);
@@ -612,13 +642,15 @@ unsafe extern "C" fn vtbrs_rs_config_change(state: *mut c_void) {
 }
 
 /// The balloon kthread: sleeps until the host changes its config, then
-/// resizes; no timer while idle.
+/// resizes; no timer while idle. After memory pressure it also looks at free
+/// memory every `oom_watch_interval_ms` for as long as the watch runs.
 unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
     st.kick.avoid_my_cpu();
     let mut idle = false;
     let mut pause_ms = 0u32;
+    let mut look_ms: Option<u32> = None;
     loop {
         let mut config = false;
         {
@@ -631,13 +663,23 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
                     config = true;
                     break;
                 }
+                if st.lowmem_kick.swap(false, Ordering::AcqRel) {
+                    break;
+                }
                 if !idle && pause_ms == 0 {
                     break;
                 }
-                // Idle: no timeout; backing off: `pause_ms`.
-                let timed_out = g.sleep(st.thread_chan(), cstr!("vtbidle"), pause_ms);
+                // Idle: no timeout unless the pressure watch runs; backing
+                // off: `pause_ms`, or the next look if sooner.
+                let ms = match (idle, look_ms) {
+                    (true, None) => 0,
+                    (true, Some(l)) => l,
+                    (false, None) => pause_ms,
+                    (false, Some(l)) => pause_ms.min(l),
+                };
+                let timed_out = g.sleep(st.thread_chan(), cstr!("vtbidle"), ms);
                 st.thread_wakeups.inc();
-                if timed_out && pause_ms > 0 {
+                if timed_out && ms > 0 {
                     break;
                 }
             }
@@ -646,22 +688,56 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             break;
         }
         pause_ms = 0;
-        let step = st.balloon.with(|side| {
-            let mut dev = st.balloon_device(&mut side.bufs);
+        let oom = st.oom_tunables();
+        let floor = st.floor_pages.load(Ordering::Relaxed);
+        let (step, look) = st.balloon.with(|side| {
+            let now = now_ms();
+            let vm = vm_counters();
+            if side.pressure.watching_at(now) {
+                let mut urgent = KernelDevice {
+                    urgent: true,
+                    ..st.balloon_device(&mut side.bufs)
+                };
+                let freed = side.balloon.relieve(
+                    &mut side.pressure,
+                    &oom,
+                    Relief::Watch,
+                    &mut urgent,
+                    &mut side.mem,
+                    &vm,
+                    now,
+                );
+                if freed > 0 {
+                    st.diag(cstr!("pressure watch: deflated pages"), u64::from(freed));
+                }
+            }
+            let watching = side.pressure.watching_at(now);
+            let limit = if watching {
+                InflateLimit::Pressure
+            } else if floor == 0 {
+                InflateLimit::None
+            } else {
+                InflateLimit::Floor(inflate_allowance(&vm, floor, false))
+            };
+            side.balloon.set_inflate_limit(limit);
             side.balloon
                 .set_inflate_run(st.inflate_run.load(Ordering::Relaxed));
             if config {
                 side.balloon.config_changed();
             }
-            side.balloon.step(&mut dev, &mut side.mem)
+            let mut dev = st.balloon_device(&mut side.bufs);
+            let step = side.balloon.step(&mut dev, &mut side.mem);
+            (step, side.pressure.next_look_ms(&oom, now_ms()))
         });
+        look_ms = look;
+        st.oom_watching.store(look.is_some(), Ordering::Relaxed);
         idle = false;
         match step {
             Step::Idle => idle = true,
             Step::More => {}
             Step::Backoff { ms } => {
                 st.diag(
-                    cstr!("inflate: guest short of memory, backing off ms"),
+                    cstr!("inflate: guest short of memory or at the floor, backing off ms"),
                     u64::from(ms),
                 );
                 pause_ms = ms;
@@ -766,7 +842,9 @@ fn stop_code(stop: crate::reporting::Stop) -> u64 {
     }
 }
 
-/// vm_lowmem: deflate a bounded batch, tell the reporter to back off.
+/// vm_lowmem (page daemon, or the UMA reclaim worker): gives back what the
+/// page daemon is short of at once, starts the balloon thread's pressure
+/// watch, tells the reporter to back off.
 unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
     // SAFETY: deregistered in detach before the State is freed.
     let st = unsafe { &*arg.cast::<State>() };
@@ -775,17 +853,29 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: i32) {
     if st.stopping.load(Ordering::Acquire) {
         return;
     }
-    let batch = st.oom_batch.load(Ordering::Relaxed);
+    let oom = st.oom_tunables();
     let freed = st.balloon.with(|side| {
-        side.balloon.set_oom_batch(batch);
         let mut dev = KernelDevice {
             urgent: true,
             ..st.balloon_device(&mut side.bufs)
         };
-        side.balloon.lowmem(&mut dev, &mut side.mem)
+        let vm = vm_counters();
+        side.balloon.relieve(
+            &mut side.pressure,
+            &oom,
+            Relief::LowmemEvent,
+            &mut dev,
+            &mut side.mem,
+            &vm,
+            now_ms(),
+        )
     });
     st.lowmem_last_us.set(now_us().saturating_sub(start_us));
     st.diag(cstr!("vm_lowmem: deflated pages"), u64::from(freed));
+    // The balloon thread starts (or keeps) watching.
+    let _g = st.wait.lock();
+    st.lowmem_kick.store(true, Ordering::Release);
+    wakeup(st.thread_chan());
 }
 
 #[no_mangle]

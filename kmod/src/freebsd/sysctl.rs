@@ -9,6 +9,7 @@ use super::driver::State;
 use super::sync::wakeup;
 use super::{cstr, sys};
 use crate::balloon::Tunables;
+use crate::pressure::OomTunables;
 use crate::protocol::BALLOON_PAGE_SIZE;
 
 /// Settings and computed values behind SYSCTL_ADD_PROC nodes.
@@ -25,6 +26,11 @@ enum Node {
     ActualBytes = 11,
     PushInterval = 12,
     MemoryBytes = 13,
+    OomHeadroom = 14,
+    OomWatch = 15,
+    OomInterval = 16,
+    Floor = 17,
+    OomWatching = 18,
 }
 
 impl Node {
@@ -40,6 +46,11 @@ impl Node {
             Node::ActualBytes,
             Node::PushInterval,
             Node::MemoryBytes,
+            Node::OomHeadroom,
+            Node::OomWatch,
+            Node::OomInterval,
+            Node::Floor,
+            Node::OomWatching,
         ]
         .into_iter()
         .find(|n| *n as i32 == which)
@@ -171,7 +182,34 @@ pub fn register(st: &State) {
         st,
         cstr!("lowmem_pages"),
         b.lowmem_pages.as_ptr(),
-        cstr!("Pages deflated because of vm_lowmem"),
+        cstr!(
+            "Pages given back because of memory pressure (vm_lowmem events and the pressure watch)"
+        ),
+    );
+    u64_node(
+        st,
+        cstr!("oom_deflates"),
+        b.oom_deflates.as_ptr(),
+        cstr!("Deflates done for memory pressure (vm_lowmem events and watch looks that gave memory back)"),
+    );
+    proc_node(
+        st,
+        cstr!("oom_watching"),
+        Node::OomWatching,
+        false,
+        cstr!("1 while free memory is watched after memory pressure (no inflating meanwhile)"),
+    );
+    u64_node(
+        st,
+        cstr!("floor_refused_pages"),
+        b.floor_refused_pages.as_ptr(),
+        cstr!("Pages of the host's target the guest-side floor holds back now"),
+    );
+    u64_node(
+        st,
+        cstr!("floor_stops"),
+        b.floor_stops.as_ptr(),
+        cstr!("Times the guest-side floor stopped an inflate short of the host's target"),
     );
     u64_node(
         st,
@@ -246,7 +284,35 @@ pub fn register(st: &State) {
         cstr!("oom_batch_pages"),
         Node::OomBatch,
         true,
-        cstr!("Pages deflated per vm_lowmem event (1-65536)"),
+        cstr!("Least pages given back per vm_lowmem event (1-65536)"),
+    );
+    proc_node(
+        st,
+        cstr!("oom_headroom_pages"),
+        Node::OomHeadroom,
+        true,
+        cstr!("Free memory beyond the page daemon's target (vm.stats.vm.v_free_target) that a deflate under memory pressure restores, in pages (0-262144)"),
+    );
+    proc_node(
+        st,
+        cstr!("oom_watch_ms"),
+        Node::OomWatch,
+        true,
+        cstr!("How long free memory is watched after the last sign of memory pressure, in ms (0-600000; 0: act on vm_lowmem events only)"),
+    );
+    proc_node(
+        st,
+        cstr!("oom_watch_interval_ms"),
+        Node::OomInterval,
+        true,
+        cstr!("Pause between looks at free memory while watching, in ms (1-1000)"),
+    );
+    proc_node(
+        st,
+        cstr!("floor_pages"),
+        Node::Floor,
+        true,
+        cstr!("The balloon does not inflate while the guest's available memory is below this many pages, whatever the host asks (0: no floor; default v_free_target + 2% of memory)"),
     );
     proc_node(
         st,
@@ -378,6 +444,11 @@ unsafe extern "C" fn vtbrs_rs_sysctl_get(state: *mut c_void, which: i32, out: *m
     let v = match Node::from(which) {
         Some(Node::Debug) => u64::from(st.debug.load(Ordering::Relaxed)),
         Some(Node::OomBatch) => u64::from(st.oom_batch.load(Ordering::Relaxed)),
+        Some(Node::OomHeadroom) => u64::from(st.oom_headroom.load(Ordering::Relaxed)),
+        Some(Node::OomWatch) => u64::from(st.oom_watch_ms.load(Ordering::Relaxed)),
+        Some(Node::OomInterval) => u64::from(st.oom_interval_ms.load(Ordering::Relaxed)),
+        Some(Node::Floor) => st.floor_pages.load(Ordering::Relaxed),
+        Some(Node::OomWatching) => u64::from(st.oom_watching.load(Ordering::Relaxed)),
         Some(Node::InflateRun) => u64::from(st.inflate_run.load(Ordering::Relaxed)),
         Some(Node::LinuxTags) => u64::from(st.linux_tags.load(Ordering::Relaxed)),
         Some(Node::KickThread) => u64::from(st.kick_thread.load(Ordering::Relaxed)),
@@ -432,9 +503,31 @@ unsafe extern "C" fn vtbrs_rs_sysctl_set(state: *mut c_void, which: i32, value: 
             _ => return sys::EINVAL as i32,
         },
         Some(Node::OomBatch) => match u32::try_from(value) {
-            Ok(v) if Tunables::valid_oom_batch(v) => st.oom_batch.store(v, Ordering::Relaxed),
+            Ok(v) if OomTunables::valid_batch(v) => st.oom_batch.store(v, Ordering::Relaxed),
             _ => return sys::EINVAL as i32,
         },
+        Some(Node::OomHeadroom) => match u32::try_from(value) {
+            Ok(v) if OomTunables::valid_headroom(v) => st.oom_headroom.store(v, Ordering::Relaxed),
+            _ => return sys::EINVAL as i32,
+        },
+        Some(Node::OomWatch) => match u32::try_from(value) {
+            Ok(v) if OomTunables::valid_watch(v) => st.oom_watch_ms.store(v, Ordering::Relaxed),
+            _ => return sys::EINVAL as i32,
+        },
+        Some(Node::OomInterval) => match u32::try_from(value) {
+            Ok(v) if OomTunables::valid_interval(v) => {
+                st.oom_interval_ms.store(v, Ordering::Relaxed)
+            }
+            _ => return sys::EINVAL as i32,
+        },
+        Some(Node::Floor) => {
+            // At most all of memory; the node is an int, so below 2^31 pages.
+            let total = crate::freebsd::memory::vm_counters().page_count;
+            if value > total {
+                return sys::EINVAL as i32;
+            }
+            st.floor_pages.store(value, Ordering::Relaxed);
+        }
         _ => return sys::EINVAL as i32,
     }
     0
