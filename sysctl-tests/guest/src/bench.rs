@@ -17,7 +17,7 @@ const BENCH_RUNS: u32 = 3;
 
 /// The bench phase measures and reports figures to the host, which prints
 /// them; its checks only say whether each measurement could be taken,
-/// never whether a figure met its target.
+/// never whether a figure met its reference figure.
 pub fn phase_bench(c: &mut Ctx) {
     // Memory is touched before each inflate so the host has pages to drop.
     let phys = mib_of(get_u64(b"hw.physmem").unwrap_or(0));

@@ -260,7 +260,7 @@ fn resident_line(rows: &[BenchRow], host: Option<&HostDiscard>) -> Option<String
     };
     Some(format!(
         "resident inflate {mib} MiB: ours {} MiB/s, in-tree {} MiB/s; ours / host resident discard rate {ratio} \
-         (target >= 0.90); QEMU RSS released: ours {} MiB, in-tree {} MiB",
+         (reference figure >= 0.90); QEMU RSS released: ours {} MiB, in-tree {} MiB",
         rate(ours),
         rate(theirs),
         rss(ours),
@@ -283,7 +283,7 @@ fn lowmem_line(us: &[u64], call_us: &[u64]) -> String {
         return "lowmem deflate of 256 pages: no figures (the driver has no lowmem_last_us)".into();
     };
     let mut l = format!(
-        "lowmem deflate of 256 pages: median {m} µs of guest time (target < 1000); runs: {} µs",
+        "lowmem deflate of 256 pages: median {m} µs of guest time (reference figure < 1000); runs: {} µs",
         list(us)
     );
     if let Some(c) = median_u64(call_us) {
@@ -307,7 +307,7 @@ fn idle_line(b: &Bench) -> String {
         })
     };
     format!(
-        "balloon thread idle wakeups/s: {} (target 0); reporting thread (report_enabled=0): {}/s; over {:.1} s, target reached",
+        "balloon thread idle wakeups/s: {} (reference figure 0); reporting thread (report_enabled=0): {}/s; over {:.1} s, target reached",
         per_s(b.thread_wakeups),
         per_s(b.report_wakeups),
         ms as f64 / 1000.0
@@ -428,11 +428,11 @@ mod tests {
         assert_eq!(
             l,
             "resident inflate 1024 MiB: ours 512 MiB/s, in-tree 128 MiB/s; ours / host resident \
-             discard rate 0.25 (target >= 0.90); QEMU RSS released: ours 900 MiB, in-tree 1010 MiB"
+             discard rate 0.25 (reference figure >= 0.90); QEMU RSS released: ours 900 MiB, in-tree 1010 MiB"
         );
         let l = resident_line(&rows[..1], None).unwrap();
         assert!(l.contains("in-tree - MiB/s"), "{l}");
-        assert!(l.contains("discard rate - (target"), "{l}");
+        assert!(l.contains("discard rate - (reference figure"), "{l}");
         assert!(resident_line(&[row("ours", "inflate", 1024, 1.0, 0)], None).is_none());
     }
 
@@ -440,7 +440,7 @@ mod tests {
     fn lowmem_and_idle_lines() {
         assert_eq!(
             lowmem_line(&[900, 700, 800, 1200, 750], &[]),
-            "lowmem deflate of 256 pages: median 800 µs of guest time (target < 1000); \
+            "lowmem deflate of 256 pages: median 800 µs of guest time (reference figure < 1000); \
              runs: 900 700 800 1200 750 µs"
         );
         assert!(lowmem_line(&[0, 0, 0], &[2100, 1900, 2000]).ends_with(
@@ -456,7 +456,7 @@ mod tests {
         };
         assert_eq!(
             idle_line(&b),
-            "balloon thread idle wakeups/s: 0.00 (target 0); reporting thread \
+            "balloon thread idle wakeups/s: 0.00 (reference figure 0); reporting thread \
              (report_enabled=0): 0.30/s; over 10.0 s, target reached"
         );
         b.report_wakeups = None;
@@ -503,7 +503,7 @@ mod tests {
                 && l.contains("resident 2048 MiB/s (RSS -1024 MiB), untouched 40000 MiB/s")));
         assert!(out
             .iter()
-            .any(|l| l.contains("discard rate 0.25 (target >= 0.90)")));
+            .any(|l| l.contains("discard rate 0.25 (reference figure >= 0.90)")));
         assert!(out.iter().any(|l| l.contains("median 400 µs")));
         assert!(out
             .iter()
