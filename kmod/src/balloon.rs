@@ -23,7 +23,8 @@
 use core::ops::Deref;
 
 use crate::counters::{BalloonCounters, Owned};
-use crate::platform::{Device, Error, Memory, Token};
+use crate::platform::{Device, Error, Memory, Token, VmCounters};
+use crate::pressure::{OomTunables, Pressure};
 use crate::protocol::{pfn_of_phys, Features, Queue, PFNS_PER_BUFFER, PFN_SHIFT};
 
 /// Most PFN buffers ever in flight at once.
@@ -32,8 +33,6 @@ pub const MAX_INFLIGHT: usize = 8;
 /// Knobs of the sizing logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tunables {
-    /// 4 KiB units deflated per vm_lowmem event (peers use 256).
-    pub oom_batch_pages: u32,
     /// Longest wait for one host acknowledgement.
     pub host_timeout_ms: u32,
     /// PFN buffers kept in flight, 1..=[`MAX_INFLIGHT`].
@@ -50,7 +49,6 @@ pub struct Tunables {
 impl Default for Tunables {
     fn default() -> Self {
         Tunables {
-            oom_batch_pages: 256,
             host_timeout_ms: 5_000,
             inflight_buffers: 4,
             backoff_min_ms: 100,
@@ -61,14 +59,6 @@ impl Default for Tunables {
 }
 
 impl Tunables {
-    /// Largest accepted `oom_batch_pages` (256 MiB).
-    pub const OOM_BATCH_MAX: u32 = 65_536;
-
-    /// Checks a value for `oom_batch_pages`.
-    pub fn valid_oom_batch(pages: u32) -> bool {
-        (1..=Self::OOM_BATCH_MAX).contains(&pages)
-    }
-
     /// Largest `inflate_run_pages`: one buffer of 4 KiB PFNs.
     pub const INFLATE_RUN_MAX: u32 = PFNS_PER_BUFFER as u32;
 
@@ -76,6 +66,27 @@ impl Tunables {
     pub fn valid_inflate_run(pages: u32) -> bool {
         pages.is_power_of_two() && pages <= Self::INFLATE_RUN_MAX
     }
+}
+
+/// How much the balloon may still take from the guest when inflating, set
+/// before each [`Balloon::step`] (see [`crate::pressure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflateLimit {
+    /// Whatever the host asks.
+    None,
+    /// The guest-side floor: at most this many more guest pages.
+    Floor(u64),
+    /// Memory pressure is being watched: nothing until it has passed.
+    Pressure,
+}
+
+/// Why the balloon gives memory back to a guest under pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relief {
+    /// A `vm_lowmem` event.
+    LowmemEvent,
+    /// A look at free memory while the pressure watch runs.
+    Watch,
 }
 
 /// What the balloon thread should do after a [`Balloon::step`].
@@ -167,6 +178,7 @@ pub struct Balloon<C = Owned<BalloonCounters>> {
     /// free run that large, raised again at the next config change.
     run_order: u32,
     slots: [SlotInfo; MAX_INFLIGHT],
+    limit: InflateLimit,
     counters: C,
 }
 
@@ -182,9 +194,6 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     /// the first `step` after DRIVER_OK sizes the balloon to the host target.
     pub fn with_counters(features: Features, mut tun: Tunables, counters: C) -> Self {
         tun.inflight_buffers = tun.inflight_buffers.clamp(1, MAX_INFLIGHT);
-        if !Tunables::valid_oom_batch(tun.oom_batch_pages) {
-            tun.oom_batch_pages = Tunables::default().oom_batch_pages;
-        }
         if !Tunables::valid_inflate_run(tun.inflate_run_pages) {
             tun.inflate_run_pages = Tunables::default().inflate_run_pages;
         }
@@ -198,6 +207,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             backoff_ms: 0,
             run_order: tun.inflate_run_pages.ilog2(),
             slots: [SlotInfo::FREE; MAX_INFLIGHT],
+            limit: InflateLimit::None,
             counters,
         }
     }
@@ -236,13 +246,10 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         self.tun
     }
 
-    /// Changes the lowmem batch; false (and nothing changed) if out of range.
-    pub fn set_oom_batch(&mut self, pages: u32) -> bool {
-        if !Tunables::valid_oom_batch(pages) {
-            return false;
-        }
-        self.tun.oom_batch_pages = pages;
-        true
+    /// Sets how much the next steps may take from the guest (a floor's
+    /// allowance is used up as pages are taken, until set again).
+    pub fn set_inflate_limit(&mut self, limit: InflateLimit) {
+        self.limit = limit;
     }
 
     /// Changes the largest inflate run; false (and nothing changed) if not a
@@ -273,8 +280,16 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                 i64::from(self.actual) + i64::from(self.inflight_in) - i64::from(self.inflight_out);
             let target = i64::from(target);
             if target > planned && self.inflight_out == 0 {
-                match self.post_inflates(dev, mem, (target - planned) as u32) {
-                    Ok(full) => short_of_memory = !full,
+                let want = (target - planned) as u32;
+                let allowed = self.allowed_units(mem, want);
+                if allowed < want {
+                    short_of_memory = true;
+                }
+                let before = self.inflight_in;
+                let posted = self.post_inflates(dev, mem, allowed);
+                self.use_allowance(mem, self.inflight_in - before);
+                match posted {
+                    Ok(full) => short_of_memory |= !full,
                     Err(e) => return self.failed(e),
                 }
             } else if target < planned && self.inflight_in == 0 {
@@ -282,6 +297,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                     return self.failed(e);
                 }
             } else if target == planned && self.inflight() == 0 {
+                self.counters.floor_refused_pages.set(0);
                 self.wantsize = false;
                 self.backoff_ms = 0;
                 return Step::Idle;
@@ -306,26 +322,65 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         }
     }
 
-    /// vm_lowmem: gives back up to `oom_batch_pages` to the guest, after the
-    /// host acknowledged them. Returns the 4 KiB units freed. Only with
-    /// DEFLATE_ON_OOM; clears WANTSIZE so the balloon is not re-inflated until
-    /// the host changes its target again.
-    pub fn lowmem<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M) -> u32 {
+    /// Memory pressure: asks `pressure` how much the guest is short (on a
+    /// `vm_lowmem` event or a watch look) and gives that back at once, after
+    /// the host acknowledged it. Returns the 4 KiB units freed. Only with
+    /// DEFLATE_ON_OOM; clears WANTSIZE so the balloon is not re-inflated
+    /// until the host changes its target again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relieve<D: Device, M: Memory>(
+        &mut self,
+        pressure: &mut Pressure,
+        tun: &OomTunables,
+        cause: Relief,
+        dev: &mut D,
+        mem: &mut M,
+        vm: &VmCounters,
+        now_ms: u64,
+    ) -> u32 {
         if !self.features.contains(Features::DEFLATE_ON_OOM) {
             return 0;
         }
-        self.counters.lowmem_events.inc();
+        let per_page = units_per_page(mem) as u64;
+        // Inflates in flight are the host's already: count them as ballooned.
+        let ballooned = u64::from(self.actual + self.inflight_in) / per_page;
+        let pages = match cause {
+            Relief::LowmemEvent => {
+                self.counters.lowmem_events.inc();
+                // The guest is short: an inflate under way stops too.
+                self.wantsize = false;
+                pressure.lowmem(tun, now_ms, vm, ballooned)
+            }
+            Relief::Watch => pressure.tick(tun, now_ms, vm, ballooned),
+        };
+        if pages == 0 {
+            return 0;
+        }
+        let units = u32::try_from(pages * per_page).unwrap_or(u32::MAX);
+        let freed = self.give_back(dev, mem, units);
+        pressure.gave_back(u64::from(freed) / per_page);
+        freed
+    }
+
+    /// Deflates up to `units` now for memory pressure (DEFLATE_ON_OOM only)
+    /// and clears WANTSIZE. Returns the 4 KiB units freed.
+    pub fn give_back<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M, units: u32) -> u32 {
+        if !self.features.contains(Features::DEFLATE_ON_OOM) {
+            return 0;
+        }
         self.wantsize = false;
-        // Inflates in flight are the host's already; settle them first so the
-        // deflate may use every slot.
+        self.counters.floor_refused_pages.set(0);
+        // Settle inflates in flight first so the deflate may use every slot.
         if self.settle(dev, mem).is_err() {
             return 0;
         }
         let before = self.actual;
-        let goal = self.tun.oom_batch_pages.min(self.actual);
-        let _ = self.deflate_now(dev, mem, goal);
+        let _ = self.deflate_now(dev, mem, units.min(self.actual));
         let freed = before - self.actual;
-        self.counters.lowmem_pages.add(u64::from(freed));
+        if freed > 0 {
+            self.counters.lowmem_pages.add(u64::from(freed));
+            self.counters.oom_deflates.inc();
+        }
         freed
     }
 
@@ -374,6 +429,35 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
 
     fn inflight(&self) -> u32 {
         self.inflight_in + self.inflight_out
+    }
+
+    /// The floor's allowance shrinks by what was just taken.
+    fn use_allowance<M: Memory>(&mut self, mem: &M, units: u32) {
+        if let InflateLimit::Floor(pages) = self.limit {
+            let taken = u64::from(units) / units_per_page(mem) as u64;
+            self.limit = InflateLimit::Floor(pages.saturating_sub(taken));
+        }
+    }
+
+    /// How many of `want` 4 KiB units the inflate limit lets the balloon
+    /// take now; counts what the floor refuses.
+    fn allowed_units<M: Memory>(&mut self, mem: &M, want: u32) -> u32 {
+        let per_page = units_per_page(mem) as u64;
+        let allowed = match self.limit {
+            InflateLimit::None => return want,
+            InflateLimit::Pressure => 0,
+            InflateLimit::Floor(pages) => {
+                pages.saturating_mul(per_page).min(u64::from(want)) as u32
+            }
+        };
+        if let InflateLimit::Floor(_) = self.limit {
+            let refused = want - allowed;
+            if refused > 0 && self.counters.floor_refused_pages.get() == 0 {
+                self.counters.floor_stops.inc();
+            }
+            self.counters.floor_refused_pages.set(u64::from(refused));
+        }
+        allowed
     }
 
     fn failed(&mut self, e: Error) -> Step {

@@ -107,8 +107,16 @@ pub struct BalloonCounters {
     pub deflated_pages: Counter,
     /// vm_lowmem events handled.
     pub lowmem_events: Counter,
-    /// 4 KiB units deflated because of vm_lowmem.
+    /// 4 KiB units given back because of memory pressure (vm_lowmem events
+    /// and the pressure watch).
     pub lowmem_pages: Counter,
+    /// Deflates done for memory pressure (events and watch looks that gave
+    /// memory back).
+    pub oom_deflates: Counter,
+    /// 4 KiB units of the host's target the guest-side floor holds back now.
+    pub floor_refused_pages: Gauge,
+    /// Times the floor stopped an inflate short of the host's target.
+    pub floor_stops: Counter,
     /// Config-change interrupts (host target changes).
     pub config_changes: Counter,
     /// Page allocations that failed while inflating.

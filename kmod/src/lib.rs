@@ -15,6 +15,7 @@ pub mod balloon;
 pub mod counters;
 pub mod nodes;
 pub mod platform;
+pub mod pressure;
 pub mod protocol;
 pub mod reporting;
 pub mod runlist;

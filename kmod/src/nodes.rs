@@ -31,16 +31,20 @@ pub enum Accepts {
     Range { min: u32, max: u32 },
     /// A power of two from 1 to `max`.
     PowerOfTwo { max: u32 },
+    /// A number of pages from 0 to all of the guest's memory.
+    Pages,
 }
 
 impl Accepts {
-    /// The setting value for `v`, if it is one this setting takes.
-    pub fn check(self, v: i64) -> Option<u32> {
+    /// The setting value for `v`, if it is one this setting takes, on a
+    /// guest with `memory_pages` pages of memory.
+    pub fn check(self, v: i64, memory_pages: u64) -> Option<u32> {
         let v = u32::try_from(v).ok()?;
         let ok = match self {
             Accepts::Flag => v <= 1,
             Accepts::Range { min, max } => (min..=max).contains(&v),
             Accepts::PowerOfTwo { max } => v.is_power_of_two() && v <= max,
+            Accepts::Pages => u64::from(v) <= memory_pages,
         };
         ok.then_some(v)
     }
@@ -56,6 +60,8 @@ impl Accepts {
                 None,
             ],
             Accepts::PowerOfTwo { max } => [Some(0), Some(3), Some(i64::from(max) * 2)],
+            // More than any guest this runs on has (8 TiB).
+            Accepts::Pages => [Some(i64::from(i32::MAX)), None, None],
         };
         edge.into_iter().flatten().chain([-1])
     }
@@ -74,6 +80,10 @@ pub enum Id {
     DeflatedPages,
     LowmemEvents,
     LowmemPages,
+    OomDeflates,
+    OomWatching,
+    FloorRefusedPages,
+    FloorStops,
     ConfigChanges,
     AllocFailures,
     HostTimeouts,
@@ -86,6 +96,10 @@ pub enum Id {
     Features,
     Debug,
     OomBatchPages,
+    OomHeadroomPages,
+    OomWatchMs,
+    OomWatchIntervalMs,
+    FloorPages,
     InflateRunPages,
     MemoryBytes,
     NotifyUs,
@@ -173,7 +187,36 @@ pub const NODES: &[Node] = &[
         U64,
         Id::LowmemEvents,
     ),
-    node(c"lowmem_pages", c"Pages deflated because of vm_lowmem", U64, Id::LowmemPages),
+    node(
+        c"lowmem_pages",
+        c"Pages given back because of memory pressure (vm_lowmem events and the pressure watch)",
+        U64,
+        Id::LowmemPages,
+    ),
+    node(
+        c"oom_deflates",
+        c"Deflates done for memory pressure (vm_lowmem events and watch looks that gave memory back)",
+        U64,
+        Id::OomDeflates,
+    ),
+    node(
+        c"oom_watching",
+        c"1 while free memory is watched after memory pressure (no inflating meanwhile)",
+        U64,
+        Id::OomWatching,
+    ),
+    node(
+        c"floor_refused_pages",
+        c"Pages of the host's target the guest-side floor holds back now",
+        U64,
+        Id::FloorRefusedPages,
+    ),
+    node(
+        c"floor_stops",
+        c"Times the guest-side floor stopped an inflate short of the host's target",
+        U64,
+        Id::FloorStops,
+    ),
     node(c"config_changes", c"Host configuration changes seen", U64, Id::ConfigChanges),
     node(
         c"alloc_failures",
@@ -212,9 +255,33 @@ pub const NODES: &[Node] = &[
     ),
     node(
         c"oom_batch_pages",
-        c"Pages deflated per vm_lowmem event (1-65536)",
+        c"Least pages given back per vm_lowmem event (1-65536)",
         Setting(Accepts::Range { min: 1, max: 65_536 }),
         Id::OomBatchPages,
+    ),
+    node(
+        c"oom_headroom_pages",
+        c"Free memory beyond the page daemon's target (vm.stats.vm.v_free_target) that a deflate under memory pressure restores, in pages (0-262144)",
+        Setting(Accepts::Range { min: 0, max: 262_144 }),
+        Id::OomHeadroomPages,
+    ),
+    node(
+        c"oom_watch_ms",
+        c"How long free memory is watched after the last sign of memory pressure, in ms (0-600000; 0: act on vm_lowmem events only)",
+        Setting(Accepts::Range { min: 0, max: 600_000 }),
+        Id::OomWatchMs,
+    ),
+    node(
+        c"oom_watch_interval_ms",
+        c"Pause between looks at free memory while watching, in ms (1-1000)",
+        Setting(Accepts::Range { min: 1, max: 1_000 }),
+        Id::OomWatchIntervalMs,
+    ),
+    node(
+        c"floor_pages",
+        c"The balloon does not inflate while the guest's available memory is below this many pages, whatever the host asks (0: no floor; default v_free_target + 2% of memory)",
+        Setting(Accepts::Pages),
+        Id::FloorPages,
     ),
     node(
         c"inflate_run_pages",
@@ -312,11 +379,11 @@ mod tests {
 
     #[test]
     fn flags_take_0_and_1_only() {
-        assert_eq!(Accepts::Flag.check(0), Some(0));
-        assert_eq!(Accepts::Flag.check(1), Some(1));
+        assert_eq!(Accepts::Flag.check(0, 0), Some(0));
+        assert_eq!(Accepts::Flag.check(1, 0), Some(1));
         assert!(Accepts::Flag
             .refused()
-            .all(|v| Accepts::Flag.check(v).is_none()));
+            .all(|v| Accepts::Flag.check(v, 0).is_none()));
         assert_eq!(Accepts::Flag.refused().collect::<Vec<_>>(), [2, -1]);
     }
 
@@ -326,16 +393,21 @@ mod tests {
             min: 1,
             max: 65_536,
         };
-        assert_eq!(r.check(1), Some(1));
-        assert_eq!(r.check(65_536), Some(65_536));
+        assert_eq!(r.check(1, 0), Some(1));
+        assert_eq!(r.check(65_536, 0), Some(65_536));
         assert_eq!(r.refused().collect::<Vec<_>>(), [0, 65_537, -1]);
-        assert!(r.refused().all(|v| r.check(v).is_none()));
+        assert!(r.refused().all(|v| r.check(v, 0).is_none()));
         let p = Accepts::PowerOfTwo { max: 256 };
         assert!([1, 2, 16, 256]
             .iter()
-            .all(|&v| p.check(v) == Some(v as u32)));
+            .all(|&v| p.check(v, 0) == Some(v as u32)));
         assert_eq!(p.refused().collect::<Vec<_>>(), [0, 3, 512, -1]);
-        assert!(p.refused().all(|v| p.check(v).is_none()));
-        assert_eq!(p.check(i64::from(u32::MAX) + 1), None, "no wrap-around");
+        assert!(p.refused().all(|v| p.check(v, 0).is_none()));
+        assert_eq!(p.check(i64::from(u32::MAX) + 1, 0), None, "no wrap-around");
+        let m = Accepts::Pages;
+        assert_eq!(m.check(0, 1_000), Some(0));
+        assert_eq!(m.check(1_000, 1_000), Some(1_000));
+        assert_eq!(m.check(1_001, 1_000), None);
+        assert!(m.refused().all(|v| m.check(v, 1 << 30).is_none()));
     }
 }

@@ -4,9 +4,11 @@
 //! wakes only for a host config change, WANTSIZE), steps again at once while
 //! there is work, and pauses after a step that could not go on: the
 //! balloon's own backoff when the guest is short of memory, a fixed pause
-//! after a host or queue failure. A config change ends any sleep. The
-//! kernel glue asks [`BalloonThread::next`] with its wait lock held, so a
-//! wakeup cannot fall between the decision and the sleep.
+//! after a host or queue failure. While the pressure watch runs
+//! ([`crate::pressure`]) it also wakes for each look at free memory, the
+//! sooner of the two. A config change or a vm_lowmem event ends any sleep.
+//! The kernel glue asks [`BalloonThread::next`] with its wait lock held, so
+//! a wakeup cannot fall between the decision and the sleep.
 
 use crate::balloon::Step;
 
@@ -39,6 +41,8 @@ enum Wait {
 #[derive(Debug, Clone)]
 pub struct BalloonThread {
     wait: Wait,
+    /// The pressure watch's next look, from the last step on.
+    look_ms: Option<u32>,
 }
 
 impl Default for BalloonThread {
@@ -52,30 +56,40 @@ impl BalloonThread {
     pub const fn new() -> Self {
         BalloonThread {
             wait: Wait::Nothing,
+            look_ms: None,
         }
     }
 
     /// Decides, with the wait lock held: `stopping` (detach), `config` (a
-    /// config change was pending and is now taken), `timed_out` (the sleep
-    /// this thread just woke from ran out; false when it did not sleep).
-    pub fn next(&mut self, stopping: bool, config: bool, timed_out: bool) -> Next {
+    /// config change was pending and is now taken), `lowmem` (a vm_lowmem
+    /// event asked for a look, now taken), `timed_out` (the sleep this
+    /// thread just woke from ran out; false when it did not sleep).
+    pub fn next(&mut self, stopping: bool, config: bool, lowmem: bool, timed_out: bool) -> Next {
         if stopping {
             return Next::Stop;
         }
-        if config {
-            return Next::Step { config: true };
+        if config || lowmem {
+            return Next::Step { config };
         }
-        match self.wait {
-            Wait::Nothing => Next::Step { config: false },
-            Wait::Config => Next::Sleep { ms: 0 },
-            Wait::Ms(_) if timed_out => Next::Step { config: false },
+        let ms = match (self.wait, self.look_ms) {
+            (Wait::Nothing, _) => return Next::Step { config: false },
+            (Wait::Config, None) => return Next::Sleep { ms: 0 },
+            (Wait::Config, Some(look)) => look,
+            (Wait::Ms(ms), None) => ms,
+            (Wait::Ms(ms), Some(look)) => ms.min(look),
+        };
+        if timed_out && ms > 0 {
+            Next::Step { config: false }
+        } else {
             // Woken early by something else: the pause goes on.
-            Wait::Ms(ms) => Next::Sleep { ms },
+            Next::Sleep { ms }
         }
     }
 
-    /// Records how the last step ended.
-    pub fn stepped(&mut self, step: Step) {
+    /// Records how the last step ended, and when the pressure watch looks
+    /// next (`None`: it does not run).
+    pub fn stepped(&mut self, step: Step, look_ms: Option<u32>) {
+        self.look_ms = look_ms;
         self.wait = match step {
             Step::Idle => Wait::Config,
             Step::More | Step::Backoff { ms: 0 } => Wait::Nothing,
@@ -121,56 +135,116 @@ mod tests {
     #[test]
     fn idle_sleeps_without_a_timer_until_a_config_change() {
         let mut t = BalloonThread::new();
-        assert_eq!(t.next(false, false, false), Next::Step { config: false });
-        t.stepped(Step::Idle);
-        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 0 });
+        assert_eq!(
+            t.next(false, false, false, false),
+            Next::Step { config: false }
+        );
+        t.stepped(Step::Idle, None);
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 0 });
         // A wakeup that is not a config change (detach's, a spurious one).
-        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 0 });
-        assert_eq!(t.next(false, true, false), Next::Step { config: true });
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 0 });
+        assert_eq!(
+            t.next(false, true, false, false),
+            Next::Step { config: true }
+        );
     }
 
     #[test]
     fn more_work_steps_again_at_once() {
         let mut t = BalloonThread::new();
-        t.stepped(Step::More);
-        assert_eq!(t.next(false, false, false), Next::Step { config: false });
+        t.stepped(Step::More, None);
+        assert_eq!(
+            t.next(false, false, false, false),
+            Next::Step { config: false }
+        );
     }
 
     #[test]
     fn backoff_sleeps_its_time_then_steps() {
         let mut t = BalloonThread::new();
-        t.stepped(Step::Backoff { ms: 400 });
-        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 400 });
+        t.stepped(Step::Backoff { ms: 400 }, None);
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 400 });
         // Woken early, not by the host: keeps pausing.
-        assert_eq!(t.next(false, false, false), Next::Sleep { ms: 400 });
-        assert_eq!(t.next(false, false, true), Next::Step { config: false });
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 400 });
+        assert_eq!(
+            t.next(false, false, false, true),
+            Next::Step { config: false }
+        );
         // A config change cuts the pause short.
-        t.stepped(Step::Backoff { ms: 400 });
-        assert_eq!(t.next(false, true, false), Next::Step { config: true });
+        t.stepped(Step::Backoff { ms: 400 }, None);
+        assert_eq!(
+            t.next(false, true, false, false),
+            Next::Step { config: true }
+        );
         // A pause of 0 is none (a sleep of 0 would have no timeout).
-        t.stepped(Step::Backoff { ms: 0 });
-        assert_eq!(t.next(false, false, false), Next::Step { config: false });
+        t.stepped(Step::Backoff { ms: 0 }, None);
+        assert_eq!(
+            t.next(false, false, false, false),
+            Next::Step { config: false }
+        );
     }
 
     #[test]
     fn a_failed_step_pauses_a_second() {
         let mut t = BalloonThread::new();
-        t.stepped(Step::Failed(Error::Timeout));
+        t.stepped(Step::Failed(Error::Timeout), None);
         assert_eq!(
-            t.next(false, false, false),
+            t.next(false, false, false, false),
             Next::Sleep {
                 ms: FAILED_STEP_PAUSE_MS
             }
         );
-        assert_eq!(t.next(false, false, true), Next::Step { config: false });
+        assert_eq!(
+            t.next(false, false, false, true),
+            Next::Step { config: false }
+        );
+    }
+
+    #[test]
+    fn the_pressure_watch_wakes_an_idle_thread_for_each_look() {
+        let mut t = BalloonThread::new();
+        t.stepped(Step::Idle, Some(10));
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 10 });
+        assert_eq!(
+            t.next(false, false, false, true),
+            Next::Step { config: false }
+        );
+        // The watch ended: back to no timer.
+        t.stepped(Step::Idle, None);
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 0 });
+    }
+
+    #[test]
+    fn a_look_due_before_the_backoff_ends_comes_first() {
+        let mut t = BalloonThread::new();
+        t.stepped(Step::Backoff { ms: 400 }, Some(10));
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 10 });
+        t.stepped(Step::Backoff { ms: 5 }, Some(10));
+        assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 5 });
+    }
+
+    #[test]
+    fn a_lowmem_event_ends_any_sleep() {
+        let mut t = BalloonThread::new();
+        t.stepped(Step::Idle, None);
+        assert_eq!(
+            t.next(false, false, true, false),
+            Next::Step { config: false }
+        );
+        t.stepped(Step::Backoff { ms: 400 }, None);
+        assert_eq!(
+            t.next(false, false, true, false),
+            Next::Step { config: false }
+        );
+        assert_eq!(t.next(true, false, true, false), Next::Stop);
     }
 
     #[test]
     fn stopping_wins_over_everything() {
         let mut t = BalloonThread::new();
-        assert_eq!(t.next(true, true, false), Next::Stop);
-        t.stepped(Step::Idle);
-        assert_eq!(t.next(true, false, false), Next::Stop);
+        assert_eq!(t.next(true, true, false, false), Next::Stop);
+        t.stepped(Step::Idle, None);
+        assert_eq!(t.next(true, false, false, false), Next::Stop);
     }
 
     #[test]

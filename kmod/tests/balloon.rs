@@ -3,8 +3,9 @@
 mod sim;
 
 use sim::{sim, Ack, Shared, SimDevice, SimMemory, World};
-use vtballoon::balloon::{Balloon, Step, Tunables};
+use vtballoon::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use vtballoon::platform::{Device, Error, Memory};
+use vtballoon::pressure::{OomTunables, Pressure};
 use vtballoon::protocol::{Features, Queue};
 
 const MTH: Features = Features::MUST_TELL_HOST;
@@ -131,16 +132,26 @@ fn deflated_pages_are_freed_only_after_the_host_acked() {
     clean(&w); // the sim flags any page freed while the host still claims it
 }
 
+/// A vm_lowmem event with plenty of free memory: the least batch goes back.
+fn lowmem_event(b: &mut Balloon, w: &Shared, dev: &mut SimDevice, mem: &mut SimMemory) -> u32 {
+    let mut p = Pressure::new();
+    let vm = w.borrow().vm();
+    let now = w.borrow().now_ms + 1;
+    let tun = OomTunables::default();
+    b.relieve(&mut p, &tun, Relief::LowmemEvent, dev, mem, &vm, now)
+}
+
 #[test]
 fn lowmem_deflates_a_bounded_batch_and_the_thread_does_not_undo_it() {
     let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 2000);
     run(&mut b, &w, &mut dev, &mut mem);
-    let freed = b.lowmem(&mut dev, &mut mem);
+    let freed = lowmem_event(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(freed, 256);
     assert_eq!(b.actual(), 1744);
     assert_eq!(w.borrow().actual, 1744);
     assert_eq!(b.counters().lowmem_events.get(), 1);
     assert_eq!(b.counters().lowmem_pages.get(), 256);
+    assert_eq!(b.counters().oom_deflates.get(), 1);
     // The host target is still 2000, but nothing re-inflates.
     let inflates = w.borrow().inflate_buffers;
     assert_eq!(run(&mut b, &w, &mut dev, &mut mem), [Step::Idle]);
@@ -158,7 +169,7 @@ fn lowmem_interrupts_an_inflate_in_progress() {
     let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 4000);
     w.borrow_mut().ack = Ack::AfterMs(5);
     assert_eq!(b.step(&mut dev, &mut mem), Step::More);
-    let freed = b.lowmem(&mut dev, &mut mem);
+    let freed = lowmem_event(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(freed, 256);
     assert_eq!(
         run(&mut b, &w, &mut dev, &mut mem).last(),
@@ -170,18 +181,43 @@ fn lowmem_interrupts_an_inflate_in_progress() {
 }
 
 #[test]
-fn lowmem_batch_is_tunable_and_validated() {
+fn a_lowmem_event_gives_back_the_shortage_not_a_fixed_batch() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 6000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    w.borrow_mut().free_target = 1000;
+    // 2192 pages free; a workload takes 2000 of them.
+    assert_eq!(w.borrow_mut().workload_alloc(2000), 2000);
+    let tun = OomTunables {
+        headroom_pages: 100,
+        ..Default::default()
+    };
+    let mut p = Pressure::new();
+    let vm = w.borrow().vm();
+    let freed = b.relieve(
+        &mut p,
+        &tun,
+        Relief::LowmemEvent,
+        &mut dev,
+        &mut mem,
+        &vm,
+        10,
+    );
+    // Back to the free target plus the headroom: 1100 - 192.
+    assert_eq!(freed, 908);
+    assert_eq!(w.borrow().vm().free, 1100);
+    assert!(p.watching_at(11));
+    clean(&w);
+}
+
+#[test]
+fn give_back_is_bounded_by_the_balloon() {
     let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 2000);
     run(&mut b, &w, &mut dev, &mut mem);
-    assert!(!b.set_oom_batch(0));
-    assert!(!b.set_oom_batch(Tunables::OOM_BATCH_MAX + 1));
-    assert_eq!(b.tunables().oom_batch_pages, 256);
-    assert!(b.set_oom_batch(1000));
-    assert_eq!(b.lowmem(&mut dev, &mut mem), 1000);
-    // Never more than the balloon holds.
-    assert_eq!(b.lowmem(&mut dev, &mut mem), 1000);
-    assert_eq!(b.lowmem(&mut dev, &mut mem), 0);
+    assert_eq!(b.give_back(&mut dev, &mut mem, 1000), 1000);
+    assert_eq!(b.give_back(&mut dev, &mut mem, 5000), 1000);
+    assert_eq!(b.give_back(&mut dev, &mut mem, 5000), 0);
     assert_eq!(w.borrow().free_pages(), 8192);
+    assert_eq!(b.counters().oom_deflates.get(), 2);
     clean(&w);
 }
 
@@ -189,9 +225,56 @@ fn lowmem_batch_is_tunable_and_validated() {
 fn lowmem_without_deflate_on_oom_leaves_the_balloon_alone() {
     let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
     run(&mut b, &w, &mut dev, &mut mem);
-    assert_eq!(b.lowmem(&mut dev, &mut mem), 0);
+    assert_eq!(lowmem_event(&mut b, &w, &mut dev, &mut mem), 0);
+    assert_eq!(b.give_back(&mut dev, &mut mem, 500), 0);
     assert_eq!(b.actual(), 1000);
     assert_eq!(b.counters().lowmem_events.get(), 0);
+    clean(&w);
+}
+
+#[test]
+fn the_floor_stops_an_inflate_and_counts_what_it_refused() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 4096, 4000);
+    b.set_inflate_limit(InflateLimit::Floor(1000));
+    for _ in 0..20 {
+        if let Step::Backoff { ms } = b.step(&mut dev, &mut mem) {
+            w.borrow_mut().now_ms += u64::from(ms);
+        }
+    }
+    assert_eq!(b.actual(), 1000, "what the floor let it take");
+    assert_eq!(w.borrow().actual, 1000, "the host is told the truth");
+    assert_eq!(b.counters().floor_refused_pages.get(), 3000);
+    assert_eq!(b.counters().floor_stops.get(), 1);
+    assert!(b.wantsize(), "the host's target is still pending");
+    // Memory came back: the rest is taken and the refusal cleared.
+    b.set_inflate_limit(InflateLimit::Floor(u64::MAX));
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 4000);
+    assert_eq!(b.counters().floor_refused_pages.get(), 0);
+    clean(&w);
+}
+
+#[test]
+fn no_inflate_while_pressure_is_watched_but_deflates_go_on() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 4096, 1000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    b.set_inflate_limit(InflateLimit::Pressure);
+    w.borrow_mut().num_pages = 3000;
+    b.config_changed();
+    assert!(matches!(b.step(&mut dev, &mut mem), Step::Backoff { .. }));
+    assert_eq!(b.actual(), 1000);
+    assert_eq!(b.counters().floor_refused_pages.get(), 0, "not the floor");
+    // A lower target is followed at once.
+    w.borrow_mut().num_pages = 200;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 200);
+    // The pressure has passed: the next higher target is followed.
+    b.set_inflate_limit(InflateLimit::None);
+    w.borrow_mut().num_pages = 3000;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 3000);
     clean(&w);
 }
 

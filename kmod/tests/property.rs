@@ -1,10 +1,12 @@
-//! Random sequences of host targets, config changes, lowmem events,
-//! allocation failures, and delayed or lost acks. Invariants:
+//! Random sequences of host targets, config changes, lowmem events and
+//! pressure-watch looks, inflate limits (floor, pressure), allocation
+//! failures, and delayed or lost acks. Invariants:
 //! - the guest's count of ballooned pages equals the device's;
 //! - `actual` in config matches the guest's count after every resize;
 //! - no page is reused before its ack (the simulator flags it);
 //! - no buffer is posted without a pending config change (WANTSIZE), except
 //!   to settle buffers already in flight, and lowmem deflates only;
+//! - nothing is inflated while the pressure limit is set;
 //! - after a clean shutdown every page is back with the guest.
 //!
 //! Seeds are deterministic; a failure prints the seed that replays it
@@ -13,7 +15,8 @@
 mod sim;
 
 use sim::{sim, Ack, Rng, Shared, SimDevice, SimMemory};
-use vtballoon::balloon::{Balloon, Step, Tunables};
+use vtballoon::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
+use vtballoon::pressure::{OomTunables, Pressure};
 use vtballoon::protocol::{Features, Queue};
 
 const PAGES: usize = 4096;
@@ -51,10 +54,17 @@ fn run_seed(seed: u64) {
     let (w, mut dev, mut mem): (Shared, SimDevice, SimMemory) = sim(features, PAGES);
     let tun = Tunables {
         inflight_buffers: 1 + rng.below(8) as usize,
-        oom_batch_pages: 1 + rng.below(600) as u32,
         ..Tunables::default()
     };
+    let oom = OomTunables {
+        min_batch_pages: 1 + rng.below(600) as u32,
+        headroom_pages: rng.below(300) as u32,
+        ..OomTunables::default()
+    };
+    w.borrow_mut().free_target = rng.below(400);
+    let mut pressure = Pressure::new();
     let mut b = Balloon::new(features, tun);
+    let mut limit = InflateLimit::None;
     let mut host_changed_since_lowmem = true;
     for op in 0..80 {
         let what = format!("op {op}");
@@ -69,13 +79,35 @@ fn run_seed(seed: u64) {
             }
             3 => {
                 let before = w.borrow().inflate_buffers;
-                b.lowmem(&mut dev, &mut mem);
+                let cause = if rng.chance(50) {
+                    Relief::LowmemEvent
+                } else {
+                    Relief::Watch
+                };
+                let vm = w.borrow().vm();
+                let now = w.borrow().now_ms;
+                let held = PAGES - w.borrow().free_pages();
+                let freed = b.relieve(&mut pressure, &oom, cause, &mut dev, &mut mem, &vm, now);
                 assert_eq!(
                     w.borrow().inflate_buffers,
                     before,
                     "seed {seed}: lowmem inflated"
                 );
-                host_changed_since_lowmem = false;
+                assert!(
+                    freed as usize <= held,
+                    "seed {seed}: gave back more than the guest had given"
+                );
+                if freed > 0 || cause == Relief::LowmemEvent {
+                    host_changed_since_lowmem = false;
+                }
+            }
+            9 if rng.chance(50) => {
+                limit = match rng.below(3) {
+                    0 => InflateLimit::None,
+                    1 => InflateLimit::Floor(rng.below(PAGES as u64)),
+                    _ => InflateLimit::Pressure,
+                };
+                b.set_inflate_limit(limit);
             }
             4 => w.borrow_mut().fail_allocs = rng.below(300) as usize,
             5 => {
@@ -110,11 +142,11 @@ fn run_seed(seed: u64) {
                             "seed {seed}: post without WANTSIZE"
                         );
                     }
-                    if !host_changed_since_lowmem {
+                    if !host_changed_since_lowmem || limit == InflateLimit::Pressure {
                         assert_eq!(
                             w.borrow().inflate_buffers,
                             inflates,
-                            "seed {seed}: re-inflated after lowmem"
+                            "seed {seed}: inflated after lowmem or under pressure"
                         );
                     }
                 }
@@ -133,6 +165,7 @@ fn run_seed(seed: u64) {
     }
     let stuck = w.borrow().outstanding(Queue::Inflate) + w.borrow().outstanding(Queue::Deflate);
     if stuck == 0 {
+        b.set_inflate_limit(InflateLimit::None);
         b.config_changed();
         for _ in 0..1000 {
             match b.step(&mut dev, &mut mem) {

@@ -24,9 +24,10 @@ use super::kick::Kick;
 use super::memory::{max_phys, vm_counters, KernelBlocks, KernelMemory, VmPage, Words};
 use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
 use super::{sys, sysctl};
-use crate::balloon::{Balloon, Step, Tunables};
+use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::platform::VmCounters;
+use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
 use crate::protocol::{feature_names, negotiated, Features, Queue, WANTED};
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
 use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
@@ -34,6 +35,7 @@ use crate::stats::{PushTimer, Stats};
 
 pub struct BalloonSide {
     pub balloon: Balloon<StateRef<BalloonCounters>>,
+    pub pressure: Pressure,
     pub bufs: PfnBuffers,
     pub mem: KernelMemory,
 }
@@ -71,6 +73,8 @@ pub struct Data {
     pub stopping: AtomicBool,
     /// A config change the balloon thread has not seen yet (WANTSIZE).
     config_pending: AtomicBool,
+    /// vm_lowmem ran: the balloon thread should look at the pressure watch.
+    lowmem_kick: AtomicBool,
     /// vm_lowmem seen, for the reporter.
     pressure: AtomicBool,
     threads: AtomicU32,
@@ -78,6 +82,13 @@ pub struct Data {
     // Settings (sysctl / loader tunables).
     pub debug: AtomicBool,
     pub oom_batch: AtomicU32,
+    pub oom_headroom: AtomicU32,
+    pub oom_watch_ms: AtomicU32,
+    pub oom_interval_ms: AtomicU32,
+    /// Guest-side floor, in pages (0: none).
+    pub floor_pages: AtomicU64,
+    /// The pressure watch runs (for sysctl).
+    pub oom_watching: AtomicBool,
     pub inflate_run: AtomicU32,
     pub linux_tags: AtomicBool,
     /// Post through the kick thread (read when the driver starts).
@@ -189,6 +200,7 @@ impl State {
         bits: Option<Words>,
     ) {
         let tun = Tunables::default();
+        let oom = OomTunables::default();
         let bitmap_bytes = bits.as_ref().map_or(0, |b| b.bytes() as u64);
         let mut data = Data {
             dev,
@@ -201,11 +213,17 @@ impl State {
             lowmem_tag: AtomicPtr::new(null_mut()),
             stopping: AtomicBool::new(false),
             config_pending: AtomicBool::new(false),
+            lowmem_kick: AtomicBool::new(false),
             pressure: AtomicBool::new(false),
             threads: AtomicU32::new(0),
             started: AtomicBool::new(false),
             debug: AtomicBool::new(false),
-            oom_batch: AtomicU32::new(tun.oom_batch_pages),
+            oom_batch: AtomicU32::new(oom.min_batch_pages),
+            oom_headroom: AtomicU32::new(oom.headroom_pages),
+            oom_watch_ms: AtomicU32::new(oom.watch_ms),
+            oom_interval_ms: AtomicU32::new(oom.interval_ms),
+            floor_pages: AtomicU64::new(floor_default_pages(&vm_counters())),
+            oom_watching: AtomicBool::new(false),
             inflate_run: AtomicU32::new(tun.inflate_run_pages),
             linux_tags: AtomicBool::new(false),
             kick_thread: AtomicBool::new(true),
@@ -242,6 +260,7 @@ impl State {
                 c"vtballoonrs balloon",
                 BalloonSide {
                     balloon,
+                    pressure: Pressure::new(),
                     bufs: pfn,
                     mem: KernelMemory::default(),
                 },
@@ -321,6 +340,16 @@ impl State {
         KernelDevice {
             kick: Some(&self.kick),
             ..self.device(Buffers::Pfn(bufs))
+        }
+    }
+
+    /// The pressure policy's settings as they are now.
+    fn oom_tunables(&self) -> OomTunables {
+        OomTunables {
+            min_batch_pages: self.oom_batch.load(Ordering::Relaxed),
+            headroom_pages: self.oom_headroom.load(Ordering::Relaxed),
+            watch_ms: self.oom_watch_ms.load(Ordering::Relaxed),
+            interval_ms: self.oom_interval_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -710,21 +739,25 @@ fn config_changed(st: &State) {
 }
 
 /// The balloon kthread: sleeps until the host changes its config, then
-/// resizes; no timer while idle (the policy is [`BalloonThread`]'s).
+/// resizes; no timer while idle. After memory pressure it also looks at free
+/// memory every `oom_watch_interval_ms` for as long as the watch runs (the
+/// sleeps are [`BalloonThread`]'s).
 unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
     st.kick.avoid_my_cpu();
     let mut policy = BalloonThread::new();
     loop {
-        // Decided under the lock the config change handler wakes us with.
+        // Decided under the lock the config change and vm_lowmem handlers
+        // wake us with.
         let next = {
             let g = st.wait.lock();
             let mut timed_out = false;
             loop {
                 let stopping = st.stopping.load(Ordering::Acquire);
                 let config = !stopping && st.config_pending.swap(false, Ordering::AcqRel);
-                match policy.next(stopping, config, timed_out) {
+                let lowmem = !stopping && !config && st.lowmem_kick.swap(false, Ordering::AcqRel);
+                match policy.next(stopping, config, lowmem, timed_out) {
                     Next::Sleep { ms } => {
                         timed_out = g.sleep(st.thread_chan(), c"vtbidle", ms);
                         st.thread_wakeups.inc();
@@ -734,19 +767,51 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             }
         };
         let Next::Step { config } = next else { break };
-        let step = st.balloon.with(|side| {
-            let mut dev = st.balloon_device(&mut side.bufs);
+        let oom = st.oom_tunables();
+        let floor = st.floor_pages.load(Ordering::Relaxed);
+        let (step, look) = st.balloon.with(|side| {
+            let now = now_ms();
+            let vm = vm_counters();
+            if side.pressure.watching_at(now) {
+                let mut urgent = KernelDevice {
+                    urgent: true,
+                    ..st.balloon_device(&mut side.bufs)
+                };
+                let freed = side.balloon.relieve(
+                    &mut side.pressure,
+                    &oom,
+                    Relief::Watch,
+                    &mut urgent,
+                    &mut side.mem,
+                    &vm,
+                    now,
+                );
+                if freed > 0 {
+                    st.diag(c"pressure watch: deflated pages", u64::from(freed));
+                }
+            }
+            let limit = if side.pressure.watching_at(now) {
+                InflateLimit::Pressure
+            } else if floor == 0 {
+                InflateLimit::None
+            } else {
+                InflateLimit::Floor(inflate_allowance(&vm, floor, false))
+            };
+            side.balloon.set_inflate_limit(limit);
             side.balloon
                 .set_inflate_run(st.inflate_run.load(Ordering::Relaxed));
             if config {
                 side.balloon.config_changed();
             }
-            side.balloon.step(&mut dev, &mut side.mem)
+            let mut dev = st.balloon_device(&mut side.bufs);
+            let step = side.balloon.step(&mut dev, &mut side.mem);
+            (step, side.pressure.next_look_ms(&oom, now_ms()))
         });
-        policy.stepped(step);
+        policy.stepped(step, look);
+        st.oom_watching.store(look.is_some(), Ordering::Relaxed);
         match step {
             Step::Backoff { ms } => st.diag(
-                c"inflate: guest short of memory, backing off ms",
+                c"inflate: guest short of memory or at the floor, backing off ms",
                 u64::from(ms),
             ),
             Step::Failed(e) => st.diag(c"balloon: host did not answer / queue error", e as u64),
@@ -838,7 +903,9 @@ fn stop_code(stop: Stop) -> u64 {
     }
 }
 
-/// vm_lowmem: deflate a bounded batch, tell the reporter to back off.
+/// vm_lowmem (page daemon, or the UMA reclaim worker): gives back what the
+/// page daemon is short of at once, starts the balloon thread's pressure
+/// watch, tells the reporter to back off.
 unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
     // SAFETY: deregistered in detach before the State is freed.
     let st = unsafe { &*arg.cast::<State>() };
@@ -847,17 +914,29 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
     if st.stopping.load(Ordering::Acquire) {
         return;
     }
-    let batch = st.oom_batch.load(Ordering::Relaxed);
+    let oom = st.oom_tunables();
     let freed = st.balloon.with(|side| {
-        side.balloon.set_oom_batch(batch);
         let mut dev = KernelDevice {
             urgent: true,
             ..st.balloon_device(&mut side.bufs)
         };
-        side.balloon.lowmem(&mut dev, &mut side.mem)
+        let vm = vm_counters();
+        side.balloon.relieve(
+            &mut side.pressure,
+            &oom,
+            Relief::LowmemEvent,
+            &mut dev,
+            &mut side.mem,
+            &vm,
+            now_ms(),
+        )
     });
     st.lowmem_last_us.set(now_us().saturating_sub(start_us));
     st.diag(c"vm_lowmem: deflated pages", u64::from(freed));
+    // The balloon thread starts (or keeps) watching.
+    let _g = st.wait.lock();
+    st.lowmem_kick.store(true, Ordering::Release);
+    wakeup(st.thread_chan());
 }
 
 #[no_mangle]

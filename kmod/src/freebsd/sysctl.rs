@@ -9,6 +9,7 @@ use core::sync::atomic::Ordering;
 
 use super::driver::State;
 use super::kern::log;
+use super::memory::vm_counters;
 use super::sync::wakeup;
 use super::sys;
 use crate::nodes::{Id, Kind, NODES};
@@ -33,6 +34,11 @@ fn read(st: &State, id: Id) -> Value<'_> {
         Id::StatsLinuxTags => return flag(st.linux_tags.load(Ordering::Relaxed)),
         Id::ReportEnabled => return flag(st.report_enabled.load(Ordering::Relaxed)),
         Id::OomBatchPages => u64::from(st.oom_batch.load(Ordering::Relaxed)),
+        Id::OomHeadroomPages => u64::from(st.oom_headroom.load(Ordering::Relaxed)),
+        Id::OomWatchMs => u64::from(st.oom_watch_ms.load(Ordering::Relaxed)),
+        Id::OomWatchIntervalMs => u64::from(st.oom_interval_ms.load(Ordering::Relaxed)),
+        Id::FloorPages => st.floor_pages.load(Ordering::Relaxed),
+        Id::OomWatching => u64::from(st.oom_watching.load(Ordering::Relaxed)),
         Id::InflateRunPages => u64::from(st.inflate_run.load(Ordering::Relaxed)),
         Id::TargetPages => b.target_pages.get(),
         Id::ActualPages => b.actual_pages.get(),
@@ -42,6 +48,9 @@ fn read(st: &State, id: Id) -> Value<'_> {
         Id::DeflatedPages => b.deflated_pages.get(),
         Id::LowmemEvents => b.lowmem_events.get(),
         Id::LowmemPages => b.lowmem_pages.get(),
+        Id::OomDeflates => b.oom_deflates.get(),
+        Id::FloorRefusedPages => b.floor_refused_pages.get(),
+        Id::FloorStops => b.floor_stops.get(),
         Id::ConfigChanges => b.config_changes.get(),
         Id::AllocFailures => b.alloc_failures.get(),
         Id::HostTimeouts => b.host_timeouts.get(),
@@ -74,6 +83,10 @@ fn write(st: &State, id: Id, v: u32) {
         Id::KickThread => st.kick_thread.store(v == 1, Ordering::Relaxed),
         Id::StatsLinuxTags => st.linux_tags.store(v == 1, Ordering::Relaxed),
         Id::OomBatchPages => st.oom_batch.store(v, Ordering::Relaxed),
+        Id::OomHeadroomPages => st.oom_headroom.store(v, Ordering::Relaxed),
+        Id::OomWatchMs => st.oom_watch_ms.store(v, Ordering::Relaxed),
+        Id::OomWatchIntervalMs => st.oom_interval_ms.store(v, Ordering::Relaxed),
+        Id::FloorPages => st.floor_pages.store(u64::from(v), Ordering::Relaxed),
         Id::InflateRunPages => st.inflate_run.store(v, Ordering::Relaxed),
         Id::ReportEnabled => {
             // Under the lock the reporter decides to sleep with: it cannot
@@ -162,7 +175,8 @@ unsafe extern "C" fn handler(
             if error != 0 || unsafe { (*req).newptr }.is_null() {
                 return error;
             }
-            match accepts.check(i64::from(val)) {
+            let memory = vm_counters().page_count;
+            match accepts.check(i64::from(val), memory) {
                 Some(v) => {
                     write(st, node.id, v);
                     0

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
-use vtballoon::platform::{BlockMemory, Device, Error, Memory, PhysRange, Token};
+use vtballoon::platform::{BlockMemory, Device, Error, Memory, PhysRange, Token, VmCounters};
 use vtballoon::protocol::{Features, Queue, PFN_SHIFT};
 use vtballoon::runlist::{RunList, RunPages};
 
@@ -82,6 +82,8 @@ pub struct World {
     pub reporter_pages: BTreeSet<usize>,
     /// Pages a guest workload holds.
     pub workload: Vec<usize>,
+    /// The page daemon's free target ([`World::vm`]).
+    pub free_target: u64,
     /// Pages freed since boot (`v_tfree`).
     pub freed_total: u64,
     pub reports: u64,
@@ -142,6 +144,7 @@ impl World {
             discarded: BTreeSet::new(),
             reporter_pages: BTreeSet::new(),
             workload: Vec::new(),
+            free_target: 0,
             freed_total: 0,
             reports: 0,
             reported_bytes: 0,
@@ -303,6 +306,23 @@ impl World {
                 }
                 self.discarded.insert(page);
             }
+        }
+    }
+
+    /// The guest's VM counters as the driver would read them: free memory
+    /// is the simulated free list, everything else in use is active.
+    pub fn vm(&self) -> VmCounters {
+        let free = self.free.len() as u64;
+        VmCounters {
+            page_size: self.page_size,
+            page_count: self.total_pages as u64,
+            free,
+            active: self.total_pages as u64 - free,
+            free_target: self.free_target,
+            free_min: self.free_target / 4,
+            free_reserved: self.free_target / 16,
+            freed_total: self.freed_total,
+            ..Default::default()
         }
     }
 

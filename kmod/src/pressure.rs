@@ -1,0 +1,402 @@
+//! Memory pressure (DEFLATE_ON_OOM): how much the balloon gives back, when,
+//! and how much it may take while the guest is short.
+//!
+//! FreeBSD tells a driver about memory pressure only through the
+//! `vm_lowmem` event, and rarely: the page daemon raises it at most once
+//! per `vm.lowmem_period` (10 s by default; the UMA reclaim worker adds one
+//! `VM_LOW_KMEM` event a second while memory is severely short). The page
+//! daemon declares OOM after `vm.pageout_oom_seq` (12) consecutive passes
+//! that free nothing, about a second or two under a steady allocator with
+//! nothing left to reclaim. Linux's balloon gives back 256 pages per call of
+//! its OOM notifier, which runs on every failed allocation; one batch per
+//! FreeBSD event cannot keep a process alive. So, with FreeBSD's defaults:
+//!
+//! - **One event frees enough.** A `vm_lowmem` event gives back what the
+//!   page daemon is short of, `v_free_target - free`, plus a headroom
+//!   ([`OomTunables::headroom_pages`]) and what the guest is seen to use
+//!   during one watch interval; at least [`OomTunables::min_batch_pages`].
+//!   The deflate runs inside the handler, so the page daemon sees the pages
+//!   free when the handler returns and scans only for what is still missing.
+//! - **Between events the driver keeps up by itself.** After an event it
+//!   watches free memory every [`OomTunables::interval_ms`] and, when free
+//!   memory falls below the page daemon's target plus half the headroom,
+//!   gives back enough to restore the target plus the headroom plus twice
+//!   the consumption it measured over the last interval (fast allocators
+//!   get more). Every event and every deflate extends the watch by
+//!   [`OomTunables::watch_ms`] (default longer than `vm.lowmem_period`, the
+//!   span in which the kernel cannot raise another event); while nothing is
+//!   short for that long, or once the balloon is empty, the watch ends and
+//!   no timer runs.
+//! - **What was not needed stays ballooned.** Each deflate is sized to the
+//!   shortage, so after the pressure the balloon holds everything the guest
+//!   did not need, less the page daemon's target, the headroom and at most
+//!   two intervals of consumption.
+//! - **No re-inflation behind the guest's back.** A pressure deflate clears
+//!   WANTSIZE ([`crate::balloon`]), and while the watch runs the balloon
+//!   does not inflate at all, even for a new host target: that waits until
+//!   the pressure has passed.
+//!
+//! The same module computes the guest-side floor: the balloon never
+//! inflates while the guest's available memory ([`crate::avail`]) is below
+//! [`floor_default_pages`] (or the administrator's setting), whatever the
+//! host asks.
+
+use crate::avail::available_pages;
+use crate::platform::VmCounters;
+
+/// Knobs of the pressure policy, in guest pages and milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomTunables {
+    /// Least given back per `vm_lowmem` event (`oom_batch_pages`).
+    pub min_batch_pages: u32,
+    /// Free memory a pressure deflate restores beyond the page daemon's
+    /// target (`oom_headroom_pages`).
+    pub headroom_pages: u32,
+    /// How long the driver keeps watching after the last sign of pressure;
+    /// 0: it acts on `vm_lowmem` events only (`oom_watch_ms`).
+    pub watch_ms: u32,
+    /// Pause between two looks at free memory while watching
+    /// (`oom_watch_interval_ms`).
+    pub interval_ms: u32,
+}
+
+impl Default for OomTunables {
+    fn default() -> Self {
+        OomTunables {
+            min_batch_pages: 256,
+            headroom_pages: 4096,
+            watch_ms: 15_000,
+            interval_ms: 10,
+        }
+    }
+}
+
+impl OomTunables {
+    /// Largest `oom_batch_pages` (256 MiB of 4 KiB pages).
+    pub const BATCH_MAX: u32 = 65_536;
+    /// Largest `oom_headroom_pages` (1 GiB of 4 KiB pages).
+    pub const HEADROOM_MAX: u32 = 262_144;
+    /// Longest `oom_watch_ms` (10 minutes).
+    pub const WATCH_MAX_MS: u32 = 600_000;
+    /// `oom_watch_interval_ms` bounds.
+    pub const INTERVAL_MIN_MS: u32 = 1;
+    pub const INTERVAL_MAX_MS: u32 = 1_000;
+
+    pub fn valid_batch(v: u32) -> bool {
+        (1..=Self::BATCH_MAX).contains(&v)
+    }
+    pub fn valid_headroom(v: u32) -> bool {
+        v <= Self::HEADROOM_MAX
+    }
+    pub fn valid_watch(v: u32) -> bool {
+        v <= Self::WATCH_MAX_MS
+    }
+    pub fn valid_interval(v: u32) -> bool {
+        (Self::INTERVAL_MIN_MS..=Self::INTERVAL_MAX_MS).contains(&v)
+    }
+}
+
+/// What the pressure policy has seen; lives with the balloon (both run
+/// under the balloon lock).
+#[derive(Debug, Default)]
+pub struct Pressure {
+    /// The watch runs until this time (ms since boot); 0: not watching.
+    until_ms: u64,
+    /// Free pages and time at the last look, to measure consumption.
+    last_free: u64,
+    last_ms: u64,
+    /// Pages given back since the last look (they raised free memory).
+    given_since: u64,
+    /// Guest pages consumed per second, fast up, halving down.
+    rate_pps: u64,
+}
+
+impl Pressure {
+    pub const fn new() -> Self {
+        Pressure {
+            until_ms: 0,
+            last_free: 0,
+            last_ms: 0,
+            given_since: 0,
+            rate_pps: 0,
+        }
+    }
+
+    /// A `vm_lowmem` event: the guest pages to give back now (at most
+    /// `ballooned`). Starts or extends the watch while the balloon holds
+    /// pages.
+    pub fn lowmem(
+        &mut self,
+        tun: &OomTunables,
+        now_ms: u64,
+        vm: &VmCounters,
+        ballooned: u64,
+    ) -> u64 {
+        self.sample(now_ms, vm.free);
+        let want = self
+            .goal(tun, vm)
+            .saturating_sub(vm.free)
+            .max(u64::from(tun.min_batch_pages));
+        self.extend(tun, now_ms, ballooned);
+        want.min(ballooned)
+    }
+
+    /// A look at free memory while watching: the guest pages to give back
+    /// now (0 if none is short, or the watch is over).
+    pub fn tick(&mut self, tun: &OomTunables, now_ms: u64, vm: &VmCounters, ballooned: u64) -> u64 {
+        if !self.watching_at(now_ms) || ballooned == 0 {
+            self.stop();
+            return 0;
+        }
+        self.sample(now_ms, vm.free);
+        let low = vm.free_target + u64::from(tun.headroom_pages) / 2;
+        if vm.free >= low {
+            return 0;
+        }
+        let want = self.goal(tun, vm).saturating_sub(vm.free).min(ballooned);
+        if want > 0 {
+            self.extend(tun, now_ms, ballooned);
+        }
+        want
+    }
+
+    /// Pages a deflate actually gave back (they count as free memory at the
+    /// next look, not as consumption).
+    pub fn gave_back(&mut self, pages: u64) {
+        self.given_since = self.given_since.saturating_add(pages);
+    }
+
+    /// Milliseconds until the next look, or `None` when not watching.
+    pub fn next_look_ms(&self, tun: &OomTunables, now_ms: u64) -> Option<u32> {
+        self.watching_at(now_ms).then_some(tun.interval_ms.max(1))
+    }
+
+    /// True while the watch runs: the balloon must not inflate.
+    pub fn watching_at(&self, now_ms: u64) -> bool {
+        self.until_ms != 0 && now_ms < self.until_ms
+    }
+
+    /// Ends the watch (balloon empty, device going away).
+    pub fn stop(&mut self) {
+        *self = Pressure::new();
+    }
+
+    /// Consumption the policy expects per second, for sysctl.
+    pub fn rate_pps(&self) -> u64 {
+        self.rate_pps
+    }
+
+    /// Free memory a deflate restores: the page daemon's target, the
+    /// headroom, and two intervals of the consumption last measured.
+    fn goal(&self, tun: &OomTunables, vm: &VmCounters) -> u64 {
+        let ahead = self
+            .rate_pps
+            .saturating_mul(2 * u64::from(tun.interval_ms.max(1)))
+            / 1000;
+        // A burst never makes one deflate larger than 1/8 of memory.
+        let ahead = ahead.min(vm.page_count / 8);
+        vm.free_target + u64::from(tun.headroom_pages) + ahead
+    }
+
+    fn extend(&mut self, tun: &OomTunables, now_ms: u64, ballooned: u64) {
+        if tun.watch_ms == 0 || ballooned == 0 {
+            self.until_ms = 0;
+            return;
+        }
+        self.until_ms = self.until_ms.max(now_ms + u64::from(tun.watch_ms));
+    }
+
+    fn sample(&mut self, now_ms: u64, free: u64) {
+        if self.last_ms != 0 && now_ms > self.last_ms {
+            let had = self.last_free.saturating_add(self.given_since);
+            let used = had.saturating_sub(free);
+            let rate = used.saturating_mul(1000) / (now_ms - self.last_ms);
+            self.rate_pps = rate.max(self.rate_pps / 2);
+        }
+        self.last_free = free;
+        self.last_ms = now_ms.max(1);
+        self.given_since = 0;
+    }
+}
+
+/// Default guest-side floor, in guest pages: the page daemon's free target
+/// plus 2% of memory (at least 16 MiB of 4 KiB pages). Below it the balloon
+/// does not inflate.
+pub fn floor_default_pages(vm: &VmCounters) -> u64 {
+    vm.free_target + (vm.page_count / 50).max(4096)
+}
+
+/// Guest pages the balloon may still take: none while the pressure watch
+/// runs, otherwise what keeps available memory at or above `floor_pages`
+/// (0: no floor).
+pub fn inflate_allowance(vm: &VmCounters, floor_pages: u64, watching: bool) -> u64 {
+    if watching {
+        return 0;
+    }
+    if floor_pages == 0 {
+        return u64::MAX;
+    }
+    available_pages(vm).saturating_sub(floor_pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4 GiB guest as FreeBSD 14.2 sizes it: free target ~92 MiB.
+    fn vm(free: u64) -> VmCounters {
+        VmCounters {
+            page_size: 4096,
+            page_count: 1_000_000,
+            free,
+            free_target: 23_000,
+            free_reserved: 1_500,
+            free_min: 5_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_event_restores_the_free_target_and_headroom() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        let want = p.lowmem(&tun, 1000, &vm(5_000), 500_000);
+        assert_eq!(want, 23_000 + 4096 - 5_000);
+        assert!(p.watching_at(1001));
+    }
+
+    #[test]
+    fn an_event_gives_at_least_the_batch_and_at_most_the_balloon() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        // Free memory already at the goal: the batch still goes back.
+        assert_eq!(p.lowmem(&tun, 1000, &vm(100_000), 500_000), 256);
+        assert_eq!(p.lowmem(&tun, 1100, &vm(0), 10), 10);
+    }
+
+    #[test]
+    fn an_empty_balloon_starts_no_watch() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        assert_eq!(p.lowmem(&tun, 1000, &vm(0), 0), 0);
+        assert!(!p.watching_at(1001));
+        assert_eq!(p.next_look_ms(&tun, 1001), None);
+    }
+
+    #[test]
+    fn watch_zero_means_events_only() {
+        let tun = OomTunables {
+            watch_ms: 0,
+            ..Default::default()
+        };
+        let mut p = Pressure::new();
+        assert!(p.lowmem(&tun, 1000, &vm(0), 100_000) > 0);
+        assert!(!p.watching_at(1001));
+    }
+
+    #[test]
+    fn the_watch_gives_back_only_below_the_low_mark() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.lowmem(&tun, 1000, &vm(5_000), 500_000);
+        p.gave_back(22_096);
+        // At the goal: nothing short.
+        assert_eq!(p.tick(&tun, 1010, &vm(27_096), 500_000), 0);
+        // Between the low mark (target + headroom/2) and the goal: nothing.
+        assert_eq!(p.tick(&tun, 1020, &vm(25_100), 500_000), 0);
+        // Below the low mark: back to the goal plus what was used ahead.
+        let want = p.tick(&tun, 1030, &vm(24_000), 500_000);
+        assert!(want >= 27_096 - 24_000, "{want}");
+    }
+
+    #[test]
+    fn fast_consumption_makes_deflates_larger() {
+        let tun = OomTunables::default();
+        let mut slow = Pressure::new();
+        let mut fast = Pressure::new();
+        slow.lowmem(&tun, 1000, &vm(27_096), 500_000);
+        fast.lowmem(&tun, 1000, &vm(27_096), 500_000);
+        // 10 ms later: slow used 96 pages, fast 5_000.
+        let a = slow.tick(&tun, 1010, &vm(27_000), 500_000);
+        let b = fast.tick(&tun, 1010, &vm(22_096), 500_000);
+        assert_eq!(a, 0);
+        // 5_000 pages in 10 ms: 500_000 pages/s, two intervals ahead.
+        assert_eq!(b, 27_096 - 22_096 + 10_000);
+        assert_eq!(fast.rate_pps(), 500_000);
+    }
+
+    #[test]
+    fn given_back_pages_are_not_counted_as_consumption() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.lowmem(&tun, 1000, &vm(5_000), 500_000);
+        p.gave_back(22_096);
+        p.tick(&tun, 1010, &vm(27_096), 500_000);
+        assert_eq!(p.rate_pps(), 0);
+    }
+
+    #[test]
+    fn the_watch_ends_after_quiet_or_an_empty_balloon() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.lowmem(&tun, 1000, &vm(5_000), 500_000);
+        assert_eq!(p.next_look_ms(&tun, 2000), Some(10));
+        // A deflate at 5 s extends it to 20 s.
+        assert!(p.tick(&tun, 5_000, &vm(1_000), 500_000) > 0);
+        assert!(p.watching_at(19_999));
+        assert!(!p.watching_at(20_000));
+        assert_eq!(p.tick(&tun, 20_000, &vm(1_000), 500_000), 0);
+        assert_eq!(p.next_look_ms(&tun, 20_000), None);
+        // Balloon emptied: the watch stops at once.
+        p.lowmem(&tun, 30_000, &vm(5_000), 500_000);
+        assert_eq!(p.tick(&tun, 30_010, &vm(1_000), 0), 0);
+        assert!(!p.watching_at(30_011));
+    }
+
+    #[test]
+    fn a_burst_never_asks_more_than_an_eighth_of_memory_ahead() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.lowmem(&tun, 1000, &vm(900_000), 1_000_000);
+        // Everything consumed in 1 ms.
+        let want = p.tick(&tun, 1001, &vm(0), 1_000_000);
+        assert_eq!(want, 23_000 + 4096 + 1_000_000 / 8);
+    }
+
+    #[test]
+    fn floor_holds_available_memory_and_pauses_while_watching() {
+        let mut v = vm(200_000);
+        v.inactive = 0;
+        let floor = floor_default_pages(&v);
+        assert_eq!(floor, 23_000 + 20_000);
+        // Available = free - reserve.
+        assert_eq!(inflate_allowance(&v, floor, false), 200_000 - 1_500 - floor);
+        assert_eq!(inflate_allowance(&v, floor, true), 0);
+        assert_eq!(inflate_allowance(&v, 0, false), u64::MAX);
+        v.free = 10_000;
+        assert_eq!(inflate_allowance(&v, floor, false), 0);
+    }
+
+    #[test]
+    fn small_guests_keep_at_least_16_mib() {
+        let v = VmCounters {
+            page_count: 100_000,
+            free_target: 2_000,
+            ..Default::default()
+        };
+        assert_eq!(floor_default_pages(&v), 2_000 + 4096);
+    }
+
+    #[test]
+    fn tunable_ranges() {
+        assert!(!OomTunables::valid_batch(0));
+        assert!(OomTunables::valid_batch(65_536));
+        assert!(!OomTunables::valid_batch(65_537));
+        assert!(OomTunables::valid_headroom(0));
+        assert!(!OomTunables::valid_headroom(262_145));
+        assert!(OomTunables::valid_watch(0));
+        assert!(!OomTunables::valid_watch(600_001));
+        assert!(!OomTunables::valid_interval(0));
+        assert!(!OomTunables::valid_interval(1_001));
+    }
+}

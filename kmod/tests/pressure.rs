@@ -1,0 +1,225 @@
+//! Deflate-on-OOM against a model of FreeBSD's page daemon: does a process
+//! that needs the memory the balloon holds survive, with FreeBSD's default
+//! rate limits, and does the balloon keep what was not needed?
+//!
+//! The model (FreeBSD 14.2 `sys/vm/vm_pageout.c`, `uma_core.c`), one step a
+//! millisecond:
+//! - a process takes `rate` pages a millisecond until it has what it wants;
+//!   it stalls while free memory is at the kernel's reserve;
+//! - the page daemon runs every 100 ms while free memory is below 90% of
+//!   `v_free_target`. A pass first raises `vm_lowmem` if none was raised in
+//!   the last `vm.lowmem_period` (10 s), and counts what the handler freed
+//!   against its shortage; the UMA reclaim worker raises another
+//!   (`VM_LOW_KMEM`) at most once a second while free memory is below
+//!   `v_free_severe`. Nothing else is reclaimable (anonymous memory, no
+//!   swap), so a pass that still has a shortage makes no progress; after
+//!   `vm.pageout_oom_seq` (12) such passes in a row the process is killed;
+//! - the driver acts on the events and, between them, on its own watch
+//!   (the balloon thread in the kernel).
+
+mod sim;
+
+use sim::{sim, Shared, SimDevice, SimMemory};
+use vtballoon::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
+use vtballoon::pressure::{OomTunables, Pressure};
+use vtballoon::protocol::Features;
+
+const PAGES: usize = 262_144; // 1 GiB of 4 KiB pages
+const FREE_TARGET: u64 = 6_000;
+const LOWMEM_PERIOD_MS: u64 = 10_000;
+const OOM_SEQ: u32 = 12;
+
+struct Outcome {
+    killed: bool,
+    /// Pages the process got.
+    got: usize,
+    /// Balloon (4 KiB units) before and at the end.
+    before: u32,
+    after: u32,
+    events: u64,
+    deflates: u64,
+}
+
+fn guest(balloon_pages: u32) -> (Shared, SimDevice, SimMemory, Balloon) {
+    let features = Features::MUST_TELL_HOST | Features::DEFLATE_ON_OOM;
+    let (w, mut dev, mut mem) = sim(features, PAGES);
+    {
+        let mut world = w.borrow_mut();
+        world.num_pages = balloon_pages;
+        world.free_target = FREE_TARGET;
+        world.max_run_order = 0; // page by page: keeps the model fast
+    }
+    let mut b = Balloon::new(features, Tunables::default());
+    while b.step(&mut dev, &mut mem) != Step::Idle {}
+    assert_eq!(b.actual(), balloon_pages);
+    (w, dev, mem, b)
+}
+
+/// How the driver answers memory pressure.
+enum Driver {
+    /// This driver's policy with these tunables.
+    Ours(OomTunables),
+    /// The in-tree driver and the posted FreeBSD patches: a fixed batch per
+    /// vm_lowmem event, nothing in between.
+    FixedBatch(u32),
+}
+
+/// Runs one process wanting `want` pages at `rate` pages/ms for at most
+/// `ms` milliseconds.
+fn run(driver: Driver, balloon_pages: u32, want: usize, rate: usize, ms: u64) -> Outcome {
+    let (tun, fixed) = match driver {
+        Driver::Ours(t) => (t, None),
+        Driver::FixedBatch(n) => (OomTunables::default(), Some(n)),
+    };
+    let tun = &tun;
+    let (w, mut dev, mut mem, mut b) = guest(balloon_pages);
+    let before = b.actual();
+    let mut p = Pressure::new();
+    let mut got = 0;
+    let mut last_lowmem: Option<u64> = None;
+    let mut last_kmem = 0u64;
+    let mut no_progress = 0;
+    let mut next_look: Option<u64> = None;
+    let mut killed = false;
+    let mut lowmem_events = 0;
+    for now in 1..=ms {
+        w.borrow_mut().now_ms = now;
+        // The process, down to the reserve.
+        let reserve = (FREE_TARGET / 16) as usize;
+        let room = w.borrow().free_pages().saturating_sub(reserve);
+        got += w
+            .borrow_mut()
+            .workload_alloc(rate.min(want - got).min(room));
+        let mut event = |b: &mut Balloon, dev: &mut SimDevice, mem: &mut SimMemory| {
+            if let Some(n) = fixed {
+                return b.give_back(dev, mem, n);
+            }
+            let vm = w.borrow().vm();
+            b.relieve(&mut p, tun, Relief::LowmemEvent, dev, mem, &vm, now)
+        };
+        if now % 100 == 0 {
+            let vm = w.borrow().vm();
+            if vm.free < FREE_TARGET * 9 / 10 {
+                let mut shortage = FREE_TARGET - vm.free;
+                if last_lowmem.is_none_or(|t| now - t >= LOWMEM_PERIOD_MS) {
+                    last_lowmem = Some(now);
+                    lowmem_events += 1;
+                    let freed = u64::from(event(&mut b, &mut dev, &mut mem));
+                    shortage = shortage.saturating_sub(freed);
+                }
+                if vm.free < vm.free_min / 2 && now - last_kmem >= 1000 {
+                    last_kmem = now;
+                    lowmem_events += 1;
+                    event(&mut b, &mut dev, &mut mem);
+                }
+                no_progress = if shortage > 0 { no_progress + 1 } else { 0 };
+                if no_progress >= OOM_SEQ {
+                    killed = true;
+                    break;
+                }
+            }
+        }
+        // The balloon thread's watch: it sleeps `next_look_ms` between looks.
+        match next_look {
+            Some(t) if now < t => {}
+            Some(_) => {
+                let vm = w.borrow().vm();
+                b.relieve(&mut p, tun, Relief::Watch, &mut dev, &mut mem, &vm, now);
+                next_look = p.next_look_ms(tun, now).map(|d| now + u64::from(d));
+            }
+            None => next_look = p.next_look_ms(tun, now).map(|d| now + u64::from(d)),
+        }
+        if got == want && next_look.is_none() {
+            break;
+        }
+    }
+    // The watch never lets the balloon inflate again by itself.
+    b.set_inflate_limit(InflateLimit::None);
+    assert_eq!(b.step(&mut dev, &mut mem), Step::Idle, "no re-inflation");
+    assert!(
+        w.borrow().violations.is_empty(),
+        "{:?}",
+        w.borrow().violations
+    );
+    Outcome {
+        killed,
+        got,
+        before,
+        after: b.actual(),
+        events: b.counters().lowmem_events.get().max(lowmem_events),
+        deflates: b.counters().oom_deflates.get(),
+    }
+}
+
+/// Pages free when the process starts: what it needs beyond them must come
+/// from the balloon.
+fn initially_free(balloon_pages: u32) -> usize {
+    PAGES - balloon_pages as usize
+}
+
+#[test]
+fn a_process_needing_the_balloons_memory_survives_with_defaults() {
+    let tun = OomTunables::default();
+    let balloon = (PAGES * 3 / 4) as u32;
+    let want = PAGES / 2;
+    // 50 pages/ms: 200 MiB/s, faster than a process faults under TCG.
+    let o = run(Driver::Ours(tun), balloon, want, 50, 60_000);
+    assert!(!o.killed, "killed after getting {} of {want} pages", o.got);
+    assert_eq!(o.got, want);
+    let needed = want - (initially_free(balloon) - FREE_TARGET as usize);
+    let given = (o.before - o.after) as usize;
+    assert!(given >= needed, "gave {given}, needed {needed}");
+    // What was not needed stays ballooned, less a bounded margin: the free
+    // target, the headroom, two intervals of consumption, rounding.
+    let margin = FREE_TARGET as usize + tun.headroom_pages as usize + 2 * 10 * 50 + 1024;
+    assert!(
+        given <= needed + margin,
+        "gave {given}, needed {needed} (+{margin})"
+    );
+    assert!(o.events >= 1);
+    assert!(o.deflates > o.events, "the watch kept up between events");
+}
+
+#[test]
+fn a_fixed_batch_per_event_loses_the_process_as_freebsd_drivers_did() {
+    let balloon = (PAGES * 3 / 4) as u32;
+    let o = run(Driver::FixedBatch(256), balloon, PAGES / 2, 50, 60_000);
+    assert!(o.killed, "the model must show the failure the fix is for");
+    assert!(
+        o.after > o.before - 4096,
+        "the balloon still held almost everything"
+    );
+}
+
+#[test]
+fn events_alone_are_not_enough_between_rate_limited_events() {
+    // Sized events but no watch: the second half of a long allocation falls
+    // into the 10 s in which FreeBSD raises no event.
+    let tun = OomTunables {
+        watch_ms: 0,
+        ..Default::default()
+    };
+    let balloon = (PAGES * 3 / 4) as u32;
+    let o = run(Driver::Ours(tun), balloon, PAGES / 2, 5, 120_000);
+    assert!(o.killed);
+}
+
+#[test]
+fn a_slow_steady_allocator_survives_too() {
+    let tun = OomTunables::default();
+    let balloon = (PAGES * 3 / 4) as u32;
+    // 2 pages/ms: the watch is extended again and again over ~100 s.
+    let o = run(Driver::Ours(tun), balloon, PAGES / 2, 2, 200_000);
+    assert!(!o.killed, "killed after {} pages", o.got);
+    assert_eq!(o.got, PAGES / 2);
+}
+
+#[test]
+fn a_process_that_fits_in_free_memory_takes_nothing_from_the_balloon() {
+    let tun = OomTunables::default();
+    let balloon = (PAGES / 2) as u32;
+    let o = run(Driver::Ours(tun), balloon, PAGES / 4, 50, 10_000);
+    assert!(!o.killed);
+    assert_eq!(o.after, o.before);
+    assert_eq!(o.events, 0);
+}

@@ -1,0 +1,327 @@
+//! The basic boot (phases tunable, nodes, resize, stats): the loader
+//! tunable, every node and its description, writes refused or taken,
+//! features, inflate and deflate with the host, guest-stats.
+
+use crate::balloon::{host_agrees, pause_reporting, resize, resume_reporting};
+use crate::check::{ask_ok, concat, Ctx};
+use crate::kld::OURS_DESC;
+use crate::nodes::{BAD_VALUES, RO_NODES, RW_NODES};
+use crate::out::Line;
+use crate::sys;
+use crate::sysctl::{
+    description, free_bytes, get, get_str, get_u64, mib_of, node, page_size, set, set_int,
+    wait_for, MIB, PAGES_PER_MIB,
+};
+
+/// The raw bytes of any node (integer or string) for before/after compares.
+fn raw(leaf: &str, buf: &mut [u8; 128]) -> Option<usize> {
+    sys::sysctlbyname(node(leaf).bytes(), Some(buf), None).ok()
+}
+
+pub fn phase_nodes(c: &mut Ctx) {
+    let mut missing: Option<&str> = None;
+    let mut undescribed: Option<&str> = None;
+    for leaf in RO_NODES.iter().chain(RW_NODES) {
+        let mut d = [0u8; 256];
+        match description(node(leaf).bytes(), &mut d) {
+            None => missing = missing.or(Some(leaf)),
+            Some(0) => undescribed = undescribed.or(Some(leaf)),
+            Some(_) => {}
+        }
+    }
+    c.check(
+        "every sysctl node is present",
+        missing.is_none(),
+        missing.unwrap_or(""),
+    );
+    c.check(
+        "every sysctl node has a description",
+        undescribed.is_none(),
+        undescribed.unwrap_or(""),
+    );
+    let mut desc = [0u8; 128];
+    let d = get_str(OURS_DESC, &mut desc).unwrap_or(&[]);
+    c.check("the device has a %desc", !d.is_empty(), "empty");
+    let mem = get("memory_bytes");
+    Line::new()
+        .s("# memory_bytes: ")
+        .u(mem.unwrap_or(0))
+        .s(" (fixed per device)")
+        .end();
+    c.check(
+        "memory_bytes states the device's fixed memory (8 KiB to 1 MiB)",
+        mem.is_some_and(|m| ((8 << 10)..(1 << 20)).contains(&m)),
+        "missing or out of range",
+    );
+
+    // Read-only nodes: EPERM and no change, whatever is written.
+    let mut bad: Option<&str> = None;
+    for leaf in RO_NODES {
+        let (mut a, mut b) = ([0u8; 128], [0u8; 128]);
+        let before = raw(leaf, &mut a);
+        let refused = set_int(node(leaf).bytes(), 5) == Err(sys::EPERM);
+        let after = raw(leaf, &mut b);
+        // Counters that move on their own (the balloon thread may still be
+        // settling right after attach).
+        let volatile =
+            leaf.starts_with("report_") || leaf.starts_with("stats_") || *leaf == "thread_wakeups";
+        let unchanged = volatile || (before == after && a == b);
+        if !(refused && unchanged) {
+            bad = bad.or(Some(leaf));
+        }
+    }
+    c.check(
+        "read-only nodes refuse writes with EPERM",
+        bad.is_none(),
+        bad.unwrap_or(""),
+    );
+
+    // Settings: bad values get EINVAL and change nothing.
+    let mut bad: Option<&str> = None;
+    for (leaf, values) in BAD_VALUES {
+        let before = get(leaf);
+        for &v in *values {
+            if set_int(node(leaf).bytes(), v) != Err(sys::EINVAL) || get(leaf) != before {
+                bad = bad.or(Some(leaf));
+            }
+        }
+    }
+    c.check(
+        "bad values get EINVAL and change nothing",
+        bad.is_none(),
+        bad.unwrap_or(""),
+    );
+    let on = set("debug", 1) && get("debug") == Some(1);
+    let off = set("debug", 0) && get("debug") == Some(0);
+    c.check("debug toggle round-trips", on && off, "did not stick");
+    let batch = get("oom_batch_pages").unwrap_or(256) as i32;
+    let rt = set("oom_batch_pages", 1) && get("oom_batch_pages") == Some(1);
+    let rt = rt && set("oom_batch_pages", 65_536) && get("oom_batch_pages") == Some(65_536);
+    let restored = set("oom_batch_pages", batch);
+    c.check(
+        "oom_batch_pages takes 1 and 65536",
+        rt && restored,
+        "did not stick",
+    );
+    let run = get("inflate_run_pages");
+    c.check_n(
+        "inflate_run_pages defaults to 256",
+        run == Some(256),
+        "value",
+        run,
+    );
+    let rt = [1, 16, 256]
+        .iter()
+        .all(|&v| set("inflate_run_pages", v) && get("inflate_run_pages") == Some(v as u64));
+    let restored = set("inflate_run_pages", run.unwrap_or(256) as i32);
+    c.check(
+        "inflate_run_pages takes 1, 16 and 256",
+        rt && restored,
+        "did not stick",
+    );
+    let tags = get("stats_linux_tags").unwrap_or(0) as i32;
+    let rt =
+        set("stats_linux_tags", 1 - tags) && get("stats_linux_tags") == Some((1 - tags) as u64);
+    let restored = set("stats_linux_tags", tags);
+    c.check(
+        "stats_linux_tags round-trips",
+        rt && restored,
+        "did not stick",
+    );
+
+    let mut f = [0u8; 200];
+    let feats = get_str(node("features").bytes(), &mut f).unwrap_or(&[]);
+    Line::new().s("# features: ").b(feats).end();
+    let has = |w: &[u8]| feats.split(|&b| b == b',' || b == b' ').any(|x| x == w);
+    // What QEMU 7.2 offers with deflate-on-oom=on,free-page-reporting=on
+    // (no MUST_TELL_HOST; STATS_PUSH is not a QEMU feature).
+    c.check(
+        "negotiated STATS_VQ, DEFLATE_ON_OOM, REPORTING",
+        has(b"STATS_VQ") && has(b"DEFLATE_ON_OOM") && has(b"REPORTING"),
+        "feature missing",
+    );
+    c.check(
+        "no STATS_PUSH with a device that does not offer it",
+        !has(b"STATS_PUSH"),
+        "negotiated",
+    );
+    let mut a = [0u8; 128];
+    let acct = get_str(node("memory_accounting").bytes(), &mut a).unwrap_or(&[]);
+    c.check(
+        "memory_accounting: ballooned memory counts as used (DEFLATE_ON_OOM)",
+        acct.starts_with(b"used"),
+        "unexpected text",
+    );
+}
+
+/// Loader tunable set by the harness: dev.vtballoonrs.0.oom_batch_pages=4096.
+pub fn phase_tunable(c: &mut Ctx) {
+    let v = get("oom_batch_pages");
+    let ok = c.check_n(
+        "a loader tunable sets oom_batch_pages (RWTUN)",
+        v == Some(4096),
+        "not 4096",
+        v,
+    );
+    if !ok {
+        // Tell a driver that ignored the tunable from an image without it.
+        let mut k = [0u8; 32];
+        let kenv = sys::kenv_get(b"dev.vtballoonrs.0.oom_batch_pages\0", &mut k);
+        Line::new()
+            .s("# kenv dev.vtballoonrs.0.oom_batch_pages=")
+            .b(kenv.unwrap_or(b"(unset)"))
+            .end();
+    }
+}
+
+pub fn phase_resize(c: &mut Ctx) {
+    let paused = pause_reporting();
+    let free0 = free_bytes();
+    let inflated0 = get("inflated_pages").unwrap_or(0);
+    let deflated0 = get("deflated_pages").unwrap_or(0);
+    let changes0 = get("config_changes").unwrap_or(0);
+    if resize(c, "inflate to 256 MiB", 256, 120) {
+        let drop = free0.saturating_sub(free_bytes());
+        c.check_n(
+            "free memory fell by 256 MiB",
+            drop >= 248 * MIB && drop <= 272 * MIB,
+            "fell by (MiB)",
+            Some(mib_of(drop)),
+        );
+        c.check(
+            "target_bytes and actual_bytes in bytes",
+            get("target_bytes") == Some(256 * MIB) && get("actual_bytes") == Some(256 * MIB),
+            "wrong value",
+        );
+        c.check(
+            "held_bytes shows the balloon",
+            get("held_bytes") == Some(256 * MIB),
+            "held_bytes wrong",
+        );
+        host_agrees(c, "the host sees 256 MiB", 256);
+        thread_stays_asleep(c);
+    }
+    if resize(c, "inflate to 1 GiB", 1024, 240) {
+        host_agrees(c, "the host sees 1 GiB", 1024);
+    }
+    if resize(c, "deflate to 0", 0, 240) {
+        let back = free_bytes() + 8 * MIB >= free0;
+        c.check_n(
+            "free memory is back",
+            back,
+            "short by (MiB)",
+            Some(mib_of(free0.saturating_sub(free_bytes()))),
+        );
+        host_agrees(c, "the host sees an empty balloon", 0);
+    }
+    let inflated = get("inflated_pages").unwrap_or(0) - inflated0;
+    let deflated = get("deflated_pages").unwrap_or(0) - deflated0;
+    c.check_n(
+        "inflated_pages counted 1 GiB",
+        inflated == 1024 * PAGES_PER_MIB,
+        "counted",
+        Some(inflated),
+    );
+    c.check_n(
+        "deflated_pages counted 1 GiB",
+        deflated == 1024 * PAGES_PER_MIB,
+        "counted",
+        Some(deflated),
+    );
+    let changes = get("config_changes").unwrap_or(0) - changes0;
+    c.check_n(
+        "config_changes counted the host's changes",
+        changes >= 3,
+        "counted",
+        Some(changes),
+    );
+    if ask_ok(c, "rapid target changes", "rapid", 128 * PAGES_PER_MIB, 60) {
+        let settled = wait_for("actual_pages", 240, |v| v == 128 * PAGES_PER_MIB);
+        c.check_n(
+            "rapid target changes settle on the last one",
+            settled.is_ok(),
+            "actual_pages",
+            settled.err().flatten(),
+        );
+        host_agrees(c, "the host agrees after the burst", 128);
+    }
+    resize(c, "back to 0", 0, 120);
+    for leaf in ["errors", "host_timeouts", "alloc_failures"] {
+        let v = get(leaf);
+        let mut n = [0u8; 40];
+        let name = concat(&mut n, b"no ", leaf.as_bytes());
+        c.check_n(name, v == Some(0), "counted", v);
+    }
+    resume_reporting(paused);
+}
+
+/// WANTSIZE: with the target reached and no config change, the balloon
+/// thread sleeps without a timer, so `thread_wakeups` stays put.
+fn thread_stays_asleep(c: &mut Ctx) {
+    const NAME: &str = "the balloon thread does not wake while the target is reached (5 s)";
+    // The last acks may still wake it once right after actual_pages moved.
+    sys::sleep_ms(1_000);
+    let Some(before) = get("thread_wakeups") else {
+        c.check(NAME, false, "no thread_wakeups node");
+        return;
+    };
+    sys::sleep_ms(5_000);
+    let after = get("thread_wakeups").unwrap_or(u64::MAX);
+    c.check_n(
+        NAME,
+        after == before,
+        "thread_wakeups moved by",
+        Some(after.wrapping_sub(before)),
+    );
+}
+
+pub fn phase_stats(c: &mut Ctx) {
+    const MEMFREE: u64 = 4;
+    const MEMTOT: u64 = 5;
+    const AVAIL: u64 = 6;
+    // A reporting pass holds free blocks off the free lists while it scans,
+    // which moves free memory by up to hundreds of MiB: compare without one.
+    let paused = pause_reporting();
+    sys::sleep_ms(2_500);
+    let before = get("stats_requests").unwrap_or(0);
+    let free_lo = free_bytes();
+    let r = c.host.ask("stats-poll", 2, 60);
+    let free_hi = free_bytes();
+    if !c.check_host("the host receives guest-stats", r, |_| true, "") {
+        resume_reporting(paused);
+        return;
+    }
+    let (lo, hi) = (free_lo.min(free_hi) / 1024, free_lo.max(free_hi) / 1024);
+    let r = c.host.ask("stats-get", MEMFREE, 30);
+    c.check_host(
+        "stat-free-memory is the guest's free memory",
+        r,
+        |v| v + 16 * 1024 >= lo && v <= hi + 16 * 1024,
+        "KiB",
+    );
+    let total = get_u64(b"vm.stats.vm.v_page_count").unwrap_or(0) * page_size() / 1024;
+    let r = c.host.ask("stats-get", MEMTOT, 30);
+    c.check_host(
+        "stat-total-memory is v_page_count",
+        r,
+        |v| v == total,
+        "KiB",
+    );
+    let r = c.host.ask("stats-get", AVAIL, 30);
+    c.check_host(
+        "stat-available-memory is between free/2 and total",
+        r,
+        |v| v >= lo / 2 && v <= total,
+        "KiB",
+    );
+    let after = get("stats_requests").unwrap_or(0);
+    c.check_n(
+        "stats_requests counts the host's requests",
+        after > before,
+        "did not move",
+        Some(after),
+    );
+    let e = get("stats_errors");
+    c.check_n("no stats_errors", e == Some(0), "counted", e);
+    resume_reporting(paused);
+}
