@@ -234,10 +234,6 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         self.wantsize
     }
 
-    pub fn features(&self) -> Features {
-        self.features
-    }
-
     pub fn counters(&self) -> &BalloonCounters {
         &self.counters
     }

@@ -41,10 +41,6 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-    /// Address of the value, for `SYSCTL_ADD_U64`-style readers.
-    pub fn as_ptr(&self) -> *mut u64 {
-        self.0.as_ptr()
-    }
 }
 
 /// A value that goes up and down (a gauge), readable the same way.
@@ -61,9 +57,6 @@ impl Gauge {
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
-    }
-    pub fn as_ptr(&self) -> *mut u64 {
-        self.0.as_ptr()
     }
 }
 
@@ -136,10 +129,6 @@ pub struct StatsCounters {
     pub requests: Counter,
     /// Statistics buffers pushed on the STATS_PUSH timer.
     pub pushes: Counter,
-    /// Push ticks skipped because the host still held the last push.
-    pub push_skipped: Counter,
-    /// Pull requests ignored because push mode was on.
-    pub pulls_ignored: Counter,
     /// Failures to post a statistics buffer.
     pub errors: Counter,
 }

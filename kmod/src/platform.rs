@@ -11,10 +11,6 @@ pub enum Error {
     Timeout,
     /// The virtqueue had no room for the buffer.
     QueueFull,
-    /// The guest could not allocate a page right now.
-    NoMemory,
-    /// A page lies above what a le32 PFN can name.
-    PfnOverflow,
     /// The device is going away; stop work.
     Stopping,
 }

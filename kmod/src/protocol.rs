@@ -197,11 +197,6 @@ pub fn pfn_of_phys(phys: u64) -> Option<u32> {
     u32::try_from(phys >> PFN_SHIFT).ok()
 }
 
-/// Encodes a PFN for the wire.
-pub const fn pfn_le(pfn: u32) -> u32 {
-    pfn.to_le()
-}
-
 /// The virtqueues a balloon may have, in the order the device numbers them
 /// when present: inflate, deflate, stats (if STATS_VQ), free page hint (if
 /// FREE_PAGE_HINT), reporting (if REPORTING).
@@ -240,34 +235,6 @@ impl Queue {
             .filter(|&&q| present(q))
             .count();
         u16::try_from(before).ok()
-    }
-
-    /// Number of queues the device has with these features.
-    pub fn count(features: Features) -> u16 {
-        [
-            Queue::Inflate,
-            Queue::Deflate,
-            Queue::Stats,
-            Queue::FreePageHint,
-            Queue::Reporting,
-        ]
-        .iter()
-        .filter(|q| q.index(features).is_some())
-        .count() as u16
-    }
-}
-
-/// Bytes of config space implied by the negotiated features: a device may
-/// expose fewer bytes than [`Config`] holds.
-pub fn config_len(features: Features) -> usize {
-    if features.contains(Features::STATS_PUSH) {
-        config_offset::STATS_PUSH_INTERVAL_MS + 4
-    } else if features.contains(Features::PAGE_POISON) {
-        config_offset::POISON_VAL + 4
-    } else if features.contains(Features::FREE_PAGE_HINT) {
-        config_offset::FREE_PAGE_HINT_CMD_ID + 4
-    } else {
-        config_offset::ACTUAL + 4
     }
 }
 
@@ -346,14 +313,6 @@ mod tests {
         assert_eq!(Queue::Reporting.index(all), Some(3));
         let hint = all | Features::FREE_PAGE_HINT;
         assert_eq!(Queue::Reporting.index(hint), Some(4));
-        assert_eq!(Queue::count(all), 4);
-    }
-
-    #[test]
-    fn config_length_follows_features() {
-        assert_eq!(config_len(Features::empty()), 8);
-        assert_eq!(config_len(Features::PAGE_POISON), 16);
-        assert_eq!(config_len(Features::STATS_PUSH | Features::STATS_VQ), 20);
     }
 
     #[test]

@@ -171,8 +171,6 @@ pub struct ReportCounters {
     pub acks: Counter,
     pub errors: Counter,
     pub passes: Counter,
-    /// Blocks met again while still marked reported.
-    pub skipped: Counter,
     /// Milliseconds spent in passes.
     pub time_ms: Counter,
 }
@@ -252,10 +250,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
         &self.counters
     }
 
-    pub fn policy(&self) -> Policy {
-        self.policy
-    }
-
     pub fn enabled(&self) -> bool {
         self.enabled
     }
@@ -263,11 +257,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
     pub fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
         self.idle = false;
-    }
-
-    /// Bytes per block of the preferred order.
-    pub fn block_bytes(&self) -> u64 {
-        self.page_size << self.policy.order
     }
 
     fn held_pages(&self) -> u64 {
@@ -410,7 +399,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
                     self.parked_order = order;
                     self.parked_pages += 1 << order;
                     result.skipped += 1;
-                    self.counters.skipped.inc();
                     continue;
                 }
                 self.held[self.held_len] = Some((block, order));

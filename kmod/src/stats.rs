@@ -114,11 +114,6 @@ impl<C: Deref<Target = StatsCounters>> Stats<C> {
         &self.counters
     }
 
-    /// Current push period (0 = pull only).
-    pub fn push_interval_ms(&self) -> u32 {
-        self.push_ms
-    }
-
     pub fn linux_tags(&self) -> bool {
         self.linux_tags
     }
@@ -156,7 +151,7 @@ impl<C: Deref<Target = StatsCounters>> Stats<C> {
             self.pull_out = false;
             self.counters.requests.inc();
             if self.push_ms != 0 {
-                self.counters.pulls_ignored.inc();
+                // Push mode: the pull buffer stays idle.
                 continue;
             }
             if let Err(e) = self.post_pull(dev, vm) {
@@ -172,7 +167,7 @@ impl<C: Deref<Target = StatsCounters>> Stats<C> {
             return Ok(());
         }
         if self.push_out {
-            self.counters.push_skipped.inc();
+            // The host still holds the last push: skip, do not stack.
             return Ok(());
         }
         let (buf, len) = self.fill(vm);
