@@ -68,19 +68,6 @@ pub const BALLOON_PAGE_SIZE: u64 = 1 << PFN_SHIFT;
 /// PFNs per inflate/deflate buffer: the peers (Linux, FreeBSD) use 256.
 pub const PFNS_PER_BUFFER: usize = 256;
 
-/// The device-specific configuration space, little-endian on the wire.
-/// Only the fields implied by the negotiated features may be read.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Config {
-    pub num_pages: u32,
-    pub actual: u32,
-    pub free_page_hint_cmd_id: u32,
-    pub poison_val: u32,
-    /// STATS_PUSH proposal: push period in milliseconds, 0 = pull only.
-    pub stats_push_interval_ms: u32,
-}
-
 /// A 32-bit config field as the transport read it from the device
 /// (`virtio_read_device_config`): a modern (VERSION_1) transport converts
 /// the little-endian field itself; a legacy one hands over its bytes as
@@ -104,7 +91,9 @@ pub fn config_to_device(value: u32, features: Features) -> u32 {
     }
 }
 
-/// Byte offsets of the config fields.
+/// Byte offsets of the device-specific config fields (le32 each). A device
+/// may expose fewer bytes: only the fields the negotiated features imply
+/// may be read.
 pub mod config_offset {
     pub const NUM_PAGES: usize = 0;
     pub const ACTUAL: usize = 4;
@@ -112,25 +101,6 @@ pub mod config_offset {
     pub const POISON_VAL: usize = 12;
     pub const STATS_PUSH_INTERVAL_MS: usize = 16;
 }
-
-const_assert_eq!(
-    core::mem::offset_of!(Config, num_pages),
-    config_offset::NUM_PAGES
-);
-const_assert_eq!(core::mem::offset_of!(Config, actual), config_offset::ACTUAL);
-const_assert_eq!(
-    core::mem::offset_of!(Config, free_page_hint_cmd_id),
-    config_offset::FREE_PAGE_HINT_CMD_ID
-);
-const_assert_eq!(
-    core::mem::offset_of!(Config, poison_val),
-    config_offset::POISON_VAL
-);
-const_assert_eq!(
-    core::mem::offset_of!(Config, stats_push_interval_ms),
-    config_offset::STATS_PUSH_INTERVAL_MS
-);
-assert_eq_size!(Config, [u8; 20]);
 
 /// Statistics tags. 0–9 are in the virtio spec; 10–15 are Linux extensions
 /// that some hosts (Firecracker) reject as malformed.

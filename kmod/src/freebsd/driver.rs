@@ -152,11 +152,6 @@ impl Deref for State {
     }
 }
 
-/// The reporting policy the driver runs.
-fn policy() -> Policy {
-    Policy::default()
-}
-
 impl State {
     /// Allocates the state and initializes all of it in place; everything
     /// that can fail comes first, so a state exists completely or not at all.
@@ -166,8 +161,11 @@ impl State {
         let stats = StatsBuffers::new().ok_or(nomem)?;
         let bits = if features.contains(Features::REPORTING) {
             let page = u64::from(sys::PAGE_SIZE);
-            let words =
-                Reporter::<VmPage, Words>::bitmap_words(max_phys(), page, policy().min_order);
+            let words = Reporter::<VmPage, Words>::bitmap_words(
+                max_phys(),
+                page,
+                Policy::default().min_order,
+            );
             let bits = Words::new(words);
             if bits.is_none() {
                 log(dev, c"no memory for the reporting bitmap: reporting off");
@@ -281,7 +279,8 @@ impl State {
                 addr_of_mut!((*p).report),
                 c"vtballoonrs report",
                 ReportSide {
-                    reporter: bits.map(|b| Reporter::with_counters(policy(), page, b, counters)),
+                    reporter: bits
+                        .map(|b| Reporter::with_counters(Policy::default(), page, b, counters)),
                     blocks: KernelBlocks::default(),
                 },
             );
@@ -853,7 +852,7 @@ impl ReportEnv for KernelEnv<'_> {
 unsafe extern "C" fn report_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
-    let policy = policy();
+    let policy = Policy::default();
     let mut pause = policy.interval_ms;
     loop {
         {
