@@ -6,7 +6,7 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use super::kern::{kfree, kmalloc_aligned, now_ms};
+use super::kern::{kfree, kmalloc_aligned, now_ms, Dev};
 use super::kick::Kick;
 use super::sync::Mutex;
 use super::sys;
@@ -32,20 +32,22 @@ pub fn queue_slot(q: Queue) -> usize {
 /// The device's virtqueues, null where absent.
 pub type Queues = [*mut sys::virtqueue; 5];
 
-/// Reads a 32-bit device config field.
-pub fn read_config(dev: sys::device_t, features: Features, offset: usize) -> u32 {
+/// Reads a 32-bit device config field (`offset`: a `config_offset` the
+/// negotiated features imply).
+pub fn read_config(dev: Dev, features: Features, offset: usize) -> u32 {
     let mut raw = 0u32;
-    // SAFETY: `dev` is our attached device; offsets are within the config
-    // space the negotiated features imply; 4 bytes into our local.
-    unsafe { sys::virtio_read_device_config(dev, offset as u64, (&mut raw as *mut u32).cast(), 4) };
+    let dst = (&mut raw as *mut u32).cast();
+    // SAFETY: our device (see Dev); 4 bytes into our local.
+    unsafe { sys::virtio_read_device_config(dev.raw(), offset as u64, dst, 4) };
     config_from_device(raw, features)
 }
 
 /// Writes a driver-writable 32-bit config field.
-pub fn write_config(dev: sys::device_t, features: Features, offset: usize, value: u32) {
+pub fn write_config(dev: Dev, features: Features, offset: usize, value: u32) {
     let raw = config_to_device(value, features);
+    let src = (&raw as *const u32).cast();
     // SAFETY: as above; `actual` is the only field the driver writes.
-    unsafe { sys::virtio_write_device_config(dev, offset as u64, (&raw as *const u32).cast(), 4) };
+    unsafe { sys::virtio_write_device_config(dev.raw(), offset as u64, src, 4) };
 }
 
 /// An empty scatter-gather list over `segs` (sglist_init(9)).
@@ -182,7 +184,7 @@ pub enum Buffers<'a> {
 
 /// One user's view of the device (balloon, stats or reporting path).
 pub struct KernelDevice<'a> {
-    pub dev: sys::device_t,
+    pub dev: Dev,
     pub features: Features,
     pub queues: &'a Queues,
     /// Serializes sleeping waits with the interrupt handler's wakeup.
@@ -216,9 +218,10 @@ impl KernelDevice<'_> {
     /// A returned buffer's token from `vq` (of `queue`), if any.
     fn dequeue(&self, queue: Queue, vq: *mut sys::virtqueue) -> Option<Token> {
         let cookie = match self.kick {
-            Some(k) if matches!(queue, Queue::Inflate | Queue::Deflate) => k.dequeue(vq),
-            // SAFETY: callers serialize access to each queue (stats mutex,
-            // reporting lock).
+            // SAFETY: callers serialize access to each queue (the balloon
+            // lock and the kick ring, the stats mutex, the reporting lock).
+            Some(k) if matches!(queue, Queue::Inflate | Queue::Deflate) => unsafe { k.dequeue(vq) },
+            // SAFETY: as above.
             _ => unsafe { dequeue(vq) },
         };
         (!cookie.is_null()).then(|| cookie as usize - 1)
@@ -260,7 +263,8 @@ impl Device for KernelDevice<'_> {
         // The cookie (token + 1) is never NULL.
         let cookie = (token + 1) as *mut c_void;
         if let Some(k) = self.kick {
-            return k.post(vq, cookie, ptr, n, self.urgent);
+            // SAFETY: as below; the balloon lock makes us the only poster.
+            return unsafe { k.post(vq, cookie, ptr, n, self.urgent) };
         }
         // SAFETY: the slot stays allocated until detach has reset the
         // device, and the logic does not reuse it before the host returns

@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
 use super::kern::{
-    kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause, ThreadFn,
+    kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause, Dev, ThreadFn,
 };
 use super::kick::Kick;
 use super::memory::{max_phys, vm_counters, KernelBlocks, KernelMemory, VmPage, Words};
@@ -57,7 +57,7 @@ pub struct ReportSide {
 /// built as one value (so the compiler sees every field set), then moved
 /// into the [`State`].
 pub struct Data {
-    pub dev: sys::device_t,
+    pub dev: Dev,
     pub features: Features,
     pub queues: Queues,
     /// What the logic objects count, outside their locks: the sysctl tree
@@ -130,11 +130,11 @@ pub struct State {
 }
 
 // SAFETY: every part may be used from any thread at once:
-// - `dev`, `features`, `queues`, the texts and `bitmap_bytes` are written
-//   before the state is shared and only read after; `dev` and the
-//   virtqueues they name are used under the rules of the code that uses
-//   them (each queue has one producer and one consumer at a time: the
-//   balloon lock and the kick ring, the stats mutex, the reporting lock);
+// - `features`, `queues`, the texts and `bitmap_bytes` are written before
+//   the state is shared and only read after; the virtqueues `queues` names
+//   are used under the rules of the code that uses them (each queue has one
+//   producer and one consumer at a time: the balloon lock and the kick
+//   ring, the stats mutex, the reporting lock); `dev` is Sync;
 // - the counters, flags, settings and `diag` are atomics;
 // - `kick`, `wait`, `balloon`, `stats` and `report` are Sync themselves
 //   (locks, and the data behind them only reached with the lock held);
@@ -155,7 +155,7 @@ impl Deref for State {
 impl State {
     /// Allocates the state and initializes all of it in place; everything
     /// that can fail comes first, so a state exists completely or not at all.
-    fn new(dev: sys::device_t, features: Features, queues: Queues) -> Result<NonNull<State>, i32> {
+    fn new(dev: Dev, features: Features, queues: Queues) -> Result<NonNull<State>, i32> {
         let nomem = sys::ENOMEM as i32;
         let pfn = PfnBuffers::new().ok_or(nomem)?;
         let stats = StatsBuffers::new().ok_or(nomem)?;
@@ -190,7 +190,7 @@ impl State {
     /// returns; it stays at this address until freed.
     unsafe fn init(
         p: *mut State,
-        dev: sys::device_t,
+        dev: Dev,
         features: Features,
         queues: Queues,
         pfn: PfnBuffers,
@@ -435,11 +435,11 @@ const _: () = assert!(
 );
 
 impl Softc {
-    fn of<'a>(dev: sys::device_t) -> &'a Softc {
-        // SAFETY: newbus allocated the softc zeroed, sized as the shim's
-        // struct vtbrs_softc (same layout, checked above), for as long as
-        // the driver is attached and its interrupts may run.
-        unsafe { &*sys::device_get_softc(dev).cast::<Softc>() }
+    fn of<'a>(dev: Dev) -> &'a Softc {
+        // SAFETY: newbus allocated our device's softc zeroed, sized as the
+        // shim's struct vtbrs_softc (same layout, checked above), for as
+        // long as the driver is attached and its interrupts may run.
+        unsafe { &*sys::device_get_softc(dev.raw()).cast::<Softc>() }
     }
 
     fn state(&self) -> Option<NonNull<State>> {
@@ -466,23 +466,29 @@ impl Softc {
     }
 }
 
+/// The device_attach method.
+///
+/// # Safety
+/// Called by newbus (the shim's method table) with our device.
 #[no_mangle]
-extern "C" fn vtbrs_rs_attach(dev: sys::device_t) -> c_int {
+unsafe extern "C" fn vtbrs_rs_attach(dev: sys::device_t) -> c_int {
+    // SAFETY: per the contract, our device until detach returns.
+    let dev = unsafe { Dev::new(dev) };
     match attach(dev) {
         Ok(()) => 0,
         Err(errno) => {
             log(dev, c"attach failed");
-            vtbrs_rs_detach(dev);
+            detach(dev);
             errno
         }
     }
 }
 
-fn attach(dev: sys::device_t) -> Result<(), i32> {
+fn attach(dev: Dev) -> Result<(), i32> {
     // SAFETY: negotiation on our device, during attach as virtio(4) requires.
-    let got = unsafe { sys::virtio_negotiate_features(dev, WANTED.bits()) };
+    let got = unsafe { sys::virtio_negotiate_features(dev.raw(), WANTED.bits()) };
     // SAFETY: as above.
-    if unsafe { sys::virtio_finalize_features(dev) } != 0 {
+    if unsafe { sys::virtio_finalize_features(dev.raw()) } != 0 {
         return Err(sys::ENXIO as i32);
     }
     let features = negotiated(got);
@@ -493,7 +499,7 @@ fn attach(dev: sys::device_t) -> Result<(), i32> {
     // SAFETY: initialized completely; freed only by detach.
     let st = unsafe { st.as_ref() };
     // SAFETY: queues are allocated; virtio(4) sets up their interrupts.
-    if unsafe { sys::virtio_setup_intr(dev, sys::INTR_TYPE_MISC) } != 0 {
+    if unsafe { sys::virtio_setup_intr(dev.raw(), sys::INTR_TYPE_MISC) } != 0 {
         return Err(sys::ENXIO as i32);
     }
     let reporting = st.report.with(|side| side.reporter.is_some());
@@ -506,11 +512,11 @@ fn attach(dev: sys::device_t) -> Result<(), i32> {
 
 /// The device's virtqueues, in the order it numbers them; their
 /// interrupts reach the State through the softc.
-fn alloc_queues(dev: sys::device_t, features: Features) -> Result<Queues, i32> {
+fn alloc_queues(dev: Dev, features: Features) -> Result<Queues, i32> {
     let mut queues: Queues = [null_mut(); 5];
     let mut info: [sys::vq_alloc_info; 5] = Default::default();
     // SAFETY: our attached device's name.
-    let unit = unsafe { CStr::from_ptr(sys::device_get_nameunit(dev)) };
+    let unit = unsafe { CStr::from_ptr(sys::device_get_nameunit(dev.raw())) };
     let mut n = 0;
     for (q, name) in [
         (Queue::Inflate, "inflate"),
@@ -535,13 +541,13 @@ fn alloc_queues(dev: sys::device_t, features: Features) -> Result<Queues, i32> {
         } else {
             wake_intr
         });
-        i.vqai_intr_arg = dev.cast();
+        i.vqai_intr_arg = dev.raw().cast();
         i.vqai_vq = queues.as_mut_ptr().wrapping_add(queue_slot(q));
         n += 1;
     }
     // SAFETY: `info[..n]` is filled in device order; virtio writes each
     // queue into `queues`, which outlives the call.
-    let rc = unsafe { sys::virtio_alloc_virtqueues(dev, 0, n, info.as_mut_ptr()) };
+    let rc = unsafe { sys::virtio_alloc_virtqueues(dev.raw(), 0, n, info.as_mut_ptr()) };
     if rc == 0 {
         Ok(queues)
     } else {
@@ -553,7 +559,9 @@ fn alloc_queues(dev: sys::device_t, features: Features) -> Result<Queues, i32> {
 /// take mutexes, never sleeps): the waiting thread dequeues; the interrupt
 /// only wakes it.
 unsafe extern "C" fn wake_intr(dev: *mut c_void) {
-    Softc::of(dev.cast()).with(|st| {
+    // SAFETY: virtio calls it with the argument alloc_queues registered:
+    // our device, whose interrupts are torn down before it goes.
+    Softc::of(unsafe { Dev::new(dev.cast()) }).with(|st| {
         let _g = st.wait.lock();
         wakeup(st.chan());
     });
@@ -562,7 +570,8 @@ unsafe extern "C" fn wake_intr(dev: *mut c_void) {
 /// Stats queue interrupt: the host returned a buffer; refill and requeue it
 /// here, with the stats mutex (never sleeps).
 unsafe extern "C" fn stats_intr(dev: *mut c_void) {
-    Softc::of(dev.cast()).with(stats_returned);
+    // SAFETY: as for wake_intr.
+    Softc::of(unsafe { Dev::new(dev.cast()) }).with(stats_returned);
 }
 
 fn stats_returned(st: &State) {
@@ -596,9 +605,14 @@ fn stats_returned(st: &State) {
     });
 }
 
+/// The virtio_attach_completed method.
+///
+/// # Safety
+/// Called by newbus (the shim's method table) with our device.
 #[no_mangle]
-extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) -> c_int {
-    if let Some(st) = Softc::of(dev).state() {
+unsafe extern "C" fn vtbrs_rs_attach_completed(dev: sys::device_t) -> c_int {
+    // SAFETY: per the contract.
+    if let Some(st) = Softc::of(unsafe { Dev::new(dev) }).state() {
         // SAFETY: newbus serializes attach_completed with detach, which
         // alone frees the State.
         start(unsafe { st.as_ref() });
@@ -624,7 +638,7 @@ unsafe extern "C" fn start_check(arg: *mut c_void, _pending: c_int) {
             c"attached outside virtio_pci's probe (devctl): setting DRIVER_OK",
         );
         // SAFETY: our attached device; its queues are allocated.
-        unsafe { sys::virtio_reinit_complete(st.dev) };
+        unsafe { sys::virtio_reinit_complete(st.dev.raw()) };
         start(st);
     }
     // SAFETY: taken above.
@@ -710,10 +724,14 @@ unsafe extern "C" fn push_tick(arg: *mut c_void) {
     }
 }
 
-/// VIRTIO_CONFIG_CHANGE (interrupt context).
+/// The virtio_config_change method (interrupt context).
+///
+/// # Safety
+/// Called by newbus (the shim's method table) with our device.
 #[no_mangle]
-extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> c_int {
-    Softc::of(dev).with(config_changed);
+unsafe extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> c_int {
+    // SAFETY: per the contract.
+    Softc::of(unsafe { Dev::new(dev) }).with(config_changed);
     1
 }
 
@@ -938,10 +956,20 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
     wakeup(st.thread_chan());
 }
 
+/// The device_detach method.
+///
+/// # Safety
+/// Called by newbus (the shim's method table) with our device.
 #[no_mangle]
-extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> c_int {
+unsafe extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> c_int {
+    // SAFETY: per the contract.
+    detach(unsafe { Dev::new(dev) });
+    0
+}
+
+fn detach(dev: Dev) {
     let softc = Softc::of(dev);
-    let Some(p) = softc.state() else { return 0 };
+    let Some(p) = softc.state() else { return };
     // SAFETY: set by attach, freed only below.
     stop(unsafe { p.as_ref() });
     // Interrupt handlers can run until virtio_pci tears them down after
@@ -950,7 +978,6 @@ extern "C" fn vtbrs_rs_detach(dev: sys::device_t) -> c_int {
     // SAFETY: nothing reaches the state any more (everything stopped, the
     // device reset, no handler left); no reference to it is live.
     unsafe { free_state(p) };
-    0
 }
 
 /// Stops everything that uses the State and gives every page back.
@@ -1000,7 +1027,7 @@ fn stop(st: &State) {
     }
     // Reset: the host lets go of every buffer, so every page may be freed.
     // SAFETY: our device; no thread or handler uses the queues any more.
-    unsafe { sys::virtio_stop(dev) };
+    unsafe { sys::virtio_stop(dev.raw()) };
     for vq in st.queues {
         if vq.is_null() {
             continue;

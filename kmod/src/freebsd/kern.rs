@@ -34,16 +34,41 @@ pub unsafe fn kfree(p: *mut c_void) {
     unsafe { sys::free(p, malloc_type()) }
 }
 
+/// The device this driver attaches or is attached to: the `device_t`
+/// newbus hands the driver's methods (and the queue interrupts registered
+/// with it), valid until detach returns.
+#[derive(Clone, Copy)]
+pub struct Dev(sys::device_t);
+
+// SAFETY: the kernel's device functions may be called from any thread; the
+// handle holds no data of its own.
+unsafe impl Send for Dev {}
+// SAFETY: as above.
+unsafe impl Sync for Dev {}
+
+impl Dev {
+    /// # Safety
+    /// `dev` is a device this driver attaches or is attached to, and the
+    /// handle is not used after its detach has returned.
+    pub unsafe fn new(dev: sys::device_t) -> Dev {
+        Dev(dev)
+    }
+
+    pub fn raw(self) -> sys::device_t {
+        self.0
+    }
+}
+
 /// A line on the console, prefixed with the device's name.
-pub fn log(dev: sys::device_t, msg: &CStr) {
-    // SAFETY: `dev` is our attached device; the format takes one string.
-    unsafe { sys::device_printf(dev, c"%s\n".as_ptr(), msg.as_ptr()) };
+pub fn log(dev: Dev, msg: &CStr) {
+    // SAFETY: our device (see Dev); the format takes one string.
+    unsafe { sys::device_printf(dev.raw(), c"%s\n".as_ptr(), msg.as_ptr()) };
 }
 
 /// A line with a number.
-pub fn log_u64(dev: sys::device_t, msg: &CStr, v: u64) {
+pub fn log_u64(dev: Dev, msg: &CStr, v: u64) {
     // SAFETY: as above; %ju takes a uintmax_t, which is u64.
-    unsafe { sys::device_printf(dev, c"%s %ju\n".as_ptr(), msg.as_ptr(), v) };
+    unsafe { sys::device_printf(dev.raw(), c"%s %ju\n".as_ptr(), msg.as_ptr(), v) };
 }
 
 /// `bt`'s fraction of a second in units of `1/per_second`.

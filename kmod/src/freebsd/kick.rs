@@ -24,7 +24,7 @@ use core::ptr::{addr_of, addr_of_mut, null_mut};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use super::device::{dequeue, enqueue, notify, write_config};
-use super::kern::now_us;
+use super::kern::{now_us, Dev};
 use super::sync::Mutex;
 use super::sys;
 use crate::balloon::MAX_INFLIGHT;
@@ -61,7 +61,7 @@ pub struct Kick {
     /// work on the buffers (it discards the pages before returning).
     pub notify_us: Counter,
     /// The device, for config writes the task makes.
-    dev: sys::device_t,
+    dev: Dev,
     features: Features,
     /// Balloon size for config `actual` not yet written: bit 32 set when
     /// pending. A config write traps to the host like a notification does,
@@ -70,8 +70,8 @@ pub struct Kick {
 }
 
 // SAFETY: `pending` is only touched with `ring` held; `task` only by the
-// taskqueue(9) functions, which synchronize themselves; `dev` and
-// `features` do not change after `init`; the rest are atomics and a lock.
+// taskqueue(9) functions, which synchronize themselves; `features` does
+// not change after `init`; the rest are Sync (atomics, a lock, Dev).
 unsafe impl Sync for Kick {}
 
 /// The CPU the kick thread runs on, none with a single CPU: the last one,
@@ -104,13 +104,8 @@ impl Kick {
     /// Initializes the kicker at `slot`, in place, off.
     ///
     /// # Safety
-    /// As for [`Mutex::init`]; `dev` is the attached device.
-    pub unsafe fn init(
-        slot: *mut Kick,
-        dev: sys::device_t,
-        features: Features,
-        name: &'static CStr,
-    ) {
+    /// As for [`Mutex::init`].
+    pub unsafe fn init(slot: *mut Kick, dev: Dev, features: Features, name: &'static CStr) {
         // SAFETY: per the contract the slot is ours and not yet in use; the
         // task's argument is this kicker, which outlives the task (`stop`).
         unsafe {
@@ -236,7 +231,12 @@ impl Kick {
     /// returns it) to the host on `vq`, with `cookie`: through the task, or
     /// in place when `now` (one urgent buffer: vm_lowmem, where the handoff
     /// would only add latency) or while the kicker is off.
-    pub fn post(
+    ///
+    /// # Safety
+    /// `vq` is one of the device's inflate and deflate queues, the caller
+    /// its only poster; `buf` stays put and unchanged until the host
+    /// returns the buffer or the device is reset.
+    pub unsafe fn post(
         &self,
         vq: *mut sys::virtqueue,
         cookie: *mut c_void,
@@ -286,7 +286,10 @@ impl Kick {
     }
 
     /// Takes a returned buffer's cookie off `vq`, if any.
-    pub fn dequeue(&self, vq: *mut sys::virtqueue) -> *mut c_void {
+    ///
+    /// # Safety
+    /// `vq` is one of the device's queues, the caller its only consumer.
+    pub unsafe fn dequeue(&self, vq: *mut sys::virtqueue) -> *mut c_void {
         let _g = self.ring.lock();
         // SAFETY: the ring lock serializes us with the task's enqueues; the
         // balloon lock with other consumers.

@@ -104,7 +104,8 @@ fn write(st: &State, id: Id, v: u32) {
 /// frees the State: what a node points at outlives the node.
 pub fn register(st: &State, reporting: bool) {
     // SAFETY: our attached device's tree, which newbus made at attach.
-    let children = unsafe { addr_of_mut!((*sys::device_get_sysctl_tree(st.dev)).oid_children) };
+    let children =
+        unsafe { addr_of_mut!((*sys::device_get_sysctl_tree(st.dev.raw())).oid_children) };
     let arg = (st as *const State).cast_mut().cast::<c_void>();
     for (i, node) in NODES.iter().enumerate() {
         if node.reporting && !reporting {
