@@ -3,7 +3,6 @@
 //! PFN encoding. Nothing here depends on the guest or on FreeBSD.
 
 use bitflags::bitflags;
-use static_assertions::{assert_eq_size, const_assert_eq};
 
 bitflags! {
     /// Device feature bits the driver knows about.
@@ -135,30 +134,15 @@ impl StatTag {
     }
 }
 
-/// One statistic as it goes on the wire: packed `{le16 tag, le64 val}`.
-#[repr(C, packed)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatEntry {
-    tag: [u8; 2],
-    val: [u8; 8],
-}
+/// Bytes of one statistic on the wire: packed `{le16 tag, le64 val}`.
+pub const STAT_BYTES: usize = 10;
 
-assert_eq_size!(StatEntry, [u8; 10]);
-const_assert_eq!(core::mem::align_of::<StatEntry>(), 1);
-
-impl StatEntry {
-    pub const fn new(tag: u16, val: u64) -> Self {
-        StatEntry {
-            tag: tag.to_le_bytes(),
-            val: val.to_le_bytes(),
-        }
-    }
-    pub const fn tag(&self) -> u16 {
-        u16::from_le_bytes(self.tag)
-    }
-    pub const fn val(&self) -> u64 {
-        u64::from_le_bytes(self.val)
-    }
+/// One statistic as it goes on the wire.
+pub fn stat_entry(tag: StatTag, val: u64) -> [u8; STAT_BYTES] {
+    let mut e = [0; STAT_BYTES];
+    e[..2].copy_from_slice(&(tag as u16).to_le_bytes());
+    e[2..].copy_from_slice(&val.to_le_bytes());
+    e
 }
 
 /// Converts a physical address to the le32 PFN the device expects (shift 12).
@@ -244,13 +228,8 @@ mod tests {
 
     #[test]
     fn stat_entry_is_packed_little_endian() {
-        let e = StatEntry::new(StatTag::MemFree as u16, 0x0102_0304_0506_0708);
-        // Fields are the wire bytes in order: le16 tag, then le64 value.
-        let (tag, val) = (e.tag, e.val);
-        assert_eq!(tag, [4, 0]);
-        assert_eq!(val, [8, 7, 6, 5, 4, 3, 2, 1]);
-        assert_eq!(e.tag(), 4);
-        assert_eq!(e.val(), 0x0102_0304_0506_0708);
+        let e = stat_entry(StatTag::MemFree, 0x0102_0304_0506_0708);
+        assert_eq!(e, [4, 0, 8, 7, 6, 5, 4, 3, 2, 1]);
     }
 
     #[test]

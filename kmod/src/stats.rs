@@ -36,7 +36,7 @@ use core::ops::Deref;
 use crate::avail::available_bytes;
 use crate::counters::{Owned, StatsCounters};
 use crate::platform::{Device, Error, Token, VmCounters};
-use crate::protocol::{Features, Queue, StatEntry, StatTag};
+use crate::protocol::{stat_entry, Features, Queue, StatTag, STAT_BYTES};
 
 /// Token of the pull buffer, always outstanding in pull mode.
 pub const PULL_TOKEN: Token = 0;
@@ -59,7 +59,7 @@ const SPEC_TAGS: [StatTag; 8] = [
 const LINUX_TAGS: [StatTag; 2] = [StatTag::AsyncScan, StatTag::AsyncReclaim];
 const MAX_TAGS: usize = SPEC_TAGS.len() + LINUX_TAGS.len();
 /// Bytes of the largest statistics buffer.
-pub const MAX_STATS_BYTES: usize = MAX_TAGS * core::mem::size_of::<StatEntry>();
+pub const MAX_STATS_BYTES: usize = MAX_TAGS * STAT_BYTES;
 
 /// What the push timer (a callout in the kernel) should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,10 +231,8 @@ impl<C: Deref<Target = StatsCounters>> Stats<C> {
         let mut buf = [0u8; MAX_STATS_BYTES];
         let mut len = 0;
         for tag in self.tags() {
-            // Wire layout of StatEntry: le16 tag, then le64 value, packed.
-            buf[len..len + 2].copy_from_slice(&(tag as u16).to_le_bytes());
-            buf[len + 2..len + 10].copy_from_slice(&stat_value(tag, vm).to_le_bytes());
-            len += core::mem::size_of::<StatEntry>();
+            buf[len..len + STAT_BYTES].copy_from_slice(&stat_entry(tag, stat_value(tag, vm)));
+            len += STAT_BYTES;
         }
         (buf, len)
     }
