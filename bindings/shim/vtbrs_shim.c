@@ -421,13 +421,16 @@ vtbrs_page_alloc(void)
  * so only pages that are free right now.
  */
 struct vm_page *
-vtbrs_block_alloc(int order)
+vtbrs_block_alloc(int order, uint64_t low, uint64_t high)
 {
 	u_long n = 1UL << order;
 
+	/* [low, high): the KPI's high bound is the last usable address. */
+	if (high <= low || high - low < ptoa(n))
+		return (NULL);
 	return (vm_page_alloc_noobj_contig(VM_ALLOC_NOWAIT |
-	    VM_ALLOC_NORECLAIM | VM_ALLOC_NODUMP, n, 0, ~(vm_paddr_t)0,
-	    ptoa(n), 0, VM_MEMATTR_DEFAULT));
+	    VM_ALLOC_NORECLAIM | VM_ALLOC_NODUMP, n, (vm_paddr_t)low,
+	    (vm_paddr_t)(high - 1), ptoa(n), 0, VM_MEMATTR_DEFAULT));
 }
 
 

@@ -93,7 +93,7 @@ void	 vtbrs_lowmem_deregister(void *tag);
 
 /* Pages. */
 struct vm_page *vtbrs_page_alloc(void);
-struct vm_page *vtbrs_block_alloc(int order);
+struct vm_page *vtbrs_block_alloc(int order, uint64_t low, uint64_t high);
 uint64_t vtbrs_page_phys(struct vm_page *m);
 struct vm_page *vtbrs_phys_page(uint64_t pa);
 void	*vtbrs_pagelist_new(void);

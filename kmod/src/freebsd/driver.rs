@@ -34,7 +34,7 @@ const WANTED: Features = Features::MUST_TELL_HOST
     .union(Features::STATS_PUSH)
     .union(Features::VERSION_1);
 
-/// A TAILQ head (two pointers), allocated for the ballooned and parked lists.
+/// A TAILQ head (two pointers), allocated for the ballooned list.
 const PAGELIST_HEAD_BYTES: usize = 16;
 
 /// Pause after a failed balloon step (host timeout, full queue).
@@ -128,14 +128,14 @@ unsafe impl Sync for State {}
 
 impl State {
     /// Memory this device holds whatever the balloon's size: the state, its
-    /// DMA slots, the two list heads and the reporting bitmap. Ballooned
+    /// DMA slots, the ballooned list head and the reporting bitmap. Ballooned
     /// pages cost nothing more (they are tracked in their own vm_page). Our
     /// kernel threads' stacks are not counted.
     pub fn fixed_bytes(&self) -> u64 {
         (core::mem::size_of::<State>()
             + PfnBuffers::BYTES
             + StatsBuffers::BYTES
-            + 2 * PAGELIST_HEAD_BYTES) as u64
+            + PAGELIST_HEAD_BYTES) as u64
             + self.bitmap_bytes.get()
     }
 
@@ -292,9 +292,7 @@ fn alloc_state(dev: sys::device_t, features: Features) -> Result<&'static State,
         addr_of_mut!((*stats).timer).write(PushTimer::Off);
         let rep = (*p).report.value_ptr();
         addr_of_mut!((*rep).reporter).write(None);
-        addr_of_mut!((*rep).blocks).write(KernelBlocks {
-            parked: core::ptr::null_mut(),
-        });
+        addr_of_mut!((*rep).blocks).write(KernelBlocks);
         let oom = OomTunables::default();
         (*p).oom_batch.store(oom.min_batch_pages, Ordering::Relaxed);
         (*p).oom_headroom
@@ -555,17 +553,7 @@ fn start_reporter(st: &State) {
         );
         return;
     };
-    // SAFETY: TAILQ head allocation, checked below.
-    let parked = unsafe { sys::vtbrs_pagelist_new() };
-    if parked.is_null() {
-        log(
-            st.dev,
-            cstr!("no memory for the reporting lists: reporting off"),
-        );
-        return;
-    }
     st.report.with(|side| {
-        side.blocks.parked = parked;
         side.reporter = Some(Reporter::new(policy, u64::from(sys::PAGE_SIZE), bits));
     });
 }
@@ -775,7 +763,11 @@ impl ReportEnv for KernelEnv<'_> {
         now_ms()
     }
     fn take_pressure(&mut self) -> bool {
-        self.0.pressure.swap(false, Ordering::AcqRel) || self.0.stopping.load(Ordering::Acquire)
+        // While the balloon watches memory pressure the reporter keeps away
+        // from free memory too.
+        self.0.pressure.swap(false, Ordering::AcqRel)
+            || self.0.oom_watching.load(Ordering::Relaxed)
+            || self.0.stopping.load(Ordering::Acquire)
     }
 }
 
@@ -959,10 +951,6 @@ fn free_state(dev: sys::device_t, st: &State) {
         (*(*p).stats.value_ptr()).bufs.free();
         sys::vtbrs_free((*side).mem.list);
         core::ptr::drop_in_place(addr_of_mut!((*(*p).report.value_ptr()).reporter));
-        let parked = (*(*p).report.value_ptr()).blocks.parked;
-        if !parked.is_null() {
-            sys::vtbrs_free(parked);
-        }
         (*p).balloon.destroy();
         (*p).kick.destroy();
         (*p).report.destroy();

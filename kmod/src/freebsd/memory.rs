@@ -30,7 +30,7 @@ impl Memory for KernelMemory {
 
     fn alloc_run(&mut self, order: u32) -> Option<Self::Page> {
         // SAFETY: non-sleeping, non-reclaiming contiguous allocation.
-        let m = unsafe { sys::vtbrs_block_alloc(order as i32) };
+        let m = unsafe { sys::vtbrs_block_alloc(order as i32, 0, u64::MAX) };
         (!m.is_null()).then_some(m)
     }
 
@@ -66,18 +66,15 @@ impl Memory for KernelMemory {
     }
 }
 
-/// Free blocks for reporting; `parked` is a TAILQ of blocks set aside
-/// during a scan, linked through each block's first page.
-pub struct KernelBlocks {
-    pub parked: *mut c_void,
-}
+/// Free blocks for reporting.
+pub struct KernelBlocks;
 
 impl BlockMemory for KernelBlocks {
     type Block = *mut sys::vm_page;
 
-    fn alloc_block(&mut self, order: u32) -> Option<Self::Block> {
+    fn alloc_block(&mut self, order: u32, window: core::ops::Range<u64>) -> Option<Self::Block> {
         // SAFETY: non-sleeping, non-reclaiming contiguous allocation.
-        let m = unsafe { sys::vtbrs_block_alloc(order as i32) };
+        let m = unsafe { sys::vtbrs_block_alloc(order as i32, window.start, window.end) };
         (!m.is_null()).then_some(m)
     }
 
@@ -92,18 +89,6 @@ impl BlockMemory for KernelBlocks {
     fn block_phys(&self, block: Self::Block) -> u64 {
         // SAFETY: `block` is a live run of pages we hold.
         unsafe { sys::vtbrs_page_phys(block) }
-    }
-
-    fn park(&mut self, block: Self::Block) {
-        // SAFETY: the block is ours, unmanaged and on no queue; `parked` is
-        // our TAILQ head, used only by the reporting thread.
-        unsafe { sys::vtbrs_pagelist_push(self.parked, block) }
-    }
-
-    fn unpark(&mut self) -> Option<Self::Block> {
-        // SAFETY: as above.
-        let m = unsafe { sys::vtbrs_pagelist_pop(self.parked) };
-        (!m.is_null()).then_some(m)
     }
 }
 
