@@ -354,7 +354,7 @@ impl<'data> Module<'data> {
 }
 
 /// `+0x10`, `-0x4`, or nothing for zero.
-fn signed_hex(value: i64) -> String {
+pub fn signed_hex(value: i64) -> String {
     match value {
         0 => String::new(),
         v if v < 0 => format!("-{:#x}", v.unsigned_abs()),

@@ -759,9 +759,20 @@ fn kernel_symbol_list_accepts_names_and_nm_lines() {
 #[test]
 fn non_kld_inputs_are_errors() {
     assert!(audit(b"not an elf", None).is_err());
-    let arm = Object::new(BinaryFormat::Elf, Architecture::Aarch64, Endianness::Little);
-    let err = audit(&arm.write().unwrap(), None).unwrap_err();
-    assert!(err.contains("amd64"), "{err}");
+    let riscv = Object::new(BinaryFormat::Elf, Architecture::Riscv64, Endianness::Little);
+    let err = audit(&riscv.write().unwrap(), None).unwrap_err();
+    assert!(err.contains("not an amd64 or arm64 object"), "{err}");
+    // An amd64 kld is `ld -r` output, not a shared object.
+    let mut so = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    so.flags = object::FileFlags::Elf {
+        os_abi: 0,
+        abi_version: 0,
+        e_flags: 0,
+    };
+    let mut bytes = so.write().unwrap();
+    bytes[16] = elf::ET_DYN as u8; // e_type
+    let err = audit(&bytes, None).unwrap_err();
+    assert!(err.contains("not a relocatable object"), "{err}");
 }
 
 #[test]
