@@ -564,7 +564,7 @@ fn unwind_sections_are_reported() {
 }
 
 #[test]
-fn each_missing_linker_set_is_reported() {
+fn each_missing_required_linker_set_is_reported() {
     let all = [
         "set_modmetadata_set",
         "set_sysinit_set",
@@ -576,11 +576,17 @@ fn each_missing_linker_set_is_reported() {
             &Kld::with_sets(GOOD_CODE, &sets).audit(None),
             check::METADATA,
         );
+        if missing == "set_sysuninit_set" {
+            // DECLARE_MODULE makes no SYSUNINIT: the in-tree
+            // virtio_balloon.ko has no such set and loads.
+            assert!(found.is_empty(), "{found:?}");
+            continue;
+        }
         assert_eq!(found.len(), 1, "{missing}: {found:?}");
         assert!(found[0].contains(missing), "{}", found[0]);
     }
     let found = details(&Kld::with_sets(GOOD_CODE, &[]).audit(None), check::METADATA);
-    assert_eq!(found.len(), 3);
+    assert_eq!(found.len(), 2);
 }
 
 /// A kld whose three sets are present, with `set` replaced by a section of
