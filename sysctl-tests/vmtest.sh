@@ -1,6 +1,7 @@
 #!/bin/sh
 # Tier 3: vtballoonrs in a real FreeBSD kernel under QEMU (design.md §3).
-#   sh sysctl-tests/vmtest.sh test     the in-guest checks, four boots (make vmtest)
+#   sh sysctl-tests/vmtest.sh test     the in-guest checks, every test boot (make vmtest)
+#   sh sysctl-tests/vmtest.sh test NAME...  only the test boots named (basic, pressure, ...)
 #   sh sysctl-tests/vmtest.sh bench    throughput, ours against the in-tree driver (make vmbench)
 #   sh sysctl-tests/vmtest.sh intree   the in-tree virtio_balloon.ko only (no vtballoonrs.ko needed)
 #   sh sysctl-tests/vmtest.sh PHASE... one boot running these guest phases (e.g. report)

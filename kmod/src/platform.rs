@@ -138,17 +138,13 @@ pub struct VmCounters {
 pub trait BlockMemory {
     /// Handle of one block.
     type Block: Copy;
-    /// Takes a free, naturally aligned block of `2^order` pages out of the
-    /// free lists without sleeping and without reclaiming: only memory that is
-    /// free right now. `None` when there is none.
-    fn alloc_block(&mut self, order: u32) -> Option<Self::Block>;
+    /// Takes a free, naturally aligned block of `2^order` pages lying within
+    /// physical addresses `window` out of the free lists, without sleeping
+    /// and without reclaiming: only memory that is free right now. `None`
+    /// when there is none.
+    fn alloc_block(&mut self, order: u32, window: core::ops::Range<u64>) -> Option<Self::Block>;
     /// Gives a block back to the free lists.
     fn free_block(&mut self, block: Self::Block, order: u32);
     /// Physical address of the block's first byte.
     fn block_phys(&self, block: Self::Block) -> u64;
-    /// Sets an allocated block aside (no per-block memory: the kernel links
-    /// it through its first page) until [`BlockMemory::unpark`].
-    fn park(&mut self, block: Self::Block);
-    /// Takes back a parked block.
-    fn unpark(&mut self) -> Option<Self::Block>;
 }

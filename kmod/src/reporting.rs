@@ -16,9 +16,14 @@
 //! Re-reporting: FreeBSD frees to the tail of a free list and allocates from
 //! its head, so a pass meets the least recently freed blocks first, and
 //! reported blocks come last. A bitmap (1 bit per block, two generations)
-//! remembers what was reported; a reported block met again is parked (kept
-//! off the free lists until the scan of that size ends, so the allocator,
-//! which may hand out blocks in address order, moves on to the others). Which reported blocks the
+//! remembers what was reported. A scan of one block size walks the bitmap in
+//! address order and asks the allocator only for blocks inside the ranges
+//! not yet reported (the KPI takes an address window), so it never meets a
+//! reported block, whatever order the allocator hands blocks out in, and
+//! never holds more than one batch: setting reported blocks aside instead
+//! would drop free memory suddenly, which makes the page daemon's controller
+//! see a shortage and raise vm_lowmem (and the balloon deflate) for nothing.
+//! Which reported blocks the
 //! guest used and freed since cannot be told (no allocator hook), but how
 //! much it freed can: `v_tfree` less the reporter's own frees. Once others
 //! freed at least `forget_pages`, the bitmap is forgotten (at most once per
@@ -63,6 +68,9 @@ pub struct Policy {
     pub batch_blocks: usize,
     /// Most memory reported in one pass, in blocks of `order`.
     pub pass_blocks: u32,
+    /// Most allocation attempts in one pass (each searches the free lists
+    /// within an address window).
+    pub pass_tries: u32,
     /// Pause between passes.
     pub interval_ms: u32,
     /// Longest pause: it doubles after each pass that found nothing to do
@@ -88,6 +96,7 @@ impl Default for Policy {
             min_order: 5,
             batch_blocks: 16,
             pass_blocks: 256,
+            pass_tries: 4096,
             interval_ms: 2_000,
             idle_interval_max_ms: 16_000,
             rereport_ms: 60_000,
@@ -199,9 +208,6 @@ pub struct Reporter<B: Copy, S, C = Owned<ReportCounters>> {
     held_len: usize,
     /// The held batch is with the host, unacknowledged.
     posted: bool,
-    /// Order and pages of the blocks parked during the current scan.
-    parked_order: u32,
-    parked_pages: u64,
     counters: C,
 }
 
@@ -240,8 +246,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
             held: [None; MAX_BATCH],
             held_len: 0,
             posted: false,
-            parked_order: 0,
-            parked_pages: 0,
             counters,
         }
     }
@@ -301,7 +305,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
             stop: Stop::Budget,
         };
         result.stop = self.run(dev, mem, env, &mut result);
-        self.release_parked(mem);
         if result.stop != Stop::Disabled {
             self.counters.passes.inc();
         }
@@ -344,6 +347,9 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
         self.idle = false;
         self.freed_since_idle = 0;
         let mut order = self.policy.order;
+        // Blocks of this size are looked for from this bitmap unit on.
+        let mut cursor = 0u64;
+        let mut tries = 0u32;
         let budget = u64::from(self.policy.pass_blocks) << self.policy.order;
         let mut reported_pages = 0u64;
         loop {
@@ -358,33 +364,21 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
                     return Stop::Pressure;
                 }
                 if !self.comfortable(&vm) {
-                    if self.parked_pages > 0 {
-                        // Low only because of what this scan set aside: the
-                        // scan of this size ends here.
-                        self.release_parked(mem);
-                        if order > self.policy.min_order {
-                            order -= 1;
-                            continue;
-                        }
-                        if self.held_len == 0 {
-                            self.idle = result.reported == 0;
-                            return Stop::AllReported;
-                        }
-                        break;
-                    }
                     self.give_back(mem);
                     return Stop::MemoryLow;
                 }
-                let Some(block) = mem.alloc_block(order) else {
-                    // Every free block of this size was met: try smaller runs.
-                    self.release_parked(mem);
+                let block_units = 1u64 << (order - self.policy.min_order);
+                let Some(window) = self.unreported_from(cursor, block_units) else {
+                    // Every unreported range was tried at this size.
                     if order > self.policy.min_order {
                         order -= 1;
+                        cursor = 0;
                         continue;
                     }
                     if self.held_len == 0 {
                         self.idle = true;
-                        return if result.reported == 0 && result.skipped > 0 {
+                        return if result.reported == 0 && self.any_free_block(mem) {
+                            result.skipped += 1;
                             Stop::AllReported
                         } else {
                             Stop::NoFreeBlocks
@@ -392,15 +386,21 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
                     }
                     break;
                 };
-                if self.is_reported(mem.block_phys(block), order) {
-                    // Keep it out of the free lists for the rest of this size,
-                    // so the allocator hands out the others.
-                    mem.park(block);
-                    self.parked_order = order;
-                    self.parked_pages += 1 << order;
-                    result.skipped += 1;
-                    continue;
+                if tries >= self.policy.pass_tries {
+                    // Out of attempts: the rest waits for the next pass.
+                    if self.held_len > 0 {
+                        break;
+                    }
+                    return Stop::Budget;
                 }
+                tries += 1;
+                let unit = self.page_size << self.policy.min_order;
+                let Some(block) = mem.alloc_block(order, window.start * unit..window.end * unit)
+                else {
+                    // Nothing free in this window: on to the next one.
+                    cursor = window.end;
+                    continue;
+                };
                 self.held[self.held_len] = Some((block, order));
                 self.held_len += 1;
                 self.counters.inflight.set(self.held_len as u64);
@@ -420,15 +420,6 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
                 return Stop::Budget;
             }
         }
-    }
-
-    /// Frees the blocks set aside during a scan.
-    fn release_parked<M: BlockMemory<Block = B>>(&mut self, mem: &mut M) {
-        while let Some(b) = mem.unpark() {
-            mem.free_block(b, self.parked_order);
-            self.own_freed += 1 << self.parked_order;
-        }
-        self.parked_pages = 0;
     }
 
     /// Posts the held blocks and waits for the ack.
@@ -525,14 +516,52 @@ impl<B: Copy, S: AsRef<[u64]> + AsMut<[u64]>, C: Deref<Target = ReportCounters>>
         (word < self.bits.as_ref().len() / 2).then_some((word, 1u64 << (unit % 64)))
     }
 
-    /// Reported (in either generation) over the whole block.
-    fn is_reported(&self, phys: u64, order: u32) -> bool {
+    /// The first range of bitmap units at or after `from`, naturally
+    /// aligned to `block_units` and at least that long, that no generation
+    /// marks reported; `None` past the end of memory.
+    fn unreported_from(&self, from: u64, block_units: u64) -> Option<core::ops::Range<u64>> {
         let bits = self.bits.as_ref();
         let half = bits.len() / 2;
-        self.units(phys, order).all(|u| {
-            self.bit(u)
-                .is_some_and(|(w, bit)| (bits[w] | bits[half + w]) & bit != 0)
-        })
+        let end = half as u64 * 64;
+        let word = |u: u64| bits[(u / 64) as usize] | bits[half + (u / 64) as usize];
+        let reported = |u: u64| word(u) & (1u64 << (u % 64)) != 0;
+        let mut u = from.next_multiple_of(block_units);
+        while u < end {
+            // Whole reported words are skipped at once.
+            if u.is_multiple_of(64) && word(u) == u64::MAX {
+                u += 64;
+                continue;
+            }
+            if reported(u) {
+                u += 1;
+                continue;
+            }
+            let start = u;
+            while u < end && !reported(u) {
+                u += 1;
+            }
+            // Aligned block slots inside [start, u).
+            let first = start.next_multiple_of(block_units);
+            let last = u - u % block_units;
+            if last > first {
+                return Some(first..last);
+            }
+            u = u.next_multiple_of(block_units);
+        }
+        None
+    }
+
+    /// True if any block of the smallest size is free at all (the scan found
+    /// none unreported: everything free was reported already).
+    fn any_free_block<M: BlockMemory<Block = B>>(&mut self, mem: &mut M) -> bool {
+        match mem.alloc_block(self.policy.min_order, 0..u64::MAX) {
+            Some(b) => {
+                mem.free_block(b, self.policy.min_order);
+                self.own_freed += 1 << self.policy.min_order;
+                true
+            }
+            None => false,
+        }
     }
 
     fn mark_reported(&mut self, phys: u64, order: u32) {

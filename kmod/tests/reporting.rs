@@ -274,26 +274,51 @@ fn fragmented_memory_is_reported_in_smaller_blocks() {
 fn reports_new_free_memory_even_when_the_allocator_returns_reported_blocks_first() {
     let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
     w.borrow_mut().address_order = true;
-    // The upper half of memory is in use; the lower half is reported.
-    for p in PAGES / 2..PAGES {
+    // The upper 3/4 of memory is in use; the lower quarter is reported.
+    for p in PAGES / 4..PAGES {
         w.borrow_mut().workload_pin(p);
     }
     while rep.pass(&mut dev, &mut mem, &mut env).stop == Stop::Budget {}
     let low = w.borrow().resident();
-    // The workload frees the upper half: it lies after every reported block.
+    // The workload frees the rest: it lies after every reported block.
     w.borrow_mut().workload_free();
     w.borrow_mut().now_ms += 6_000;
-    for _ in 0..4 {
+    for _ in 0..8 {
         if rep.pass(&mut dev, &mut mem, &mut env).stop != Stop::Budget {
             break;
         }
     }
     let dropped = low - w.borrow().resident();
     assert!(
-        dropped >= PAGES / 2 * 9 / 10,
+        dropped >= PAGES * 3 / 4 * 9 / 10,
         "only {dropped} pages went back"
     );
-    assert_eq!(w.borrow().free_pages(), PAGES, "parked blocks came back");
+    assert_eq!(w.borrow().free_pages(), PAGES, "every block came back");
+    clean(&w);
+}
+
+#[test]
+fn a_scan_holds_one_batch_at_most_even_past_reported_blocks() {
+    let (w, mut dev, mut mem, mut env, mut rep) = setup(small_batches());
+    w.borrow_mut().address_order = true;
+    // Everything reported once.
+    while rep.pass(&mut dev, &mut mem, &mut env).stop == Stop::Budget {}
+    w.borrow_mut().now_ms += 6_000;
+    // Someone else frees memory: the next scan meets reported blocks first.
+    w.borrow_mut().workload_alloc(PAGES / 2);
+    w.borrow_mut().workload_free();
+    w.borrow_mut().free_floor_seen = usize::MAX;
+    w.borrow_mut().most_blocks_held = 0;
+    while rep.pass(&mut dev, &mut mem, &mut env).stop == Stop::Budget {}
+    let lowest = w.borrow().free_floor_seen;
+    // Free memory never dips by more than the batch being reported.
+    assert!(
+        PAGES - lowest <= 4 * BLOCK,
+        "free memory fell by {} pages",
+        PAGES - lowest
+    );
+    assert!(w.borrow().most_blocks_held <= 4);
+    assert_eq!(w.borrow().free_pages(), PAGES);
     clean(&w);
 }
 

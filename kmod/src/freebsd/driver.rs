@@ -281,7 +281,7 @@ impl State {
                 ReportSide {
                     reporter: bits
                         .map(|b| Reporter::with_counters(Policy::default(), page, b, counters)),
-                    blocks: KernelBlocks::default(),
+                    blocks: KernelBlocks,
                 },
             );
             let stats_mtx = (*addr_of!((*p).stats)).mtx.raw();
@@ -861,7 +861,11 @@ impl ReportEnv for KernelEnv<'_> {
         now_ms()
     }
     fn take_pressure(&mut self) -> bool {
-        self.0.pressure.swap(false, Ordering::AcqRel) || self.0.stopping.load(Ordering::Acquire)
+        // While the balloon watches memory pressure the reporter keeps away
+        // from free memory too.
+        self.0.pressure.swap(false, Ordering::AcqRel)
+            || self.0.oom_watching.load(Ordering::Relaxed)
+            || self.0.stopping.load(Ordering::Acquire)
     }
 }
 

@@ -80,9 +80,10 @@ impl RunPages for VmPages {
     }
 }
 
-/// A free, naturally aligned run of 2^order pages: no sleeping, no
-/// reclaim, so only pages that are free right now.
-fn alloc_contig(order: u32) -> Option<VmPage> {
+/// A free, naturally aligned run of 2^order pages within the physical
+/// addresses `window`: no sleeping, no reclaim, so only pages that are free
+/// right now.
+fn alloc_contig(order: u32, window: core::ops::Range<u64>) -> Option<VmPage> {
     let n = 1u64 << order;
     let req = sys::VM_ALLOC_NOWAIT | sys::VM_ALLOC_NORECLAIM | sys::VM_ALLOC_NODUMP;
     // SAFETY: a non-sleeping allocation, callable from any thread context.
@@ -90,8 +91,8 @@ fn alloc_contig(order: u32) -> Option<VmPage> {
         sys::vm_page_alloc_noobj_contig(
             req as i32,
             n,
-            0,
-            u64::MAX,
+            window.start,
+            window.end,
             n * PAGE_SIZE,
             0,
             sys::VTBRS_MEMATTR_DEFAULT as sys::vm_memattr_t,
@@ -129,7 +130,7 @@ impl Memory for KernelMemory {
     }
 
     fn alloc_run(&mut self, order: u32) -> Option<VmPage> {
-        alloc_contig(order)
+        alloc_contig(order, 0..u64::MAX)
     }
 
     fn free_run(&mut self, first: VmPage, n: usize) {
@@ -154,18 +155,14 @@ impl Memory for KernelMemory {
     }
 }
 
-/// Free blocks for reporting; `parked` holds blocks set aside during a
-/// scan, listed through each block's first page.
-#[derive(Default)]
-pub struct KernelBlocks {
-    parked: RunList<VmPage>,
-}
+/// Free blocks for reporting.
+pub struct KernelBlocks;
 
 impl BlockMemory for KernelBlocks {
     type Block = VmPage;
 
-    fn alloc_block(&mut self, order: u32) -> Option<VmPage> {
-        alloc_contig(order)
+    fn alloc_block(&mut self, order: u32, window: core::ops::Range<u64>) -> Option<VmPage> {
+        alloc_contig(order, window)
     }
 
     fn free_block(&mut self, block: VmPage, order: u32) {
@@ -175,14 +172,6 @@ impl BlockMemory for KernelBlocks {
 
     fn block_phys(&self, block: VmPage) -> u64 {
         block.phys()
-    }
-
-    fn park(&mut self, block: VmPage) {
-        self.parked.push(&mut VmPages, block, 1);
-    }
-
-    fn unpark(&mut self) -> Option<VmPage> {
-        self.parked.pop(&mut VmPages, 1).map(|(block, _)| block)
     }
 }
 

@@ -84,13 +84,14 @@ pub struct World {
     pub workload: Vec<usize>,
     /// The page daemon's free target ([`World::vm`]).
     pub free_target: u64,
+    /// Fewest free pages seen while the reporter took blocks.
+    pub free_floor_seen: usize,
     /// Pages freed since boot (`v_tfree`).
     pub freed_total: u64,
     pub reports: u64,
     pub reported_bytes: u64,
     block_cursor: usize,
     pub most_blocks_held: usize,
-    parked: Vec<usize>,
     /// Hand out free blocks lowest address first instead of round-robin.
     pub address_order: bool,
     /// Largest contiguous run alloc_run hands out (fragmentation); 0: none.
@@ -145,12 +146,12 @@ impl World {
             reporter_pages: BTreeSet::new(),
             workload: Vec::new(),
             free_target: 0,
+            free_floor_seen: usize::MAX,
             freed_total: 0,
             reports: 0,
             reported_bytes: 0,
             block_cursor: 0,
             most_blocks_held: 0,
-            parked: Vec::new(),
             address_order: false,
             max_run_order: 8,
             run_calls: 0,
@@ -677,26 +678,30 @@ impl Rng {
 impl BlockMemory for SimMemory {
     type Block = usize;
 
-    fn alloc_block(&mut self, order: u32) -> Option<usize> {
+    fn alloc_block(&mut self, order: u32, window: std::ops::Range<u64>) -> Option<usize> {
         let mut w = self.0.borrow_mut();
         let n = 1usize << order;
         let blocks = w.total_pages / n;
         if w.free.len() < w.reserve + n {
             return None;
         }
+        let page_of = |a: u64| (a.saturating_sub(RAM_BASE) / w.page_size).min(w.total_pages as u64);
+        let (low, high) = (page_of(window.start) as usize, page_of(window.end) as usize);
         for i in 0..blocks {
             // Lowest address first, as FreeBSD's contiguous search may do:
             // the reporter must make progress even then.
             let b = (w.block_cursor + i) % blocks;
             let first = b * n;
-            if (first..first + n).all(|p| !w.allocated[p]) {
+            let inside = first >= low && first + n <= high;
+            if inside && (first..first + n).all(|p| !w.allocated[p]) {
                 w.block_cursor = if w.address_order { 0 } else { b + 1 };
                 for p in first..first + n {
                     w.allocated[p] = true;
                     w.reporter_pages.insert(p);
                 }
                 w.free.retain(|p| !(first..first + n).contains(p));
-                let held = (w.reporter_pages.len() / n).saturating_sub(w.parked.len());
+                w.free_floor_seen = w.free_floor_seen.min(w.free.len());
+                let held = w.reporter_pages.len() / n;
                 w.most_blocks_held = w.most_blocks_held.max(held);
                 return Some(first);
             }
@@ -718,13 +723,5 @@ impl BlockMemory for SimMemory {
 
     fn block_phys(&self, block: usize) -> u64 {
         RAM_BASE + block as u64 * self.0.borrow().page_size
-    }
-
-    fn park(&mut self, block: usize) {
-        self.0.borrow_mut().parked.push(block);
-    }
-
-    fn unpark(&mut self) -> Option<usize> {
-        self.0.borrow_mut().parked.pop()
     }
 }

@@ -64,7 +64,12 @@ const PHASES: &[Phase] = &[
     phase("nodes", basic::phase_nodes, true, false),
     phase("resize", basic::phase_resize, true, true),
     phase("stats", basic::phase_stats, true, true),
-    phase("pressure", pressure::phase_pressure, true, true),
+    phase("oom-one", pressure::phase_oom_one, true, true),
+    phase("oom-many", pressure::phase_oom_many, true, true),
+    phase("oom-sequence", pressure::phase_oom_sequence, true, true),
+    phase("oom-inflating", pressure::phase_oom_inflating, true, true),
+    phase("oom-control", pressure::phase_oom_control, true, true),
+    phase("oom-intree", pressure::phase_oom_intree, false, true),
     phase("report", report::phase_report, true, true),
     phase("unload", lifecycle::phase_unload, true, true),
     phase("cycles", lifecycle::phase_cycles, false, true),
@@ -75,7 +80,17 @@ const PHASES: &[Phase] = &[
 
 /// Without phase arguments.
 const DEFAULT_PHASES: &[&str] = &[
-    "nodes", "resize", "stats", "pressure", "report", "unload", "cycles", "swap",
+    "nodes",
+    "resize",
+    "stats",
+    "oom-one",
+    "oom-many",
+    "oom-sequence",
+    "oom-inflating",
+    "report",
+    "unload",
+    "cycles",
+    "swap",
 ];
 
 #[derive(Default)]

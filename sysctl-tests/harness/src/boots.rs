@@ -1,7 +1,10 @@
 //! The boots: which guest phases run together in one fresh guest, with
 //! how much memory, which loader tunables and which time limit.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::vm::BALLOON_DEFAULT;
 
 /// One boot of the guest.
 pub struct Boot {
@@ -12,11 +15,21 @@ pub struct Boot {
     pub needs_ours: bool,
     /// Upper bound for the whole boot.
     pub limit: Duration,
+    /// The balloon device's QEMU properties.
+    pub balloon: String,
+    /// Another FreeBSD boot directory than FREEBSD_BOOT (the GENERIC kernel).
+    pub boot_dir: Option<PathBuf>,
 }
 
 impl Boot {
     pub fn new(name: &str, phases: &str, mem_mib: u64, needs_ours: bool, limit_s: u64) -> Boot {
-        let mut kenv = Vec::new();
+        // VTB_KENV: extra loader variables for every boot (debugging aid,
+        // e.g. `dev.vtballoonrs.0.debug=1`).
+        let mut kenv: Vec<String> = std::env::var("VTB_KENV")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
         if phases.split(' ').any(|p| p == "tunable") {
             // What the guest's `tunable` phase expects to find.
             kenv.push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
@@ -28,28 +41,61 @@ impl Boot {
             mem_mib,
             needs_ours,
             limit: Duration::from_secs(limit_s),
+            balloon: BALLOON_DEFAULT.into(),
+            boot_dir: None,
         }
     }
 }
 
+/// The deflate-on-OOM scenarios with the driver's and FreeBSD's defaults.
+const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating";
+
 /// The boots of `vmharness test`, each a fresh guest so one failure does
-/// not hide the next scenario.
-pub fn test_boots() -> Vec<Boot> {
+/// not hide the next scenario. `generic`: a GENERIC kernel's boot
+/// directory, where the pressure scenarios run a second time.
+pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
     let mut basic = Boot::new("basic", "tunable nodes resize stats", 2048, true, 900);
     basic
         .kenv
         .push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
-    vec![
+    let mut control = Boot::new("oom-control", "oom-control", 4096, true, 900);
+    control.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
+    let mut boots = vec![
         basic,
-        Boot::new("pressure", "pressure", 2048, true, 1200),
+        Boot::new("pressure", OOM_PHASES, 4096, true, 1800),
+        control,
+        Boot::new("oom-intree", "oom-intree", 4096, false, 900),
         Boot::new("report", "report", 2048, true, 900),
         Boot::new("lifecycle", "unload cycles swap", 2048, true, 1200),
-    ]
+    ];
+    if let Some(dir) = generic {
+        let mut g = Boot::new("pressure-generic", "oom-one oom-many", 4096, true, 1200);
+        g.boot_dir = Some(dir.to_path_buf());
+        boots.insert(2, g);
+    }
+    boots
+}
+
+/// The GENERIC kernel's boot directory, if there is one.
+pub fn generic_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(
+        std::env::var("FREEBSD_BOOT_GENERIC")
+            .unwrap_or_else(|_| "/opt/freebsd-boot-generic".into()),
+    );
+    dir.join("kernel/kernel").is_file().then_some(dir)
 }
 
 pub fn plan(args: &[String]) -> Vec<Boot> {
     match args.first().map(String::as_str) {
-        None | Some("test") => test_boots(),
+        None => test_boots(generic_dir().as_deref()),
+        // `test NAME...`: only the test boots named.
+        Some("test") => {
+            let mut boots = test_boots(generic_dir().as_deref());
+            if args.len() > 1 {
+                boots.retain(|b| args[1..].contains(&b.name));
+            }
+            boots
+        }
         Some("bench") => vec![Boot::new("bench", "bench", 4096, true, 2400)],
         Some("intree") => vec![Boot::new("intree", "intree", 2048, false, 600)],
         Some(_) => {
@@ -57,7 +103,17 @@ pub fn plan(args: &[String]) -> Vec<Boot> {
             let phases = args.join(" ");
             let needs = args.iter().any(|a| a != "intree" && !a.starts_with('-'));
             let name: Vec<&str> = args.iter().map(|a| a.trim_start_matches('-')).collect();
-            vec![Boot::new(&name.join("-"), &phases, 2048, needs, 2400)]
+            // The pressure scenarios are sized for a 4 GiB guest.
+            let mem = if args.iter().any(|a| a.starts_with("oom-")) {
+                4096
+            } else {
+                2048
+            };
+            let mut boot = Boot::new(&name.join("-"), &phases, mem, needs, 2400);
+            if args.iter().any(|a| a == "oom-control") {
+                boot.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
+            }
+            vec![boot]
         }
     }
 }
@@ -74,20 +130,46 @@ mod tests {
                 .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
                 .collect::<Vec<_>>()
         };
-        let t = names(&["test"]);
-        assert_eq!(t.len(), 4);
-        assert!(t.iter().all(|(_, _, ours)| *ours));
+        let t: Vec<_> = test_boots(None)
+            .iter()
+            .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
+            .collect();
+        assert_eq!(t.len(), 6);
+        assert!(t.iter().all(|(n, _, ours)| *ours || n == "oom-intree"));
         let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
         for phase in [
-            "nodes", "resize", "stats", "pressure", "report", "unload", "cycles", "swap",
+            "nodes",
+            "resize",
+            "stats",
+            "oom-one",
+            "oom-many",
+            "oom-sequence",
+            "oom-inflating",
+            "oom-control",
+            "oom-intree",
+            "report",
+            "unload",
+            "cycles",
+            "swap",
         ] {
             assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
         }
         assert_eq!(names(&["bench"])[0].1, "bench");
+        assert_eq!(names(&["test", "report", "basic"]).len(), 2);
         assert!(!names(&["intree"])[0].2, "the in-tree boot needs no module");
-        assert_eq!(names(&["report", "pressure"])[0].1, "report pressure");
+        assert_eq!(names(&["report", "oom-one"])[0].1, "report oom-one");
+        // The control runs on a device that does not offer DEFLATE_ON_OOM.
+        let boots = test_boots(Some(Path::new("/g")));
+        let control = boots.iter().find(|b| b.name == "oom-control").unwrap();
+        assert!(control.balloon.contains("deflate-on-oom=off"));
+        let generic = boots.iter().find(|b| b.name == "pressure-generic").unwrap();
+        assert_eq!(generic.boot_dir.as_deref(), Some(Path::new("/g")));
+        assert!(boots
+            .iter()
+            .filter(|b| b.name != "oom-control")
+            .all(|b| b.balloon.contains("deflate-on-oom=on")));
         assert_eq!(names(&["--no-host", "nodes"])[0].0, "no-host-nodes");
-        assert!(test_boots()[0]
+        assert!(test_boots(None)[0]
             .kenv
             .iter()
             .any(|k| k.starts_with("dev.vtballoonrs.0.oom_batch_pages=")));

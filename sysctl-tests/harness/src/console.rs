@@ -26,6 +26,9 @@ pub enum Line {
     /// A WITNESS warning or another kernel complaint: the run fails, but the
     /// guest may go on.
     Warning(String),
+    /// The kernel killed a process (`pid N (name), ..., was killed: why`):
+    /// the OOM killer, for one. Counted; the guest asks for the count.
+    Killed,
     Other,
 }
 
@@ -56,6 +59,9 @@ pub fn parse(line: &str) -> Line {
     }
     if let Some(w) = WARNINGS.iter().find(|p| l.contains(*p)) {
         return Line::Warning(format!("{w}: {l}"));
+    }
+    if l.contains(", was killed: ") {
+        return Line::Killed;
     }
     if let Some(rest) = l.strip_prefix("HOST: ") {
         let w: Vec<&str> = rest.split_whitespace().collect();
@@ -193,6 +199,15 @@ mod tests {
             parse("vtballoonrs0: <VirtIO Balloon Adapter> on virtio_pci0"),
             Line::Other
         );
+    }
+
+    #[test]
+    fn kills_are_their_own_lines() {
+        assert_eq!(
+            parse("pid 42 (vtbtest), jid 0, uid 0, was killed: failed to reclaim memory"),
+            Line::Killed
+        );
+        assert_eq!(parse("ok - nobody was killed"), Line::Report);
     }
 
     #[test]

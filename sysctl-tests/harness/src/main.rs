@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! vmharness test             every test boot (make vmtest)
+//! vmharness test NAME...     only the test boots named
 //! vmharness bench            throughput, ours against the in-tree driver (make vmbench)
 //! vmharness intree           the in-tree driver only (no vtballoonrs.ko needed)
 //! vmharness <phase> ...      one boot running these guest phases
@@ -225,7 +226,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
     let iso_path = work.join("boot.iso");
     iso::build(
         &iso::Image {
-            boot: &inputs.boot,
+            boot: boot.boot_dir.as_deref().unwrap_or(&inputs.boot),
             module: inputs.module.is_file().then_some(inputs.module.as_path()),
             init: &inputs.init,
             phases: &boot.phases,
@@ -241,6 +242,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         cpus: 2,
         log: &log,
         kvm: inputs.kvm,
+        balloon: &boot.balloon,
     };
     let vm = Vm::start(&cfg, &work)?;
     let qmp = Qmp::connect(&vm.qmp_path)?;
@@ -253,6 +255,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         stats: None,
         driver: "ours",
         bench: Bench::default(),
+        kills: 0,
     };
     let d = drive(&mut r, boot.limit);
     r.vm.kill();
@@ -325,6 +328,10 @@ fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
             Line::Warning(what) => {
                 println!("[{}] KERNEL: {shown}", r.name);
                 d.warnings.push(what);
+            }
+            Line::Killed => {
+                println!("[{}] KERNEL: {shown}", r.name);
+                r.kills += 1;
             }
             Line::Summary { passed, failed } => {
                 println!("[{}] guest: {shown}", r.name);

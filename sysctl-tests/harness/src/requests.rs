@@ -19,6 +19,8 @@ pub struct Run {
     pub stats: Option<GuestStats>,
     pub driver: &'static str,
     pub bench: Bench,
+    /// Processes the kernel killed so far (console lines).
+    pub kills: u64,
 }
 
 fn unix_secs() -> u64 {
@@ -53,6 +55,8 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
             }
             set_target(r, arg).map(|()| 0)
         }
+        "kills" => Ok(r.kills),
+        "host-pages" => host_pages(r),
         "host-actual" => {
             // Once steady: the same for a second, or after 10 s.
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -22,7 +22,12 @@ pub struct VmConfig<'a> {
     pub cpus: u32,
     pub log: &'a Path,
     pub kvm: bool,
+    /// Properties of the balloon device after `id=balloon0,`.
+    pub balloon: &'a str,
 }
+
+/// The balloon device's properties unless a boot says otherwise.
+pub const BALLOON_DEFAULT: &str = "deflate-on-oom=on,free-page-reporting=on";
 
 /// QEMU's arguments (without the binary).
 pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
@@ -39,12 +44,14 @@ pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
         "-serial",
         "stdio",
         "-no-reboot",
-        "-device",
-        "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    a.extend([
+        "-device".into(),
+        format!("virtio-balloon-pci,id=balloon0,{}", cfg.balloon),
+    ]);
     a.extend(["-smp".into(), cfg.cpus.to_string()]);
     a.extend(["-m".into(), cfg.mem_mib.to_string()]);
     a.extend(["-cdrom".into(), cfg.iso.display().to_string()]);
@@ -218,6 +225,7 @@ mod tests {
             cpus: 2,
             log: Path::new("/w/console.log"),
             kvm: false,
+            balloon: BALLOON_DEFAULT,
         };
         let a = qemu_args(&cfg, Path::new("/w/qmp.sock"));
         let after = |k: &str| a[a.iter().position(|x| x == k).unwrap() + 1].clone();

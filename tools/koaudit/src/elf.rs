@@ -24,12 +24,13 @@ pub const ALLOWED_RELOCATIONS: [u32; 5] = [
     elf::R_X86_64_32S,
 ];
 
-/// Linker-set sections every kld built with `DECLARE_MODULE` carries.
-pub const REQUIRED_SECTIONS: [&str; 3] = [
-    "set_modmetadata_set",
-    "set_sysinit_set",
-    "set_sysuninit_set",
-];
+/// Linker-set sections every kld built with `DECLARE_MODULE` carries: its
+/// metadata, and the `SYSINIT` that calls `module_register_init`.
+pub const REQUIRED_SECTIONS: [&str; 2] = ["set_modmetadata_set", "set_sysinit_set"];
+
+/// Checked like the others when present: `DECLARE_MODULE` makes no
+/// `SYSUNINIT`, and the in-tree virtio_balloon.ko has no such set.
+pub const OPTIONAL_SECTIONS: [&str; 1] = ["set_sysuninit_set"];
 
 /// `struct mod_metadata` (sys/module.h): `md_version`, `md_type`, then two
 /// pointers. `MODULE_METADATA` entries use structure version 1.
@@ -220,12 +221,18 @@ impl<'data> Module<'data> {
                 detail,
             })
         };
-        for name in REQUIRED_SECTIONS {
+        let sets = REQUIRED_SECTIONS
+            .iter()
+            .map(|s| (*s, true))
+            .chain(OPTIONAL_SECTIONS.iter().map(|s| (*s, false)));
+        for (name, required) in sets {
             let Some(section) = self.file.section_by_name(name) else {
-                fail(format!(
-                    "section {name} is missing; the kernel linker finds the module's \
-                     metadata and init/uninit functions through it"
-                ));
+                if required {
+                    fail(format!(
+                        "section {name} is missing; the kernel linker finds the module's \
+                         metadata and init functions through it"
+                    ));
+                }
                 continue;
             };
             if !Self::is_loaded(&section) {
@@ -354,7 +361,7 @@ impl<'data> Module<'data> {
 }
 
 /// `+0x10`, `-0x4`, or nothing for zero.
-fn signed_hex(value: i64) -> String {
+pub fn signed_hex(value: i64) -> String {
     match value {
         0 => String::new(),
         v if v < 0 => format!("-{:#x}", v.unsigned_abs()),

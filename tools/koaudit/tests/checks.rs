@@ -564,7 +564,7 @@ fn unwind_sections_are_reported() {
 }
 
 #[test]
-fn each_missing_linker_set_is_reported() {
+fn each_missing_required_linker_set_is_reported() {
     let all = [
         "set_modmetadata_set",
         "set_sysinit_set",
@@ -576,11 +576,17 @@ fn each_missing_linker_set_is_reported() {
             &Kld::with_sets(GOOD_CODE, &sets).audit(None),
             check::METADATA,
         );
+        if missing == "set_sysuninit_set" {
+            // DECLARE_MODULE makes no SYSUNINIT: the in-tree
+            // virtio_balloon.ko has no such set and loads.
+            assert!(found.is_empty(), "{found:?}");
+            continue;
+        }
         assert_eq!(found.len(), 1, "{missing}: {found:?}");
         assert!(found[0].contains(missing), "{}", found[0]);
     }
     let found = details(&Kld::with_sets(GOOD_CODE, &[]).audit(None), check::METADATA);
-    assert_eq!(found.len(), 3);
+    assert_eq!(found.len(), 2);
 }
 
 /// A kld whose three sets are present, with `set` replaced by a section of
@@ -759,9 +765,20 @@ fn kernel_symbol_list_accepts_names_and_nm_lines() {
 #[test]
 fn non_kld_inputs_are_errors() {
     assert!(audit(b"not an elf", None).is_err());
-    let arm = Object::new(BinaryFormat::Elf, Architecture::Aarch64, Endianness::Little);
-    let err = audit(&arm.write().unwrap(), None).unwrap_err();
-    assert!(err.contains("amd64"), "{err}");
+    let riscv = Object::new(BinaryFormat::Elf, Architecture::Riscv64, Endianness::Little);
+    let err = audit(&riscv.write().unwrap(), None).unwrap_err();
+    assert!(err.contains("not an amd64 or arm64 object"), "{err}");
+    // An amd64 kld is `ld -r` output, not a shared object.
+    let mut so = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    so.flags = object::FileFlags::Elf {
+        os_abi: 0,
+        abi_version: 0,
+        e_flags: 0,
+    };
+    let mut bytes = so.write().unwrap();
+    bytes[16] = elf::ET_DYN as u8; // e_type
+    let err = audit(&bytes, None).unwrap_err();
+    assert!(err.contains("not a relocatable object"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,3 @@
+//! Shared by the integration tests that build modules.
+
+pub mod so;
