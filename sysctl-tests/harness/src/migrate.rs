@@ -390,26 +390,30 @@ mod tests {
         );
     }
 
-    /// Part of `info qtree` from QEMU 7.2 with the hinting balloon.
-    const QTREE: &str = "bus: main-system-bus
-  type System
-  dev: i440FX-pcihost, id \"\"
-    bus: pci.0
+    /// Part of `info qtree` from QEMU 7.2 on this machine, with
+    /// `-object iothread,id=io0 -device virtio-balloon-pci,id=balloon0,
+    /// deflate-on-oom=on,free-page-reporting=on,free-page-hint=on,iothread=io0`
+    /// (link properties such as `iothread` are not listed).
+    const QTREE: &str = "    bus: pci.0
       type PCI
       dev: virtio-balloon-pci, id \"balloon0\"
         disable-legacy = \"off\"
+        disable-modern = false
         addr = 04.0
+        bar 4: mem at 0xfe000000 [0xfe003fff]
         bus: virtio-bus
           type virtio-pci-bus
           dev: virtio-balloon-device, id \"\"
             deflate-on-oom = true
             free-page-hint = true
-            free-page-reporting = true
             page-poison = true
-            iothread = \"io0\"
-            guest-stats-polling-interval = 0 (0x0)
+            free-page-reporting = true
+            qemu-4-0-config-size = false
             indirect_desc = true
+            event_idx = true
+            x-disable-legacy-check = false
       dev: PIIX4_PM, id \"\"
+        gpio-out \"smi-irq\" 1
         smb_io_base = 1792 (0x700)
 ";
 
@@ -418,7 +422,7 @@ mod tests {
         let p = balloon_props(QTREE);
         let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("free-page-hint"), Some("true"));
-        assert_eq!(get("iothread"), Some("io0"));
+        assert_eq!(get("indirect_desc"), Some("true"));
         assert_eq!(get("page-poison"), Some("true"));
         assert_eq!(get("smb_io_base"), None, "stops at the device's end");
         assert_eq!(get("disable-legacy"), None, "the proxy's, not the device's");
