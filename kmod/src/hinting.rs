@@ -42,7 +42,14 @@
 //! - **The free page queue** comes after inflate, deflate and stats (if
 //!   negotiated), before reporting (`protocol::Queue::FreePageHint`; Linux's
 //!   `enum virtio_balloon_vq`, QEMU's `virtio_add_queue` order); QEMU makes it
-//!   `VIRTQUEUE_MAX_SIZE` (1024) entries. A round on it is: one *output*
+//!   `VIRTQUEUE_MAX_SIZE` (1024) entries. QEMU creates its queues by what it
+//!   *offers*, not by what is negotiated (`virtio_balloon_device_realize`:
+//!   stats always, the free page queue whenever `free-page-hint=on`), so a
+//!   driver that declines an offered FREE_PAGE_HINT but numbers its queues by
+//!   negotiated features, as this one does, posts its free page reports on
+//!   QEMU's free page queue, where they are acknowledged and ignored: accept
+//!   FREE_PAGE_HINT whenever offered (`protocol::with_queue_features`), as
+//!   Linux does. A round on the queue is: one *output*
 //!   buffer of exactly 4 bytes holding the round's id (le32 with VERSION_1,
 //!   guest-native for legacy; `send_cmd_id_start`), then free memory as
 //!   device-writable *input* buffers (Linux: one 4 MiB block per buffer,

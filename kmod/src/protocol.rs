@@ -250,6 +250,25 @@ impl Queue {
     }
 }
 
+/// Features to accept whenever the device offers them, whatever the driver
+/// means to do with them. QEMU creates the balloon's queues by what it
+/// *offers* (`virtio_balloon_device_realize` in hw/virtio/virtio-balloon.c:
+/// the stats queue always, the free page queue when `free-page-hint=on`, then
+/// the reporting queue), while [`Queue::index`] numbers them by what was
+/// negotiated, as Linux does (`virtio_find_vqs` skips absent queues; Linux
+/// accepts both features whenever offered). Declining an offered
+/// FREE_PAGE_HINT puts the driver's reporting queue (3) on QEMU's free page
+/// queue, where reports are acknowledged and ignored; reporting is then
+/// QEMU's queue 4.
+pub const ACCEPT_IF_OFFERED: Features = Features::STATS_VQ.union(Features::FREE_PAGE_HINT);
+
+/// What to negotiate: `wanted`, plus every offered feature that owns a queue
+/// before one the driver uses ([`ACCEPT_IF_OFFERED`]). A driver that does
+/// not hint still accepts FREE_PAGE_HINT and simply never answers a command.
+pub fn with_queue_features(wanted: Features, offered: Features) -> Features {
+    (wanted | (offered & ACCEPT_IF_OFFERED)) & offered
+}
+
 /// Bytes of config space implied by the negotiated features: a device may
 /// expose fewer bytes than [`Config`] holds.
 pub fn config_len(features: Features) -> usize {
@@ -340,6 +359,39 @@ mod tests {
         let hint = all | Features::FREE_PAGE_HINT;
         assert_eq!(Queue::Reporting.index(hint), Some(4));
         assert_eq!(Queue::count(all), 4);
+    }
+
+    #[test]
+    fn offered_queues_are_accepted_so_numbering_matches_qemu() {
+        // QEMU with free-page-hint=on,free-page-reporting=on: queues 0..=4.
+        let offered = Features::STATS_VQ
+            | Features::DEFLATE_ON_OOM
+            | Features::FREE_PAGE_HINT
+            | Features::PAGE_POISON
+            | Features::REPORTING
+            | Features::VERSION_1;
+        let wanted = Features::MUST_TELL_HOST
+            | Features::STATS_VQ
+            | Features::DEFLATE_ON_OOM
+            | Features::REPORTING
+            | Features::VERSION_1;
+        let got = with_queue_features(wanted, offered);
+        assert_eq!(
+            Queue::Reporting.index(got),
+            Some(4),
+            "QEMU's reporting queue"
+        );
+        assert_eq!(Queue::FreePageHint.index(got), Some(3));
+        assert!(
+            !got.contains(Features::PAGE_POISON),
+            "no queue, not accepted"
+        );
+        assert!(!got.contains(Features::MUST_TELL_HOST), "not offered");
+        // Declining FREE_PAGE_HINT would have put reporting on queue 3.
+        assert_eq!(Queue::Reporting.index(wanted & offered), Some(3));
+        // Nothing offered beyond the basics: nothing added.
+        let basic = Features::STATS_VQ | Features::VERSION_1;
+        assert_eq!(with_queue_features(wanted, basic), basic);
     }
 
     #[test]

@@ -461,4 +461,63 @@ mod tests {
         assert!(line.contains("saved 2048 MiB (80%)"), "{line}");
         assert!(line.contains("downtime 40 ms"), "{line}");
     }
+
+    /// Against the real QEMU: a paused machine (no guest) with the hinting
+    /// balloon, migrated to a file and read back by a second QEMU.
+    #[test]
+    #[ignore = "starts QEMU: flock /tmp/vtb-cpu.lock cargo test -p vmharness -- --ignored migrate"]
+    fn migrates_a_paused_qemu_with_the_hinting_balloon() {
+        use std::process::{Command, Stdio};
+        let dir = std::env::temp_dir().join(format!("vtbmig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state.bin");
+        let (extra, dev) = hint_args();
+        let qemu = |name: &str, incoming: &[String]| {
+            let sock = dir.join(format!("{name}.qmp"));
+            let child = Command::new("qemu-system-x86_64")
+                .args(["-S", "-M", "pc", "-m", "128", "-nodefaults"])
+                .args(["-display", "none", "-monitor", "none", "-serial", "none"])
+                .args(&extra)
+                .arg("-device")
+                .arg(format!("virtio-balloon-pci,id=balloon0{dev}"))
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", sock.display()))
+                .args(incoming)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("qemu-system-x86_64");
+            (child, sock)
+        };
+        let (mut src, sock) = qemu("src", &[]);
+        let mut q = Qmp::connect(&sock).unwrap();
+        let props = balloon_props(&human(&mut q, "info qtree").unwrap());
+        assert!(
+            offered_features(&props).contains(&"FREE_PAGE_HINT"),
+            "{props:?}"
+        );
+        let target = Target::File(state.clone());
+        let m = migrate(&mut q, &target, Duration::from_secs(120));
+        let status = q.status();
+        let _ = src.kill();
+        let _ = src.wait();
+        let m = m.unwrap();
+        assert_eq!(m.info.status, Status::Completed);
+        assert!(m.info.total >= 128 << 20, "{:?}", m.info);
+        assert!(m.info.downtime_ms.is_some());
+        assert!(m.file_bytes.unwrap_or(0) > 0);
+        assert_eq!(status.as_deref(), Ok("postmigrate"));
+        // A destination takes the state back.
+        let (mut dst, sock) = qemu("dst", &incoming_args(&target));
+        let mut q = Qmp::connect(&sock).unwrap();
+        let done = wait_done(
+            || q.execute("query-migrate", None),
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+        );
+        let _ = dst.kill();
+        let _ = dst.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(done.map(|i| i.status), Ok(Status::Completed));
+    }
 }
