@@ -4,9 +4,11 @@
 //!
 //! # The protocol, as the peers implement it
 //!
-//! Read from QEMU `hw/virtio/virtio-balloon.c` (qemu/qemu, commit d1c81c34,
-//! the 7.x code this machine's QEMU 7.2 has), QEMU `migration/ram.c`
-//! (`qemu_guest_free_page_hint`), Linux `drivers/virtio/virtio_balloon.c`
+//! Read from QEMU `hw/virtio/virtio-balloon.c` (qemu/qemu at commit
+//! d1c81c34, a 7.x-era revision: `sysemu/` headers, three-argument
+//! `virtio_init`; this machine runs Debian's QEMU 7.2), QEMU
+//! `migration/ram.c` (`qemu_guest_free_page_hint`: only while a migration is
+//! set up or active), Linux `drivers/virtio/virtio_balloon.c`
 //! (torvalds/linux, the MAX_PAGE_ORDER era, 6.8+) and the virtio 1.2 spec
 //! (oasis-tcs/virtio-spec `device-types/balloon/description.tex`, "Free Page
 //! Hinting" and "Page Poison").
