@@ -465,6 +465,33 @@ fn fragmented_memory_is_hinted_in_smaller_blocks() {
 }
 
 #[test]
+fn reporting_pauses_from_the_first_round_to_done() {
+    let (w, mut dev, mut mem, mut h) = setup(Policy::default());
+    assert!(!h.reporting_paused());
+    // All memory in use: the round takes nothing, yet a migration runs.
+    let free = w.borrow().free_pages();
+    w.borrow_mut().workload_alloc(free - FLOOR as usize);
+    w.borrow_mut().hint_start();
+    run(&w, &mut h, &mut dev, &mut mem);
+    assert_eq!(h.held_pages(), 0);
+    assert!(h.reporting_paused(), "between rounds of a migration");
+    w.borrow_mut().hint_stop();
+    run(&w, &mut h, &mut dev, &mut mem);
+    assert!(h.reporting_paused());
+    w.borrow_mut().hint_done();
+    run(&w, &mut h, &mut dev, &mut mem);
+    assert!(!h.reporting_paused(), "DONE ends the migration");
+    // A host that never says DONE does not pause reporting for ever.
+    w.borrow_mut().hint_start();
+    run(&w, &mut h, &mut dev, &mut mem);
+    assert!(h.reporting_paused());
+    w.borrow_mut().now_ms += h.policy().hold_max_ms;
+    step(&w, &mut h, &mut dev, &mut mem);
+    assert!(!h.reporting_paused());
+    clean(&w);
+}
+
+#[test]
 fn no_round_without_a_command_and_nothing_taken() {
     let (w, mut dev, mut mem, mut h) = setup(Policy::default());
     assert_eq!(run(&w, &mut h, &mut dev, &mut mem), Next::Idle);
