@@ -9,6 +9,7 @@
 pub mod avail;
 pub mod balloon;
 pub mod counters;
+pub mod hinting;
 pub mod platform;
 pub mod pressure;
 pub mod protocol;
