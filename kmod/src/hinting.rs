@@ -540,7 +540,7 @@ impl Hinter {
             if free_after <= floor {
                 break;
             }
-            match mem.alloc_block(self.order) {
+            match mem.alloc_block(self.order, 0..u64::MAX) {
                 Some(b) => {
                     ranges[n] = PhysRange {
                         addr: mem.block_phys(b),
