@@ -148,3 +148,18 @@ pub trait BlockMemory {
     /// Physical address of the block's first byte.
     fn block_phys(&self, block: Self::Block) -> u64;
 }
+
+/// Blocks kept out of the free lists for a long, unbounded time: free page
+/// hinting holds every block it hinted until the host says DONE (thousands
+/// of blocks for a large idle guest). No memory of the driver's own: the
+/// kernel links a held block through its first page's queue linkage, with
+/// its order in that page's otherwise unused `pindex`, as for ballooned runs.
+/// A list of its own, apart from [`BlockMemory::park`], which the reporter
+/// uses during a scan.
+pub trait HeldBlocks: BlockMemory {
+    /// Adds an allocated block of `2^order` pages to the held list.
+    fn hold(&mut self, block: Self::Block, order: u32);
+    /// Takes the most recently held block off the list (it stays
+    /// allocated): `(block, order)`.
+    fn unhold(&mut self) -> Option<(Self::Block, u32)>;
+}

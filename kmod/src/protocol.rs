@@ -3,6 +3,7 @@
 //! PFN encoding. Nothing here depends on the guest or on FreeBSD.
 
 use bitflags::bitflags;
+use static_assertions::{assert_eq_size, const_assert_eq};
 
 bitflags! {
     /// Device feature bits the driver knows about.
@@ -14,7 +15,8 @@ bitflags! {
         const STATS_VQ = 1 << 1;
         /// The guest may deflate under memory pressure.
         const DEFLATE_ON_OOM = 1 << 2;
-        /// Free page hinting (migration aid); not driven by this driver.
+        /// Free page hinting (migration aid): `free_page_hint_cmd_id` at
+        /// config offset 8 and the free page hint queue; see `crate::hinting`.
         const FREE_PAGE_HINT = 1 << 3;
         /// The host expects freed pages to hold `poison_val`.
         const PAGE_POISON = 1 << 4;
@@ -67,6 +69,19 @@ pub const BALLOON_PAGE_SIZE: u64 = 1 << PFN_SHIFT;
 /// PFNs per inflate/deflate buffer: the peers (Linux, FreeBSD) use 256.
 pub const PFNS_PER_BUFFER: usize = 256;
 
+/// The device-specific configuration space, little-endian on the wire.
+/// Only the fields implied by the negotiated features may be read.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Config {
+    pub num_pages: u32,
+    pub actual: u32,
+    pub free_page_hint_cmd_id: u32,
+    pub poison_val: u32,
+    /// STATS_PUSH proposal: push period in milliseconds, 0 = pull only.
+    pub stats_push_interval_ms: u32,
+}
+
 /// A 32-bit config field as the transport read it from the device
 /// (`virtio_read_device_config`): a modern (VERSION_1) transport converts
 /// the little-endian field itself; a legacy one hands over its bytes as
@@ -90,15 +105,75 @@ pub fn config_to_device(value: u32, features: Features) -> u32 {
     }
 }
 
-/// Byte offsets of the device-specific config fields (le32 each). A device
-/// may expose fewer bytes: only the fields the negotiated features imply
-/// may be read.
+/// Byte offsets of the config fields.
 pub mod config_offset {
     pub const NUM_PAGES: usize = 0;
     pub const ACTUAL: usize = 4;
     pub const FREE_PAGE_HINT_CMD_ID: usize = 8;
     pub const POISON_VAL: usize = 12;
     pub const STATS_PUSH_INTERVAL_MS: usize = 16;
+}
+
+const_assert_eq!(
+    core::mem::offset_of!(Config, num_pages),
+    config_offset::NUM_PAGES
+);
+const_assert_eq!(core::mem::offset_of!(Config, actual), config_offset::ACTUAL);
+const_assert_eq!(
+    core::mem::offset_of!(Config, free_page_hint_cmd_id),
+    config_offset::FREE_PAGE_HINT_CMD_ID
+);
+const_assert_eq!(
+    core::mem::offset_of!(Config, poison_val),
+    config_offset::POISON_VAL
+);
+const_assert_eq!(
+    core::mem::offset_of!(Config, stats_push_interval_ms),
+    config_offset::STATS_PUSH_INTERVAL_MS
+);
+assert_eq_size!(Config, [u8; 20]);
+
+/// Reserved values of `free_page_hint_cmd_id` (virtio 1.2 §5.5.6, "Free
+/// Page Hinting"); any other value names a hinting round.
+pub mod hint_cmd {
+    /// Any command id given before is invalid; stop hinting, keep what was
+    /// hinted (`VIRTIO_BALLOON_CMD_ID_STOP`).
+    pub const STOP: u32 = 0;
+    /// Hinting is over; the driver may free everything it hinted
+    /// (`VIRTIO_BALLOON_CMD_ID_DONE`).
+    pub const DONE: u32 = 1;
+    /// QEMU's ids start above this (`VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN`
+    /// in hw/virtio/virtio-balloon.h) and wrap back to it after `u32::MAX`;
+    /// the first round of a device is `MIN + 1`.
+    pub const QEMU_MIN: u32 = 0x8000_0000;
+}
+
+/// What a `free_page_hint_cmd_id` value tells the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintCmd {
+    Stop,
+    Done,
+    /// A round with this id (2 or more).
+    Id(u32),
+}
+
+impl HintCmd {
+    pub const fn from_config(v: u32) -> HintCmd {
+        match v {
+            hint_cmd::STOP => HintCmd::Stop,
+            hint_cmd::DONE => HintCmd::Done,
+            id => HintCmd::Id(id),
+        }
+    }
+}
+
+/// The 4-byte output buffer that opens (the round's id) or closes
+/// ([`hint_cmd::STOP`]) a hinting round on the free page hint queue:
+/// little-endian with VERSION_1. A legacy device wants the guest's native
+/// order, which is the same bytes on every target this driver builds for
+/// (amd64, arm64).
+pub const fn hint_cmd_bytes(id: u32) -> [u8; 4] {
+    id.to_le_bytes()
 }
 
 /// Statistics tags. 0–9 are in the virtio spec; 10–15 are Linux extensions
@@ -189,6 +264,53 @@ impl Queue {
             .filter(|&&q| present(q))
             .count();
         u16::try_from(before).ok()
+    }
+
+    /// Number of queues the device has with these features.
+    pub fn count(features: Features) -> u16 {
+        [
+            Queue::Inflate,
+            Queue::Deflate,
+            Queue::Stats,
+            Queue::FreePageHint,
+            Queue::Reporting,
+        ]
+        .iter()
+        .filter(|q| q.index(features).is_some())
+        .count() as u16
+    }
+}
+
+/// Features to accept whenever the device offers them, whatever the driver
+/// means to do with them. QEMU creates the balloon's queues by what it
+/// *offers* (`virtio_balloon_device_realize` in hw/virtio/virtio-balloon.c:
+/// the stats queue always, the free page queue when `free-page-hint=on`, then
+/// the reporting queue), while [`Queue::index`] numbers them by what was
+/// negotiated, as Linux does (`virtio_find_vqs` skips absent queues; Linux
+/// accepts both features whenever offered). Declining an offered
+/// FREE_PAGE_HINT puts the driver's reporting queue (3) on QEMU's free page
+/// queue, where reports are acknowledged and ignored; reporting is then
+/// QEMU's queue 4.
+pub const ACCEPT_IF_OFFERED: Features = Features::STATS_VQ.union(Features::FREE_PAGE_HINT);
+
+/// What to negotiate: `wanted`, plus every offered feature that owns a queue
+/// before one the driver uses ([`ACCEPT_IF_OFFERED`]). A driver that does
+/// not hint still accepts FREE_PAGE_HINT and simply never answers a command.
+pub fn with_queue_features(wanted: Features, offered: Features) -> Features {
+    (wanted | (offered & ACCEPT_IF_OFFERED)) & offered
+}
+
+/// Bytes of config space implied by the negotiated features: a device may
+/// expose fewer bytes than [`Config`] holds.
+pub fn config_len(features: Features) -> usize {
+    if features.contains(Features::STATS_PUSH) {
+        config_offset::STATS_PUSH_INTERVAL_MS + 4
+    } else if features.contains(Features::PAGE_POISON) {
+        config_offset::POISON_VAL + 4
+    } else if features.contains(Features::FREE_PAGE_HINT) {
+        config_offset::FREE_PAGE_HINT_CMD_ID + 4
+    } else {
+        config_offset::ACTUAL + 4
     }
 }
 
@@ -291,6 +413,69 @@ mod tests {
         let written = config_to_device(v, Features::empty());
         assert_eq!(written.to_ne_bytes(), v.to_le_bytes());
         assert_eq!(config_to_device(v, Features::VERSION_1), v);
+    }
+
+    #[test]
+    fn offered_queues_are_accepted_so_numbering_matches_qemu() {
+        // QEMU with free-page-hint=on,free-page-reporting=on: queues 0..=4.
+        let offered = Features::STATS_VQ
+            | Features::DEFLATE_ON_OOM
+            | Features::FREE_PAGE_HINT
+            | Features::PAGE_POISON
+            | Features::REPORTING
+            | Features::VERSION_1;
+        let wanted = Features::MUST_TELL_HOST
+            | Features::STATS_VQ
+            | Features::DEFLATE_ON_OOM
+            | Features::REPORTING
+            | Features::VERSION_1;
+        let got = with_queue_features(wanted, offered);
+        assert_eq!(
+            Queue::Reporting.index(got),
+            Some(4),
+            "QEMU's reporting queue"
+        );
+        assert_eq!(Queue::FreePageHint.index(got), Some(3));
+        assert!(
+            !got.contains(Features::PAGE_POISON),
+            "no queue, not accepted"
+        );
+        assert!(!got.contains(Features::MUST_TELL_HOST), "not offered");
+        // Declining FREE_PAGE_HINT would have put reporting on queue 3.
+        assert_eq!(Queue::Reporting.index(wanted & offered), Some(3));
+        // Nothing offered beyond the basics: nothing added.
+        let basic = Features::STATS_VQ | Features::VERSION_1;
+        assert_eq!(with_queue_features(wanted, basic), basic);
+    }
+
+    #[test]
+    fn config_length_follows_features() {
+        assert_eq!(config_len(Features::empty()), 8);
+        assert_eq!(config_len(Features::PAGE_POISON), 16);
+        assert_eq!(config_len(Features::STATS_PUSH | Features::STATS_VQ), 20);
+    }
+
+    #[test]
+    fn hint_command_ids() {
+        assert_eq!(HintCmd::from_config(0), HintCmd::Stop);
+        assert_eq!(HintCmd::from_config(1), HintCmd::Done);
+        assert_eq!(HintCmd::from_config(2), HintCmd::Id(2));
+        let first = hint_cmd::QEMU_MIN + 1;
+        assert_eq!(HintCmd::from_config(first), HintCmd::Id(0x8000_0001));
+        assert_eq!(hint_cmd_bytes(0x8000_0001), [1, 0, 0, 0x80]);
+        assert_eq!(hint_cmd_bytes(hint_cmd::STOP), [0; 4]);
+    }
+
+    #[test]
+    fn hint_queue_sits_between_stats_and_reporting() {
+        let f = Features::MUST_TELL_HOST | Features::FREE_PAGE_HINT | Features::REPORTING;
+        assert_eq!(Queue::FreePageHint.index(f), Some(2));
+        assert_eq!(Queue::Reporting.index(f), Some(3));
+        let f = f | Features::STATS_VQ;
+        assert_eq!(Queue::FreePageHint.index(f), Some(3));
+        assert_eq!(Queue::Reporting.index(f), Some(4));
+        assert_eq!(Queue::FreePageHint.index(Features::REPORTING), None);
+        assert_eq!(config_len(Features::FREE_PAGE_HINT), 12);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
-use vtballoon::platform::{BlockMemory, Device, Error, Memory, PhysRange, Token, VmCounters};
+use vtballoon::platform::{
+    BlockMemory, Device, Error, HeldBlocks, Memory, PhysRange, Token, VmCounters,
+};
 use vtballoon::protocol::{Features, Queue, PFN_SHIFT};
 use vtballoon::runlist::{RunList, RunPages};
 
@@ -30,6 +32,60 @@ struct Posted {
     token: Token,
     data: Vec<u8>,
     ready_at: u64,
+}
+
+/// QEMU's free page hint states (`FREE_PAGE_HINT_S_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintStatus {
+    Stop,
+    Requested,
+    Start,
+    Done,
+}
+
+/// The host side of free page hinting, as QEMU's hw/virtio/virtio-balloon.c
+/// does it: `get_free_page_hints` for buffers, `virtio_balloon_get_config`
+/// for what the driver reads, `_free_page_start/_stop/_done` for the
+/// migration's commands.
+#[derive(Debug)]
+pub struct HintHost {
+    pub status: HintStatus,
+    pub cmd_id: u32,
+    /// A config change the driver has not been told about yet (the interrupt).
+    pub config_pending: bool,
+    /// Ids the host issued, and ids whose start buffer it received.
+    pub issued: BTreeSet<u32>,
+    pub started: BTreeSet<u32>,
+    /// Pages clean in the migration's dirty bitmap thanks to hints (a page
+    /// the guest writes again leaves the set).
+    pub clean: BTreeSet<usize>,
+    /// Hinted pages received in START, and outside it (dropped).
+    pub hinted_pages: u64,
+    pub ignored_pages: u64,
+    pub start_buffers: u64,
+    pub stop_buffers: u64,
+    pub hint_buffers: u64,
+    /// Most hint buffers posted and not yet returned.
+    pub most_outstanding: usize,
+}
+
+impl Default for HintHost {
+    fn default() -> Self {
+        HintHost {
+            status: HintStatus::Stop,
+            cmd_id: vtballoon::protocol::hint_cmd::QEMU_MIN,
+            config_pending: false,
+            issued: BTreeSet::new(),
+            started: BTreeSet::new(),
+            clean: BTreeSet::new(),
+            hinted_pages: 0,
+            ignored_pages: 0,
+            start_buffers: 0,
+            stop_buffers: 0,
+            hint_buffers: 0,
+            most_outstanding: 0,
+        }
+    }
 }
 
 /// Everything the simulation knows; shared by [`SimDevice`] and [`SimMemory`].
@@ -100,6 +156,11 @@ pub struct World {
     pub run_calls: u64,
     pub runs_given: u64,
     run_cursor: usize,
+    // Free page hinting.
+    pub hint: HintHost,
+    /// Pages the hinter holds (`HeldBlocks::hold`), and its list of blocks.
+    pub hint_held: BTreeSet<usize>,
+    hint_list: Vec<(usize, u32)>,
 }
 
 pub type Shared = Rc<RefCell<World>>;
@@ -157,6 +218,9 @@ impl World {
             run_calls: 0,
             runs_given: 0,
             run_cursor: 0,
+            hint: HintHost::default(),
+            hint_held: BTreeSet::new(),
+            hint_list: Vec::new(),
         }))
     }
 
@@ -214,6 +278,131 @@ impl World {
         self.pending.clear();
         self.ballooned.clear();
         self.driver_ok = false;
+        // virtio_balloon_device_reset -> virtio_balloon_free_page_stop.
+        if self.hint.status != HintStatus::Stop {
+            self.hint.status = HintStatus::Stop;
+            self.hint.config_pending = true;
+        }
+    }
+
+    /// The migration starts a hinting round (after a dirty bitmap sync):
+    /// `virtio_balloon_free_page_start`. Returns the new id.
+    pub fn hint_start(&mut self) -> u32 {
+        let h = &mut self.hint;
+        h.cmd_id = if h.cmd_id == u32::MAX {
+            vtballoon::protocol::hint_cmd::QEMU_MIN
+        } else {
+            h.cmd_id + 1
+        };
+        h.issued.insert(h.cmd_id);
+        h.status = HintStatus::Requested;
+        h.config_pending = true;
+        h.cmd_id
+    }
+
+    /// Before a bitmap sync: `virtio_balloon_free_page_stop`.
+    pub fn hint_stop(&mut self) {
+        if self.hint.status != HintStatus::Stop {
+            self.hint.status = HintStatus::Stop;
+            self.hint.config_pending = true;
+        }
+    }
+
+    /// The migration is over: `virtio_balloon_free_page_done`.
+    pub fn hint_done(&mut self) {
+        if self.hint.status != HintStatus::Done {
+            self.hint.status = HintStatus::Done;
+            self.hint.config_pending = true;
+        }
+    }
+
+    /// `free_page_hint_cmd_id` as QEMU's `virtio_balloon_get_config` shows
+    /// it: the id only while requested, 0 while started (left zeroed).
+    pub fn hint_config(&self) -> u32 {
+        match self.hint.status {
+            HintStatus::Requested => self.hint.cmd_id,
+            HintStatus::Done => vtballoon::protocol::hint_cmd::DONE,
+            HintStatus::Stop | HintStatus::Start => vtballoon::protocol::hint_cmd::STOP,
+        }
+    }
+
+    /// The config-change interrupt, if one is pending: the value the driver
+    /// reads then.
+    pub fn take_hint_config(&mut self) -> Option<u32> {
+        if std::mem::take(&mut self.hint.config_pending) {
+            Some(self.hint_config())
+        } else {
+            None
+        }
+    }
+
+    /// What the host does with a buffer on the free page queue
+    /// (`get_free_page_hints`), at once: QEMU's iothread takes it as soon as
+    /// it is notified.
+    fn process_hint(&mut self, data: &[u8], ranges: bool) {
+        if !ranges {
+            if data.len() != 4 {
+                self.violation(format!("hint command buffer of {} bytes", data.len()));
+                return;
+            }
+            let id = u32::from_le_bytes(data.try_into().unwrap());
+            if id == vtballoon::protocol::hint_cmd::STOP {
+                self.hint.stop_buffers += 1;
+            } else {
+                self.hint.start_buffers += 1;
+                if !self.hint.issued.contains(&id) {
+                    self.violation(format!("start buffer for id {id:#x} never issued"));
+                }
+                if !self.hint.started.insert(id) {
+                    self.violation(format!("start buffer for id {id:#x} sent twice"));
+                }
+            }
+            if self.hint.status == HintStatus::Requested && id == self.hint.cmd_id {
+                self.hint.status = HintStatus::Start;
+            } else if self.hint.status == HintStatus::Start {
+                self.hint.status = HintStatus::Stop;
+            }
+            return;
+        }
+        self.hint.hint_buffers += 1;
+        for page in self.hint_pages(data) {
+            if self.hint.status == HintStatus::Start {
+                self.hint.clean.insert(page);
+                self.hint.hinted_pages += 1;
+            } else {
+                self.hint.ignored_pages += 1;
+            }
+        }
+    }
+
+    /// The pages of a hint buffer's ranges.
+    fn hint_pages(&self, data: &[u8]) -> Vec<usize> {
+        let mut pages = Vec::new();
+        for c in data.chunks_exact(16) {
+            let addr = u64::from_le_bytes(c[..8].try_into().unwrap());
+            let len = u64::from_le_bytes(c[8..].try_into().unwrap());
+            let first = ((addr - RAM_BASE) / self.page_size) as usize;
+            pages.extend(first..first + (len / self.page_size) as usize);
+        }
+        pages
+    }
+
+    /// A hint covers only memory the hinter holds when it posts it.
+    fn check_hint_ranges(&mut self, data: &[u8]) {
+        for page in self.hint_pages(data) {
+            if !self.hint_held.contains(&page) {
+                let what = if self.guest_list().contains(&page) {
+                    "ballooned"
+                } else if self.reporter_pages.contains(&page) {
+                    "being reported"
+                } else if self.allocated[page] {
+                    "in use"
+                } else {
+                    "free, not held"
+                };
+                self.violation(format!("hinted page {page} is {what}"));
+            }
+        }
     }
 
     fn violation(&mut self, what: String) {
@@ -341,6 +530,7 @@ impl World {
             };
             self.allocated[page] = true;
             self.discarded.remove(&page);
+            self.hint.clean.remove(&page);
             self.workload.push(page);
             got += 1;
         }
@@ -417,6 +607,44 @@ impl Device for SimDevice {
     }
 
     fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error> {
+        self.post_buffer(queue, token, data, false)
+    }
+
+    fn posted(&self, queue: Queue, token: Token) -> &[u8] {
+        self.posted
+            .get(&(queue, token))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    fn post_ranges(
+        &mut self,
+        queue: Queue,
+        token: Token,
+        ranges: &[PhysRange],
+    ) -> Result<(), Error> {
+        let mut data = Vec::new();
+        for r in ranges {
+            data.extend_from_slice(&r.addr.to_le_bytes());
+            data.extend_from_slice(&r.len.to_le_bytes());
+        }
+        self.post_buffer(queue, token, &data, true)
+    }
+
+    fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
+        self.wait_used_sim(queue, timeout_ms)
+    }
+}
+
+impl SimDevice {
+    /// `ranges`: the buffer is guest memory itself (device-writable ranges),
+    /// encoded as le64 (addr, len) pairs; otherwise device-readable bytes.
+    fn post_buffer(
+        &mut self,
+        queue: Queue,
+        token: Token,
+        data: &[u8],
+        ranges: bool,
+    ) -> Result<(), Error> {
         self.posted.insert((queue, token), data.to_vec());
         let mut w = self.w.borrow_mut();
         if !w.driver_ok {
@@ -454,6 +682,16 @@ impl Device for SimDevice {
             }
             _ => {}
         }
+        if queue == Queue::FreePageHint {
+            if ranges {
+                w.check_hint_ranges(data);
+            }
+            // QEMU's iothread takes the buffer as soon as it is notified; a
+            // dead host (or a stopped VM's blocked iothread) never does.
+            if w.ack != Ack::Never {
+                w.process_hint(data, ranges);
+            }
+        }
         w.pending.entry(queue).or_default().push_back(Posted {
             token,
             data: data.to_vec(),
@@ -461,30 +699,12 @@ impl Device for SimDevice {
         });
         let out = w.outstanding(Queue::Inflate) + w.outstanding(Queue::Deflate);
         w.max_outstanding = w.max_outstanding.max(out);
+        let hint_out = w.outstanding(Queue::FreePageHint);
+        w.hint.most_outstanding = w.hint.most_outstanding.max(hint_out);
         Ok(())
     }
 
-    fn posted(&self, queue: Queue, token: Token) -> &[u8] {
-        self.posted
-            .get(&(queue, token))
-            .map_or(&[], |v| v.as_slice())
-    }
-
-    fn post_ranges(
-        &mut self,
-        queue: Queue,
-        token: Token,
-        ranges: &[PhysRange],
-    ) -> Result<(), Error> {
-        let mut data = Vec::new();
-        for r in ranges {
-            data.extend_from_slice(&r.addr.to_le_bytes());
-            data.extend_from_slice(&r.len.to_le_bytes());
-        }
-        self.post(queue, token, &data)
-    }
-
-    fn wait_used(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
+    fn wait_used_sim(&mut self, queue: Queue, timeout_ms: u32) -> Result<Token, Error> {
         let mut w = self.w.borrow_mut();
         let now = w.now_ms;
         let deadline = now.saturating_add(u64::from(timeout_ms));
@@ -578,6 +798,9 @@ impl Memory for SimMemory {
         for page in first..first + n {
             if page >= w.total_pages || !w.allocated[page] {
                 w.violation(format!("page {page} listed as ballooned but not allocated"));
+            }
+            if w.hint_held.contains(&page) {
+                w.violation(format!("page {page} ballooned while held for hinting"));
             }
         }
         let w = &mut *w;
@@ -723,5 +946,33 @@ impl BlockMemory for SimMemory {
 
     fn block_phys(&self, block: usize) -> u64 {
         RAM_BASE + block as u64 * self.0.borrow().page_size
+    }
+}
+
+/// The hinter's held list: pages move from the blocks the allocator handed
+/// out (`reporter_pages`, as `alloc_block` records them) to `hint_held`, and
+/// back when unheld, so `free_block` checks them as for the reporter.
+impl HeldBlocks for SimMemory {
+    fn hold(&mut self, block: usize, order: u32) {
+        let mut w = self.0.borrow_mut();
+        for p in block..block + (1usize << order) {
+            if !w.reporter_pages.remove(&p) {
+                w.violation(format!(
+                    "page {p} held for hinting but not allocated as a block"
+                ));
+            }
+            w.hint_held.insert(p);
+        }
+        w.hint_list.push((block, order));
+    }
+
+    fn unhold(&mut self) -> Option<(usize, u32)> {
+        let mut w = self.0.borrow_mut();
+        let (block, order) = w.hint_list.pop()?;
+        for p in block..block + (1usize << order) {
+            w.hint_held.remove(&p);
+            w.reporter_pages.insert(p);
+        }
+        Some((block, order))
     }
 }

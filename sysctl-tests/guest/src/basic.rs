@@ -94,6 +94,24 @@ pub fn phase_nodes(c: &mut Ctx) {
     let on = set("debug", 1) && get("debug") == Some(1);
     let off = set("debug", 0) && get("debug") == Some(0);
     c.check("debug toggle round-trips", on && off, "did not stick");
+    // The pressure settings take their range's ends; restored after.
+    for (leaf, lo, hi) in [
+        ("oom_headroom_pages", 0, 262_144),
+        ("oom_watch_ms", 0, 600_000),
+        ("oom_watch_interval_ms", 1, 1_000),
+        ("floor_pages", 0, 1_024),
+    ] {
+        let old = get(leaf).unwrap_or(0) as i32;
+        let rt = set(leaf, lo) && get(leaf) == Some(lo as u64);
+        let rt = rt && set(leaf, hi) && get(leaf) == Some(hi as u64);
+        let restored = set(leaf, old) && get(leaf) == Some(old as u64);
+        let mut b = [0u8; 64];
+        c.check(
+            crate::check::concat(&mut b, leaf.as_bytes(), b" takes both ends of its range"),
+            rt && restored,
+            "did not stick",
+        );
+    }
     let batch = get("oom_batch_pages").unwrap_or(256) as i32;
     let rt = set("oom_batch_pages", 1) && get("oom_batch_pages") == Some(1);
     let rt = rt && set("oom_batch_pages", 65_536) && get("oom_batch_pages") == Some(65_536);

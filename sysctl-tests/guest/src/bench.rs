@@ -72,7 +72,16 @@ pub fn phase_bench(c: &mut Ctx) {
             c.check(what, ok, "the host could not time it");
         }
         bench_resident(c, name);
+        let who = if driver == 0 {
+            crate::pressure::Driver::Ours
+        } else {
+            crate::pressure::Driver::InTree
+        };
+        crate::pressure::bench_oom(c, who);
         if driver == 0 {
+            // After the pressure watch the oom bench started has ended.
+            let watch_s = get("oom_watch_ms").unwrap_or(0) / 1000;
+            let _ = wait_for("oom_watching", watch_s + 15, |v| v == 0);
             bench_ours_at_rest(c);
         }
     }

@@ -34,6 +34,10 @@ pub const RO_NODES: &[&str] = &[
     "report_wakeups",
     "memory_bytes",
     "notify_us",
+    "oom_deflates",
+    "oom_watching",
+    "floor_refused_pages",
+    "floor_stops",
 ];
 pub const RW_NODES: &[&str] = &[
     "debug",
@@ -42,6 +46,10 @@ pub const RW_NODES: &[&str] = &[
     "kick_thread",
     "stats_linux_tags",
     "report_enabled",
+    "oom_headroom_pages",
+    "oom_watch_ms",
+    "oom_watch_interval_ms",
+    "floor_pages",
 ];
 /// RW nodes with values they must refuse.
 pub const BAD_VALUES: &[(&str, &[i32])] = &[
@@ -51,4 +59,9 @@ pub const BAD_VALUES: &[(&str, &[i32])] = &[
     ("kick_thread", &[2, -1]),
     ("stats_linux_tags", &[2, -1]),
     ("report_enabled", &[2, -1]),
+    ("oom_headroom_pages", &[262_145, -1]),
+    ("oom_watch_ms", &[600_001, -1]),
+    ("oom_watch_interval_ms", &[0, 1_001, -1]),
+    // More pages than the guest has.
+    ("floor_pages", &[i32::MAX, -1]),
 ];

@@ -89,14 +89,14 @@ fn touch(mib: u64, slot: u64) -> u64 {
 
 /// How the balloon's size is read: our sysctl, or the host (in-tree driver).
 #[derive(Clone, Copy, PartialEq)]
-enum Driver {
+pub enum Driver {
     Ours,
     InTree,
 }
 
 /// What one scenario saw.
 #[derive(Default)]
-struct Outcome {
+pub struct Outcome {
     before_mib: u64,
     lowest_mib: u64,
     after_mib: u64,
@@ -112,21 +112,24 @@ struct Outcome {
     deflates: u64,
     /// From the children's start to the last one finishing.
     ms: u64,
+    /// From the children's start to the first vm_lowmem event our driver
+    /// counted (sampled every 100 ms).
+    first_event_ms: Option<u64>,
     /// Free memory above the page daemon's target when they started.
     spare_mib: u64,
 }
 
 impl Outcome {
     /// MiB the children needed from the balloon.
-    fn needed_mib(&self) -> u64 {
+    pub fn needed_mib(&self) -> u64 {
         self.want_mib.saturating_sub(self.spare_mib)
     }
 
-    fn given_mib(&self) -> u64 {
+    pub fn given_mib(&self) -> u64 {
         self.before_mib.saturating_sub(self.after_mib)
     }
 
-    fn nobody_killed(&self) -> bool {
+    pub fn nobody_killed(&self) -> bool {
         self.killed == 0 && self.console_kills.unwrap_or(0) == 0
     }
 }
@@ -158,7 +161,7 @@ fn free_mib() -> u64 {
 
 /// Children touching `mibs` (started `delay` after the previous ones
 /// finished when `one_by_one`); samples the balloon every 100 ms.
-fn run_children(c: &mut Ctx, driver: Driver, mibs: &[u64], one_by_one: bool) -> Outcome {
+pub fn run_children(c: &mut Ctx, driver: Driver, mibs: &[u64], one_by_one: bool) -> Outcome {
     let mut o = Outcome {
         before_mib: balloon_mib(c, driver),
         spare_mib: free_mib().saturating_sub(free_target_mib()),
@@ -191,6 +194,9 @@ fn run_children(c: &mut Ctx, driver: Driver, mibs: &[u64], one_by_one: bool) -> 
             }
             if driver == Driver::Ours {
                 o.lowest_mib = o.lowest_mib.min(balloon_mib(c, driver));
+                if o.first_event_ms.is_none() && get("lowmem_events").unwrap_or(0) > events0 {
+                    o.first_event_ms = Some(sys::now_ms() - t0);
+                }
             }
             sys::sleep_ms(100);
         }
@@ -222,7 +228,7 @@ fn run_children(c: &mut Ctx, driver: Driver, mibs: &[u64], one_by_one: bool) -> 
     o
 }
 
-fn report(name: &str, o: &Outcome) {
+pub fn report(name: &str, o: &Outcome) {
     let mut l = Line::new();
     l.s("# ")
         .s(name)
@@ -238,9 +244,12 @@ fn report(name: &str, o: &Outcome) {
         .u(o.want_mib)
         .s(" MiB in ")
         .u(o.ms)
-        .s(" ms; killed ")
-        .u(o.killed)
-        .s(" (console kill lines ");
+        .s(" ms (first vm_lowmem at ");
+    match o.first_event_ms {
+        Some(ms) => l.u(ms).s(" ms"),
+        None => l.s("-"),
+    };
+    l.s("); killed ").u(o.killed).s(" (console kill lines ");
     match o.console_kills {
         Some(k) => l.u(k),
         None => l.s("?"),
@@ -390,7 +399,7 @@ fn settles(c: &mut Ctx, scenario: &str) {
     );
 }
 
-fn three_quarters() -> u64 {
+pub fn three_quarters() -> u64 {
     mib_of(get_u64(b"hw.physmem").unwrap_or(0)) * 3 / 4
 }
 
@@ -610,4 +619,44 @@ pub fn phase_oom_intree(c: &mut Ctx) {
         unload(THEIRS),
         "kldunload failed",
     );
+}
+
+/// The bench's pressure figures for one driver: oom-one's scenario, sent to
+/// the host (`bench-oom-*`), which prints them beside the table.
+pub fn bench_oom(c: &mut Ctx, driver: Driver) {
+    let name = if driver == Driver::Ours {
+        "bench vtballoonrs pressure"
+    } else {
+        "bench virtio_balloon pressure"
+    };
+    let pages = three_quarters() * PAGES_PER_MIB;
+    let _ = c.host.ask("set-target", pages, 30);
+    if !matches!(c.host.ask("wait-actual", pages, 300), Reply::Ok(_)) {
+        c.check(name, false, "the balloon never reached 3/4 of memory");
+        return;
+    }
+    let o = run_children(c, driver, &[2048], false);
+    report(name, &o);
+    let relief = match (o.first_event_ms, o.got_mib == o.want_mib) {
+        (Some(first), true) => o.ms.saturating_sub(first),
+        _ => u64::MAX,
+    };
+    let ratio = if o.needed_mib() > 0 {
+        o.given_mib() * 100 / o.needed_mib()
+    } else {
+        0
+    };
+    let mut ok = true;
+    for (cmd, v) in [
+        ("bench-oom-killed", u64::from(!o.nobody_killed())),
+        ("bench-oom-got-mib", o.got_mib),
+        ("bench-oom-child-ms", o.ms),
+        ("bench-oom-relief-ms", relief),
+        ("bench-oom-given-x100", ratio),
+    ] {
+        ok &= matches!(c.host.ask(cmd, v, 30), Reply::Ok(_));
+    }
+    c.check(name, ok, "the host did not take the figures");
+    let _ = c.host.ask("set-target", 0, 30);
+    let _ = c.host.ask("wait-actual", 0, 300);
 }

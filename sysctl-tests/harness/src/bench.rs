@@ -32,11 +32,14 @@ pub struct Bench {
     pub idle_ms: Option<u64>,
     pub thread_wakeups: Option<u64>,
     pub report_wakeups: Option<u64>,
+    /// The pressure scenario per driver (`bench-oom-*`): field, value.
+    pub oom: Vec<(&'static str, String, u64)>,
 }
 
 impl Bench {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.oom.is_empty()
+            && self.rows.is_empty()
             && self.lowmem_us.is_empty()
             && self.thread_wakeups.is_none()
             && self.report_wakeups.is_none()
@@ -178,6 +181,45 @@ fn bench_report(b: &Bench, host: Option<&HostDiscard>) -> Vec<String> {
     out.extend(resident_line(rows, host));
     out.push(lowmem_line(&b.lowmem_us, &b.lowmem_call_us));
     out.push(idle_line(b));
+    out.extend(oom_lines(&b.oom));
+    out
+}
+
+/// The pressure scenario (balloon at 3/4 of a 4 GiB guest, a child touching
+/// 2 GiB, every setting at its default), per driver.
+fn oom_lines(oom: &[(&'static str, String, u64)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for driver in ["ours", "theirs"] {
+        let get = |f: &str| {
+            oom.iter()
+                .find(|(d, k, _)| *d == driver && k == f)
+                .map(|(_, _, v)| *v)
+        };
+        let Some(killed) = get("killed") else {
+            continue;
+        };
+        let who = if driver == "ours" { "ours" } else { "in-tree" };
+        let got = get("got-mib").unwrap_or(0);
+        let mut line = format!(
+            "pressure (balloon 3/4 of memory, a child touching 2048 MiB, defaults), {who}: child {}, got {got} MiB in {} ms",
+            if killed == 1 { "KILLED" } else { "not killed" },
+            get("child-ms").unwrap_or(0)
+        );
+        match get("relief-ms") {
+            Some(ms) if ms != u64::MAX => {
+                line += &format!("; from the first vm_lowmem to the child having it all: {ms} ms")
+            }
+            _ => {}
+        }
+        if let Some(r) = get("given-x100").filter(|&r| r > 0) {
+            line += &format!(
+                "; balloon memory given back per MiB needed beyond free memory: {}.{:02}",
+                r / 100,
+                r % 100
+            );
+        }
+        out.push(line);
+    }
     out
 }
 
@@ -434,6 +476,29 @@ mod tests {
         assert!(l.contains("in-tree - MiB/s"), "{l}");
         assert!(l.contains("discard rate - (reference figure"), "{l}");
         assert!(resident_line(&[row("ours", "inflate", 1024, 1.0, 0)], None).is_none());
+    }
+
+    #[test]
+    fn pressure_lines() {
+        let oom = vec![
+            ("ours", "killed".to_string(), 0),
+            ("ours", "got-mib".to_string(), 2048),
+            ("ours", "child-ms".to_string(), 15000),
+            ("ours", "relief-ms".to_string(), 14200),
+            ("ours", "given-x100".to_string(), 102),
+            ("theirs", "killed".to_string(), 1),
+            ("theirs", "got-mib".to_string(), 900),
+            ("theirs", "child-ms".to_string(), 4000),
+            ("theirs", "relief-ms".to_string(), u64::MAX),
+        ];
+        let l = oom_lines(&oom);
+        assert_eq!(l.len(), 2);
+        assert!(l[0].contains("ours: child not killed, got 2048 MiB in 15000 ms"));
+        assert!(l[0].contains("to the child having it all: 14200 ms"));
+        assert!(l[0].ends_with("beyond free memory: 1.02"));
+        assert!(l[1].contains("in-tree: child KILLED, got 900 MiB"));
+        assert!(!l[1].contains("first vm_lowmem"));
+        assert!(oom_lines(&[]).is_empty());
     }
 
     #[test]

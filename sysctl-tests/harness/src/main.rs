@@ -36,6 +36,7 @@ mod discard;
 mod guest_proto;
 mod iso;
 mod json;
+mod migrate;
 mod qmp;
 mod requests;
 mod vm;

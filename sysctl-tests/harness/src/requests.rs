@@ -126,6 +126,11 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
             r.bench.lowmem_call_us.push(arg);
             Ok(r.bench.lowmem_call_us.len() as u64)
         }
+        c if c.starts_with("bench-oom-") => {
+            let field = c.trim_start_matches("bench-oom-").to_string();
+            r.bench.oom.push((r.driver, field, arg));
+            Ok(0)
+        }
         "bench-idle-ms" => {
             r.bench.idle_ms = Some(arg);
             Ok(0)
