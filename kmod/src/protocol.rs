@@ -3,7 +3,6 @@
 //! PFN encoding. Nothing here depends on the guest or on FreeBSD.
 
 use bitflags::bitflags;
-use static_assertions::{assert_eq_size, const_assert_eq};
 
 bitflags! {
     /// Device feature bits the driver knows about.
@@ -69,19 +68,6 @@ pub const BALLOON_PAGE_SIZE: u64 = 1 << PFN_SHIFT;
 /// PFNs per inflate/deflate buffer: the peers (Linux, FreeBSD) use 256.
 pub const PFNS_PER_BUFFER: usize = 256;
 
-/// The device-specific configuration space, little-endian on the wire.
-/// Only the fields implied by the negotiated features may be read.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Config {
-    pub num_pages: u32,
-    pub actual: u32,
-    pub free_page_hint_cmd_id: u32,
-    pub poison_val: u32,
-    /// STATS_PUSH proposal: push period in milliseconds, 0 = pull only.
-    pub stats_push_interval_ms: u32,
-}
-
 /// A 32-bit config field as the transport read it from the device
 /// (`virtio_read_device_config`): a modern (VERSION_1) transport converts
 /// the little-endian field itself; a legacy one hands over its bytes as
@@ -105,7 +91,8 @@ pub fn config_to_device(value: u32, features: Features) -> u32 {
     }
 }
 
-/// Byte offsets of the config fields.
+/// Byte offsets of the device-specific config fields (le32 each, in this
+/// order, from offset 0).
 pub mod config_offset {
     pub const NUM_PAGES: usize = 0;
     pub const ACTUAL: usize = 4;
@@ -113,25 +100,6 @@ pub mod config_offset {
     pub const POISON_VAL: usize = 12;
     pub const STATS_PUSH_INTERVAL_MS: usize = 16;
 }
-
-const_assert_eq!(
-    core::mem::offset_of!(Config, num_pages),
-    config_offset::NUM_PAGES
-);
-const_assert_eq!(core::mem::offset_of!(Config, actual), config_offset::ACTUAL);
-const_assert_eq!(
-    core::mem::offset_of!(Config, free_page_hint_cmd_id),
-    config_offset::FREE_PAGE_HINT_CMD_ID
-);
-const_assert_eq!(
-    core::mem::offset_of!(Config, poison_val),
-    config_offset::POISON_VAL
-);
-const_assert_eq!(
-    core::mem::offset_of!(Config, stats_push_interval_ms),
-    config_offset::STATS_PUSH_INTERVAL_MS
-);
-assert_eq_size!(Config, [u8; 20]);
 
 /// Reserved values of `free_page_hint_cmd_id` (virtio 1.2 §5.5.6, "Free
 /// Page Hinting"); any other value names a hinting round.
@@ -301,7 +269,7 @@ pub fn with_queue_features(wanted: Features, offered: Features) -> Features {
 }
 
 /// Bytes of config space implied by the negotiated features: a device may
-/// expose fewer bytes than [`Config`] holds.
+/// expose fewer than all the fields of [`config_offset`].
 pub fn config_len(features: Features) -> usize {
     if features.contains(Features::STATS_PUSH) {
         config_offset::STATS_PUSH_INTERVAL_MS + 4

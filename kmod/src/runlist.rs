@@ -72,10 +72,6 @@ impl<P: Copy + PartialEq> RunList<P> {
         RunList { head: None }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.head.is_none()
-    }
-
     /// Lists the run of `n` pages starting at `first` (pages the caller
     /// holds, whose list fields nobody else uses). A run that is not
     /// contiguous in the page array is listed page by page.
@@ -201,7 +197,7 @@ mod tests {
     fn runs_come_back_last_first_whole_when_they_fit() {
         let mut pages = Pages::new(64, &[]);
         let mut list = RunList::new();
-        assert!(list.is_empty());
+        assert_eq!(list.pop(&mut pages, 256), None);
         list.push(&mut pages, 0, 16);
         list.push(&mut pages, 32, 1);
         list.push(&mut pages, 40, 8);
@@ -209,7 +205,6 @@ mod tests {
             drain(&mut list, &mut pages, 256),
             [(40, 8), (32, 1), (0, 16)]
         );
-        assert!(list.is_empty());
         assert_eq!(list.pop(&mut pages, 256), None);
     }
 
@@ -222,7 +217,7 @@ mod tests {
         assert_eq!(list.pop(&mut pages, 0), None, "max 0 takes nothing");
         assert_eq!(list.pop(&mut pages, 10), Some((9, 10)));
         assert_eq!(list.pop(&mut pages, 10), Some((8, 1)));
-        assert!(list.is_empty());
+        assert_eq!(list.pop(&mut pages, 256), None);
     }
 
     #[test]
@@ -255,6 +250,6 @@ mod tests {
         let mut pages = Pages::new(4, &[]);
         let mut list = RunList::new();
         list.push(&mut pages, 1, 0);
-        assert!(list.is_empty());
+        assert_eq!(list.pop(&mut pages, 256), None);
     }
 }

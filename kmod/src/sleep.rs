@@ -27,9 +27,10 @@ pub enum Next {
 }
 
 /// What the balloon thread waits for between steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Wait {
-    /// Nothing: step again.
+    /// Nothing: step again (at first: attach sets a config change pending).
+    #[default]
     Nothing,
     /// A config change (the target is reached).
     Config,
@@ -38,28 +39,14 @@ enum Wait {
 }
 
 /// The balloon thread's sleep policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BalloonThread {
     wait: Wait,
     /// The pressure watch's next look, from the last step on.
     look_ms: Option<u32>,
 }
 
-impl Default for BalloonThread {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl BalloonThread {
-    /// A thread that steps at once (attach sets a config change pending).
-    pub const fn new() -> Self {
-        BalloonThread {
-            wait: Wait::Nothing,
-            look_ms: None,
-        }
-    }
-
     /// Decides, with the wait lock held: `stopping` (detach), `config` (a
     /// config change was pending and is now taken), `lowmem` (a vm_lowmem
     /// event asked for a look, now taken), `timed_out` (the sleep this
@@ -134,7 +121,7 @@ mod tests {
 
     #[test]
     fn idle_sleeps_without_a_timer_until_a_config_change() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         assert_eq!(
             t.next(false, false, false, false),
             Next::Step { config: false }
@@ -151,7 +138,7 @@ mod tests {
 
     #[test]
     fn more_work_steps_again_at_once() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         t.stepped(Step::More, None);
         assert_eq!(
             t.next(false, false, false, false),
@@ -161,7 +148,7 @@ mod tests {
 
     #[test]
     fn backoff_sleeps_its_time_then_steps() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         t.stepped(Step::Backoff { ms: 400 }, None);
         assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 400 });
         // Woken early, not by the host: keeps pausing.
@@ -186,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_failed_step_pauses_a_second() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         t.stepped(Step::Failed(Error::Timeout), None);
         assert_eq!(
             t.next(false, false, false, false),
@@ -202,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_pressure_watch_wakes_an_idle_thread_for_each_look() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         t.stepped(Step::Idle, Some(10));
         assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 10 });
         assert_eq!(
@@ -216,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_look_due_before_the_backoff_ends_comes_first() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         t.stepped(Step::Backoff { ms: 400 }, Some(10));
         assert_eq!(t.next(false, false, false, false), Next::Sleep { ms: 10 });
         t.stepped(Step::Backoff { ms: 5 }, Some(10));
@@ -225,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_lowmem_event_ends_any_sleep() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         t.stepped(Step::Idle, None);
         assert_eq!(
             t.next(false, false, true, false),
@@ -241,7 +228,7 @@ mod tests {
 
     #[test]
     fn stopping_wins_over_everything() {
-        let mut t = BalloonThread::new();
+        let mut t = BalloonThread::default();
         assert_eq!(t.next(true, true, false, false), Next::Stop);
         t.stepped(Step::Idle, None);
         assert_eq!(t.next(true, false, false, false), Next::Stop);

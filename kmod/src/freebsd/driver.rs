@@ -18,7 +18,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
 use super::kern::{
-    kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause, Dev, ThreadFn,
+    kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause, write_text,
+    Dev, ThreadFn,
 };
 use super::kick::Kick;
 use super::memory::{max_phys, vm_counters, KernelBlocks, KernelMemory, VmPage, Words};
@@ -28,7 +29,7 @@ use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::platform::VmCounters;
 use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
-use crate::protocol::{feature_names, negotiated, Features, Queue, WANTED};
+use crate::protocol::{negotiated, Features, Queue, WANTED};
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
 use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
 use crate::stats::{PushTimer, Stats};
@@ -95,8 +96,6 @@ pub struct Data {
     pub kick_thread: AtomicBool,
     pub report_enabled: AtomicBool,
     diag: RateLimit,
-    pub features_text: [u8; 160],
-    pub accounting_text: [u8; 96],
     pub push_interval: AtomicU64,
     // Costs, for sysctl.
     /// Guest time the last vm_lowmem handler took, in microseconds.
@@ -130,7 +129,7 @@ pub struct State {
 }
 
 // SAFETY: every part may be used from any thread at once:
-// - `features`, `queues`, the texts and `bitmap_bytes` are written before
+// - `features`, `queues` and `bitmap_bytes` are written before
 //   the state is shared and only read after; the virtqueues `queues` names
 //   are used under the rules of the code that uses them (each queue has one
 //   producer and one consumer at a time: the balloon lock and the kick
@@ -200,7 +199,7 @@ impl State {
         let tun = Tunables::default();
         let oom = OomTunables::default();
         let bitmap_bytes = bits.as_ref().map_or(0, |b| b.bytes() as u64);
-        let mut data = Data {
+        let data = Data {
             dev,
             features,
             queues,
@@ -227,21 +226,12 @@ impl State {
             kick_thread: AtomicBool::new(true),
             report_enabled: AtomicBool::new(true),
             diag: RateLimit::new(),
-            features_text: [0; 160],
-            accounting_text: [0; 96],
             push_interval: AtomicU64::new(0),
             lowmem_last_us: Gauge::new(),
             thread_wakeups: Counter::new(),
             report_wakeups: Counter::new(),
             bitmap_bytes,
         };
-        write_text(&mut data.features_text, b',', feature_names(features));
-        let accounting = if features.contains(Features::DEFLATE_ON_OOM) {
-            "used: the guest takes it back under memory pressure (deflate-on-oom)"
-        } else {
-            "removed: the guest has it back only when the host lowers its target"
-        };
-        write_text(&mut data.accounting_text, b',', [accounting].into_iter());
         // SAFETY: per the contract. The data goes first: the logic objects
         // refer to its counters, which stay in place with the state (and the
         // objects are dropped before it is freed). Each lock is initialized
@@ -400,21 +390,6 @@ impl State {
         // callers hold; its argument is the State, drained before it goes.
         unsafe { sys::vtbrs_callout_reset(self.callout.get(), ticks, Some(push_tick), self.arg()) };
     }
-}
-
-/// Writes `words` separated by `sep`, NUL-terminated, truncating.
-fn write_text<'a>(buf: &mut [u8], sep: u8, words: impl Iterator<Item = &'a str>) {
-    let mut n = 0;
-    for (i, w) in words.enumerate() {
-        let sep: &[u8] = if i > 0 { &[sep] } else { b"" };
-        for &b in sep.iter().chain(w.as_bytes()) {
-            if n + 1 < buf.len() {
-                buf[n] = b;
-                n += 1;
-            }
-        }
-    }
-    buf[n] = 0;
 }
 
 /// The newbus softc: the State, and how many interrupt handlers run on it.
@@ -763,7 +738,7 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
     // SAFETY: detach waits for this thread to exit before freeing the State.
     let st = unsafe { &*arg.cast::<State>() };
     st.kick.avoid_my_cpu();
-    let mut policy = BalloonThread::new();
+    let mut policy = BalloonThread::default();
     loop {
         // Decided under the lock the config change and vm_lowmem handlers
         // wake us with.

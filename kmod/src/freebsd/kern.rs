@@ -59,6 +59,21 @@ impl Dev {
     }
 }
 
+/// Writes `words` separated by `sep`, NUL-terminated, truncating.
+pub fn write_text<'a>(buf: &mut [u8], sep: u8, words: impl Iterator<Item = &'a str>) {
+    let mut n = 0;
+    for (i, w) in words.enumerate() {
+        let sep: &[u8] = if i > 0 { &[sep] } else { b"" };
+        for &b in sep.iter().chain(w.as_bytes()) {
+            if n + 1 < buf.len() {
+                buf[n] = b;
+                n += 1;
+            }
+        }
+    }
+    buf[n] = 0;
+}
+
 /// A line on the console, prefixed with the device's name.
 pub fn log(dev: Dev, msg: &CStr) {
     // SAFETY: our device (see Dev); the format takes one string.

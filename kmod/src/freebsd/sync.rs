@@ -247,12 +247,6 @@ impl<T> Deref for StateRef<T> {
     }
 }
 
-impl<T> core::fmt::Debug for StateRef<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("StateRef")
-    }
-}
-
 // SAFETY: the handle is a shared reference in all but its lifetime: it may
 // cross threads exactly when `&T` may, which is when `T: Sync`.
 unsafe impl<T: Sync> Send for StateRef<T> {}

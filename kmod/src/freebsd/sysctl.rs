@@ -8,12 +8,12 @@ use core::ptr::{addr_of_mut, null};
 use core::sync::atomic::Ordering;
 
 use super::driver::State;
-use super::kern::log;
+use super::kern::{log, write_text};
 use super::memory::vm_counters;
 use super::sync::wakeup;
 use super::sys;
 use crate::nodes::{Id, Kind, NODES};
-use crate::protocol::BALLOON_PAGE_SIZE;
+use crate::protocol::{feature_names, Features, BALLOON_PAGE_SIZE};
 
 /// What a node shows.
 enum Value<'a> {
@@ -21,14 +21,25 @@ enum Value<'a> {
     Text(&'a [u8]),
 }
 
-fn read(st: &State, id: Id) -> Value<'_> {
+/// The value of node `id`; text is made in `buf` when it is not static.
+fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
     let b = &st.balloon_counters;
     let s = &st.stats_counters;
     let r = &st.report_counters;
     let flag = |on: bool| Value::Number(u64::from(on));
     let n = match id {
-        Id::MemoryAccounting => return Value::Text(&st.accounting_text),
-        Id::Features => return Value::Text(&st.features_text),
+        Id::MemoryAccounting => {
+            let text = if st.features.contains(Features::DEFLATE_ON_OOM) {
+                c"used: the guest takes it back under memory pressure (deflate-on-oom)"
+            } else {
+                c"removed: the guest has it back only when the host lowers its target"
+            };
+            return Value::Text(text.to_bytes_with_nul());
+        }
+        Id::Features => {
+            write_text(buf, b',', feature_names(st.features));
+            return Value::Text(buf);
+        }
         Id::Debug => return flag(st.debug.load(Ordering::Relaxed)),
         Id::KickThread => return flag(st.kick_thread.load(Ordering::Relaxed)),
         Id::StatsLinuxTags => return flag(st.linux_tags.load(Ordering::Relaxed)),
@@ -157,10 +168,11 @@ unsafe extern "C" fn handler(
     let Some(node) = usize::try_from(arg2).ok().and_then(|i| NODES.get(i)) else {
         return sys::EINVAL as c_int;
     };
-    match (node.kind, read(st, node.id)) {
+    let mut buf = [0; 160];
+    match (node.kind, read(st, node.id, &mut buf)) {
         (Kind::Text, Value::Text(text)) => {
-            // SAFETY: a NUL-terminated string inside the State; arg2 0 makes
-            // it read-only to sysctl_handle_string (and the node is RD).
+            // SAFETY: a NUL-terminated string that outlives the call; arg2 0
+            // makes it read-only to sysctl_handle_string (the node is RD).
             unsafe { sys::sysctl_handle_string(oidp, text.as_ptr().cast_mut().cast(), 0, req) }
         }
         (Kind::U64, Value::Number(mut v)) => {
