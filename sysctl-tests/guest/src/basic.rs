@@ -5,7 +5,7 @@
 use crate::balloon::{host_agrees, pause_reporting, resize, resume_reporting};
 use crate::check::{ask_ok, concat, Ctx};
 use crate::kld::OURS_DESC;
-use crate::nodes::{BAD_VALUES, RO_NODES, RW_NODES};
+use crate::nodes::{bad_values, ro_nodes, rw_nodes};
 use crate::out::Line;
 use crate::sys;
 use crate::sysctl::{
@@ -21,7 +21,7 @@ fn raw(leaf: &str, buf: &mut [u8; 128]) -> Option<usize> {
 pub fn phase_nodes(c: &mut Ctx) {
     let mut missing: Option<&str> = None;
     let mut undescribed: Option<&str> = None;
-    for leaf in RO_NODES.iter().chain(RW_NODES) {
+    for leaf in ro_nodes().chain(rw_nodes()) {
         let mut d = [0u8; 256];
         match description(node(leaf).bytes(), &mut d) {
             None => missing = missing.or(Some(leaf)),
@@ -56,7 +56,7 @@ pub fn phase_nodes(c: &mut Ctx) {
 
     // Read-only nodes: EPERM and no change, whatever is written.
     let mut bad: Option<&str> = None;
-    for leaf in RO_NODES {
+    for leaf in ro_nodes() {
         let (mut a, mut b) = ([0u8; 128], [0u8; 128]);
         let before = raw(leaf, &mut a);
         let refused = set_int(node(leaf).bytes(), 5) == Err(sys::EPERM);
@@ -64,7 +64,7 @@ pub fn phase_nodes(c: &mut Ctx) {
         // Counters that move on their own (the balloon thread may still be
         // settling right after attach).
         let volatile =
-            leaf.starts_with("report_") || leaf.starts_with("stats_") || *leaf == "thread_wakeups";
+            leaf.starts_with("report_") || leaf.starts_with("stats_") || leaf == "thread_wakeups";
         let unchanged = volatile || (before == after && a == b);
         if !(refused && unchanged) {
             bad = bad.or(Some(leaf));
@@ -78,9 +78,9 @@ pub fn phase_nodes(c: &mut Ctx) {
 
     // Settings: bad values get EINVAL and change nothing.
     let mut bad: Option<&str> = None;
-    for (leaf, values) in BAD_VALUES {
+    for (leaf, values) in bad_values() {
         let before = get(leaf);
-        for &v in *values {
+        for v in values {
             if set_int(node(leaf).bytes(), v) != Err(sys::EINVAL) || get(leaf) != before {
                 bad = bad.or(Some(leaf));
             }

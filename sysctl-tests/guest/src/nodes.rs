@@ -1,67 +1,31 @@
 //! The driver's sysctl nodes, as the basic boot checks them (see
-//! [`crate::basic::phase_nodes`]).
+//! [`crate::basic::phase_nodes`]): the driver's own node table
+//! (kmod/src/nodes.rs), included as it is, so the list is kept in one place.
 
-pub const RO_NODES: &[&str] = &[
-    "target_pages",
-    "actual_pages",
-    "target_bytes",
-    "actual_bytes",
-    "held_bytes",
-    "memory_accounting",
-    "inflated_pages",
-    "deflated_pages",
-    "lowmem_events",
-    "lowmem_pages",
-    "config_changes",
-    "alloc_failures",
-    "host_timeouts",
-    "errors",
-    "buffers_posted",
-    "stats_requests",
-    "stats_pushes",
-    "stats_errors",
-    "stats_push_interval_ms",
-    "features",
-    "report_blocks",
-    "report_bytes",
-    "report_inflight",
-    "report_acks",
-    "report_errors",
-    "report_passes",
-    "report_time_ms",
-    "lowmem_last_us",
-    "thread_wakeups",
-    "report_wakeups",
-    "memory_bytes",
-    "notify_us",
-    "oom_deflates",
-    "oom_watching",
-    "floor_refused_pages",
-    "floor_stops",
-];
-pub const RW_NODES: &[&str] = &[
-    "debug",
-    "oom_batch_pages",
-    "inflate_run_pages",
-    "kick_thread",
-    "stats_linux_tags",
-    "report_enabled",
-    "oom_headroom_pages",
-    "oom_watch_ms",
-    "oom_watch_interval_ms",
-    "floor_pages",
-];
-/// RW nodes with values they must refuse.
-pub const BAD_VALUES: &[(&str, &[i32])] = &[
-    ("debug", &[2, -1]),
-    ("oom_batch_pages", &[0, 65_537, -1]),
-    ("inflate_run_pages", &[0, 3, 512, -1]),
-    ("kick_thread", &[2, -1]),
-    ("stats_linux_tags", &[2, -1]),
-    ("report_enabled", &[2, -1]),
-    ("oom_headroom_pages", &[262_145, -1]),
-    ("oom_watch_ms", &[600_001, -1]),
-    ("oom_watch_interval_ms", &[0, 1_001, -1]),
-    // More pages than the guest has.
-    ("floor_pages", &[i32::MAX, -1]),
-];
+#[allow(dead_code)]
+#[path = "../../../kmod/src/nodes.rs"]
+mod table;
+
+use table::{Kind, Node, NODES};
+
+fn leaf(n: &'static Node) -> &'static str {
+    n.name.to_str().unwrap_or("?")
+}
+
+/// Nodes that refuse writes.
+pub fn ro_nodes() -> impl Iterator<Item = &'static str> {
+    NODES.iter().filter(|n| !n.writable()).map(leaf)
+}
+
+/// Settings (read-write, loader tunables).
+pub fn rw_nodes() -> impl Iterator<Item = &'static str> {
+    NODES.iter().filter(|n| n.writable()).map(leaf)
+}
+
+/// Each setting with values it must refuse (EINVAL, nothing changed).
+pub fn bad_values() -> impl Iterator<Item = (&'static str, impl Iterator<Item = i32>)> {
+    NODES.iter().filter_map(|n| match n.kind {
+        Kind::Setting(a) => Some((leaf(n), a.refused().map(|v| v as i32))),
+        _ => None,
+    })
+}
