@@ -13,7 +13,8 @@
 //! skipped with `--no-host`, and say so.
 //!
 //! The phases live in one module per boot of `vmharness test` ([`basic`],
-//! [`pressure`], [`report`], [`lifecycle`]; also [`intree`], [`bench`]),
+//! [`pressure`], [`report`], [`lifecycle`], [`libvirt`]; also [`intree`],
+//! [`bench`]),
 //! the helpers they share beside them.
 #![no_std]
 #![no_main]
@@ -26,6 +27,7 @@ mod child;
 mod host;
 mod intree;
 mod kld;
+mod libvirt;
 mod lifecycle;
 mod nodes;
 mod out;
@@ -76,6 +78,7 @@ const PHASES: &[Phase] = &[
     phase("swap", lifecycle::phase_swap, false, true),
     phase("intree", intree::phase_intree, false, true),
     phase("bench", bench::phase_bench, false, true),
+    phase("libvirt", libvirt::phase_libvirt, true, true),
 ];
 
 /// Without phase arguments.

@@ -19,12 +19,17 @@
 //! (`--no-host`) every request answers [`Reply::NoHost`] and the checks that
 //! need one are skipped, never passed.
 //!
+//! When libvirt plays the host (boot libvirt) the same commands go through
+//! `virsh setmem` and `virsh dommemstat` instead of QMP.
+//!
 //! Commands (arg in 4 KiB pages unless said): `set-target P` (balloon target
 //! to P pages), `rapid P` (a burst of targets ending at P), `host-actual 0`
 //! (the balloon size QEMU reports, in pages, once steady), `wait-actual P`
 //! (the host waits until QEMU reports P pages), `stats-poll S` (enable
 //! guest-stats polling every S s and wait for a fresh sample), `stats-get T`
-//! (the sampled value of virtio stat tag T, in KiB), `rss-mark 0`,
+//! (the sampled value of virtio stat tag T: memory in KiB, counts as they
+//! are), `stats-updated 0` (the sample's last-update time, seconds since the
+//! epoch on the host's clock), `rss-mark 0`,
 //! `rss-drop MIB` (QEMU's RSS fell by 90% of MIB since the mark; replies the
 //! drop in MiB), `bench-driver D` (0 ours, 1 in-tree), `bench-inflate MIB`,
 //! `bench-deflate MIB`, `bench-resident MIB` (the host times the operation;

@@ -237,6 +237,21 @@ fn monotonic() -> (u64, u64) {
     (ts[0], ts[1])
 }
 
+/// Seconds of CLOCK_REALTIME: the guest's wall clock (set from the RTC the
+/// host gives it at boot).
+pub fn realtime_s() -> u64 {
+    const CLOCK_REALTIME: u64 = 0;
+    let mut ts = [0u64; 2];
+    // SAFETY: ts is a valid timespec out pointer.
+    let _ = unsafe {
+        syscall6(
+            SYS_CLOCK_GETTIME,
+            [CLOCK_REALTIME, ts.as_mut_ptr() as u64, 0, 0, 0, 0],
+        )
+    };
+    ts[0]
+}
+
 /// Milliseconds of CLOCK_MONOTONIC.
 pub fn now_ms() -> u64 {
     let (s, ns) = monotonic();

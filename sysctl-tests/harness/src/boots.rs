@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use crate::vm::BALLOON_DEFAULT;
 
+/// Who plays the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// QEMU started by the harness, driven over QMP.
+    Qemu,
+    /// libvirt: the harness's own libvirtd, a domain from XML, virsh.
+    Libvirt,
+}
+
 /// One boot of the guest.
 pub struct Boot {
     pub name: String,
@@ -19,6 +28,7 @@ pub struct Boot {
     pub balloon: String,
     /// Another FreeBSD boot directory than FREEBSD_BOOT (the GENERIC kernel).
     pub boot_dir: Option<PathBuf>,
+    pub host: HostKind,
 }
 
 impl Boot {
@@ -43,6 +53,7 @@ impl Boot {
             limit: Duration::from_secs(limit_s),
             balloon: BALLOON_DEFAULT.into(),
             boot_dir: None,
+            host: HostKind::Qemu,
         }
     }
 }
@@ -60,6 +71,11 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
         .push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
     let mut control = Boot::new("oom-control", "oom-control", 4096, true, 900);
     control.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
+    // The host many users have: libvirt (directly, or under OpenStack),
+    // reading statistics with `virsh dommemstat` and moving the balloon
+    // with `virsh setmem`.
+    let mut libvirt = Boot::new("libvirt", "libvirt", 2048, true, 900);
+    libvirt.host = HostKind::Libvirt;
     let mut boots = vec![
         basic,
         Boot::new("pressure", OOM_PHASES, 4096, true, 1800),
@@ -67,6 +83,7 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
         Boot::new("oom-intree", "oom-intree", 4096, false, 900),
         Boot::new("report", "report", 2048, true, 900),
         Boot::new("lifecycle", "unload cycles swap", 2048, true, 1200),
+        libvirt,
     ];
     if let Some(dir) = generic {
         let mut g = Boot::new("pressure-generic", "oom-one oom-many", 4096, true, 1200);
@@ -113,6 +130,9 @@ pub fn plan(args: &[String]) -> Vec<Boot> {
             if args.iter().any(|a| a == "oom-control") {
                 boot.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
             }
+            if args.iter().any(|a| a == "libvirt") {
+                boot.host = HostKind::Libvirt;
+            }
             vec![boot]
         }
     }
@@ -134,7 +154,7 @@ mod tests {
             .iter()
             .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
             .collect();
-        assert_eq!(t.len(), 6);
+        assert_eq!(t.len(), 7);
         assert!(t.iter().all(|(n, _, ours)| *ours || n == "oom-intree"));
         let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
         for phase in [
@@ -151,6 +171,7 @@ mod tests {
             "unload",
             "cycles",
             "swap",
+            "libvirt",
         ] {
             assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
         }
@@ -169,6 +190,17 @@ mod tests {
             .filter(|b| b.name != "oom-control")
             .all(|b| b.balloon.contains("deflate-on-oom=on")));
         assert_eq!(names(&["--no-host", "nodes"])[0].0, "no-host-nodes");
+        // libvirt plays the host of the libvirt boot, and of that phase
+        // run alone; QEMU every other.
+        let lv = boots.iter().find(|b| b.name == "libvirt").unwrap();
+        assert_eq!(lv.host, HostKind::Libvirt);
+        assert!(boots
+            .iter()
+            .filter(|b| b.name != "libvirt")
+            .all(|b| b.host == HostKind::Qemu));
+        let alone = plan(&["libvirt".to_string()]);
+        assert_eq!(alone[0].host, HostKind::Libvirt);
+        assert_eq!(plan(&["nodes".to_string()])[0].host, HostKind::Qemu);
         assert!(test_boots(None)[0]
             .kenv
             .iter()

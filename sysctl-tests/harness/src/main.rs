@@ -36,6 +36,7 @@ mod discard;
 mod guest_proto;
 mod iso;
 mod json;
+mod libvirt;
 mod migrate;
 mod qmp;
 mod requests;
@@ -46,10 +47,10 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use bench::{measure_host_discard, print_bench, Bench};
-use boots::{plan, Boot};
+use boots::{plan, Boot, HostKind};
 use console::Line;
 use qmp::Qmp;
-use requests::{host, Run};
+use requests::{host, stopped, Run};
 use vm::{Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
@@ -118,6 +119,10 @@ fn main() {
     println!("\n== summary ({})", if inputs.kvm { "KVM" } else { "TCG" });
     let (mut passed, mut failed) = (0, 0);
     for (name, r) in &results {
+        if let Some(why) = &r.skip {
+            println!("{name:<10} skipped: {why}");
+            continue;
+        }
         println!(
             "{name:<10} guest {:>3} passed, {:>2} failed, {:>2} skipped; harness {:>2} passed, {:>2} failed; {:>4.0} s{}",
             r.guest.0,
@@ -136,7 +141,9 @@ fn main() {
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
     println!("{passed} passed, {failed} failed");
-    std::process::exit(i32::from(failed > 0 || passed == 0));
+    // Nothing passed is a failure, unless every boot was skipped.
+    let all_skipped = results.iter().all(|(_, r)| r.skip.is_some());
+    std::process::exit(i32::from(failed > 0 || (passed == 0 && !all_skipped)));
 }
 
 #[derive(Default)]
@@ -147,6 +154,8 @@ struct BootResult {
     completed: bool,
     secs: f64,
     bench: Bench,
+    /// The boot could not run here, and why (`skipped: <why>`).
+    skip: Option<String>,
 }
 
 fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
@@ -170,7 +179,16 @@ fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
     };
     match outcome {
         Err(e) => harness_check(false, "the boot ran to its end", &e),
+        Ok(d) if d.skip.is_some() => {
+            let why = d.skip.unwrap_or_default();
+            println!("[{}] skipped: {why}", boot.name);
+            res.skip = Some(why);
+            return res;
+        }
         Ok(d) => {
+            for (ok, name, why) in &d.checks {
+                harness_check(*ok, name, why);
+            }
             harness_check(
                 d.summary.is_some(),
                 "the guest printed its summary",
@@ -218,9 +236,24 @@ struct Drive {
     fatal: Option<String>,
     warnings: Vec<String>,
     powered_off: bool,
+    /// The boot did not run, and why.
+    skip: Option<String>,
+    /// The harness's own checks of the host side: (ok, name, why not).
+    checks: Vec<(bool, String, String)>,
 }
 
 fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<Drive, String> {
+    let skip = |why: String| {
+        Ok(Drive {
+            skip: Some(why),
+            ..Drive::default()
+        })
+    };
+    if boot.host == HostKind::Libvirt {
+        if let Some(why) = libvirt::missing() {
+            return skip(why);
+        }
+    }
     let work = inputs.work.join(&boot.name);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let work = work.canonicalize().map_err(|e| e.to_string())?;
@@ -245,8 +278,42 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         kvm: inputs.kvm,
         balloon: &boot.balloon,
     };
-    let vm = Vm::start(&cfg, &work)?;
-    let qmp = Qmp::connect(&vm.qmp_path)?;
+    let mut checks = vec![];
+    let (vm, qmp) = match boot.host {
+        HostKind::Qemu => {
+            let vm = Vm::start(&cfg, &work)?;
+            let qmp = Qmp::connect(vm.qmp_path.as_deref().ok_or("no QMP socket")?)?;
+            (vm, Some(qmp))
+        }
+        HostKind::Libvirt => {
+            if inputs.kvm {
+                println!(
+                    "[{}] note: libvirt runs this guest with TCG (<domain type='qemu'>)",
+                    boot.name
+                );
+            }
+            let domain = format!("vtbtest-{}", boot.name);
+            let lv = match libvirt::Libvirt::start(&work.join("libvirt"), &domain) {
+                Ok(lv) => lv,
+                Err(why) => return skip(why),
+            };
+            let v = lv.virsh(&["version"]).unwrap_or_default();
+            println!(
+                "[{}] host: libvirtd running, {}",
+                boot.name,
+                v.lines()
+                    .filter(|l| l.contains("Running hypervisor") || l.contains("Using library"))
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let vm = Vm::start_libvirt(&cfg, &work, lv)?;
+            checks.extend(libvirt_qemu_checks(
+                &vm.libvirt().map(|lv| lv.qemu_log()).unwrap_or_default(),
+            ));
+            (vm, None)
+        }
+    };
     let mut r = Run {
         name: boot.name.clone(),
         vm,
@@ -261,7 +328,42 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
     let d = drive(&mut r, boot.limit);
     r.vm.kill();
     res.bench = std::mem::take(&mut r.bench);
-    d
+    d.map(|mut d| {
+        d.checks.splice(0..0, checks);
+        d
+    })
+}
+
+/// What libvirt made of the domain's `<memballoon>`: the QEMU command line
+/// in the domain's log carries the balloon with both properties on.
+fn libvirt_qemu_checks(qemu_log: &str) -> Vec<(bool, String, String)> {
+    let balloon = qemu_log
+        .split_whitespace()
+        .find(|w| w.contains("virtio-balloon"))
+        .unwrap_or("");
+    let has = |p: &str| {
+        balloon.contains(&format!("\"{p}\":true")) || balloon.contains(&format!("{p}=on"))
+    };
+    [
+        ("deflate-on-oom", "autodeflate='on'"),
+        ("free-page-reporting", "freePageReporting='on'"),
+    ]
+    .into_iter()
+    .map(|(prop, xml)| {
+        (
+            has(prop),
+            format!("libvirt turns {xml} into {prop} on QEMU's balloon"),
+            format!(
+                "QEMU's balloon: {}",
+                if balloon.is_empty() {
+                    "none in the domain log"
+                } else {
+                    balloon
+                }
+            ),
+        )
+    })
+    .collect()
 }
 
 /// Longest quiet spell on the console before the boot counts as hung.
@@ -298,8 +400,7 @@ fn drive(r: &mut Run, limit: Duration) -> Result<Drive, String> {
                 l
             }
             Err(RecvTimeoutError::Timeout) => {
-                let status = r.qmp.status().unwrap_or_else(|e| e);
-                if qmp::is_stopped(&status) {
+                if let Some(status) = stopped(r) {
                     return Err(format!("QEMU stopped: {status}"));
                 }
                 if until.is_none() && last_line.elapsed() >= QUIET_LIMIT {
@@ -378,4 +479,24 @@ fn print_tail(log: &Path, n: usize) {
         println!("{l}");
     }
     println!("--- end of console ---");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_balloon_libvirt_gave_qemu() {
+        let log = r#"LC_ALL=C /usr/bin/qemu-system-x86_64 -name guest=vtbtest-libvirt -device '{"driver":"virtio-balloon-pci","id":"balloon0","deflate-on-oom":true,"free-page-reporting":true,"bus":"pci.0","addr":"0x2"}' -msg timestamp=on"#;
+        let c = libvirt_qemu_checks(log);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|(ok, _, _)| *ok), "{c:?}");
+        let off = log.replace(r#""free-page-reporting":true,"#, "");
+        let c = libvirt_qemu_checks(&off);
+        assert!(c[0].0 && !c[1].0, "{c:?}");
+        let none = libvirt_qemu_checks("no qemu here");
+        assert!(none
+            .iter()
+            .all(|(ok, _, why)| !ok && why.contains("none in the domain log")));
+    }
 }

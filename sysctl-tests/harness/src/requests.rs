@@ -1,11 +1,14 @@
 //! The host's side of a boot: answers the guest's `HOST: <seq> <command>
 //! <arg>` requests (see the guest's host.rs and proto.rs) through QMP and
-//! /proc.
+//! /proc, or, when libvirt plays the host, through `virsh setmem` and
+//! `virsh dommemstat` (the same requests, so the guest's checks are the
+//! same on both hosts).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bench::{Bench, BenchRow};
-use crate::qmp::{GuestStats, Qmp};
+use crate::libvirt::{self, stat};
+use crate::qmp::{self, GuestStats, Qmp};
 use crate::vm::Vm;
 use crate::{MIB, PAGE};
 
@@ -13,7 +16,8 @@ use crate::{MIB, PAGE};
 pub struct Run {
     pub name: String,
     pub vm: Vm,
-    pub qmp: Qmp,
+    /// QEMU's monitor; none when libvirt owns it (then `vm.libvirt()`).
+    pub qmp: Option<Qmp>,
     pub ram: u64,
     pub rss_mark: u64,
     pub stats: Option<GuestStats>,
@@ -29,18 +33,87 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The balloon as QEMU reports it, in 4 KiB pages.
-fn host_pages(r: &mut Run) -> Result<u64, String> {
-    Ok(r.ram.saturating_sub(r.qmp.actual()?) / PAGE)
+fn qmp(r: &mut Run) -> Result<&mut Qmp, String> {
+    r.qmp
+        .as_mut()
+        .ok_or_else(|| "no QMP on this boot (libvirt owns the monitor)".to_string())
 }
 
-/// Sets the balloon to `pages` 4 KiB pages.
+/// `dommemstat` names, by virtio stat tag, and their divisor from the bytes
+/// the guest sends (libvirt shows memory in KiB, counts as they are).
+pub const DOMMEMSTAT_TAGS: [(&str, u64); 10] = [
+    ("swap_in", 1024),
+    ("swap_out", 1024),
+    ("major_fault", 1),
+    ("minor_fault", 1),
+    ("unused", 1024),
+    ("available", 1024),
+    ("usable", 1024),
+    ("disk_caches", 1024),
+    ("hugetlb_pgalloc", 1),
+    ("hugetlb_pgfail", 1),
+];
+
+/// `virsh dommemstat` as QMP's guest-stats would have it: the values by
+/// tag in the guest's units (bytes for memory), and the last update.
+pub fn guest_stats_of(stats: &[(String, u64)]) -> GuestStats {
+    let mut g = GuestStats {
+        last_update: stat(stats, "last_update").unwrap_or(0),
+        by_tag: [None; 16],
+    };
+    for (tag, (name, div)) in DOMMEMSTAT_TAGS.iter().enumerate() {
+        g.by_tag[tag] = stat(stats, name).map(|v| v * div);
+    }
+    g
+}
+
+/// Whether a virtio stat tag is memory (bytes on the wire, KiB in replies)
+/// rather than a count.
+pub fn tag_is_memory(tag: usize) -> bool {
+    matches!(tag, 0 | 1 | 4..=7)
+}
+
+/// The balloon as the host reports it, in 4 KiB pages: QMP `query-balloon`
+/// or `virsh dommemstat`'s `actual` (both the guest's memory less the
+/// balloon).
+fn host_pages(r: &mut Run) -> Result<u64, String> {
+    if let Some(lv) = r.vm.libvirt() {
+        let actual_kib = stat(&lv.dommemstat()?, "actual").ok_or("dommemstat: no actual")?;
+        return Ok(r.ram.saturating_sub(actual_kib * 1024) / PAGE);
+    }
+    let actual = qmp(r)?.actual()?;
+    Ok(r.ram.saturating_sub(actual) / PAGE)
+}
+
+/// Sets the balloon to `pages` 4 KiB pages: QMP `balloon`, or `virsh
+/// setmem` with the guest's memory less that.
 fn set_target(r: &mut Run, pages: u64) -> Result<(), String> {
     let bytes = pages
         .checked_mul(PAGE)
         .filter(|&b| b <= r.ram)
         .ok_or("target above RAM")?;
-    r.qmp.balloon(r.ram - bytes)
+    let (name, ram) = (r.name.clone(), r.ram);
+    if let Some(lv) = r.vm.libvirt() {
+        let kib = (ram - bytes) / 1024;
+        println!(
+            "[{name}] host: virsh setmem {} {kib} --live ({} MiB ballooned)",
+            lv.domain,
+            bytes / MIB
+        );
+        return lv.setmem_kib(kib);
+    }
+    qmp(r)?.balloon(ram - bytes)
+}
+
+/// Whether QEMU stopped in a state the guest does not leave by itself;
+/// the state, if so.
+pub fn stopped(r: &mut Run) -> Option<String> {
+    if let Some(lv) = r.vm.libvirt() {
+        let state = lv.domstate().unwrap_or_else(|e| e);
+        return libvirt::is_stopped(&state).then_some(state);
+    }
+    let status = qmp(r).and_then(Qmp::status).unwrap_or_else(|e| e);
+    qmp::is_stopped(&status).then_some(status)
 }
 
 /// Carries out one request of the guest (see the guest's host.rs); the
@@ -68,6 +141,16 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
                 same = if now == last { same + 1 } else { 0 };
                 last = now;
             }
+            if let Some(lv) = r.vm.libvirt() {
+                let actual = lv.dommemstat().ok().and_then(|s| stat(&s, "actual"));
+                println!(
+                    "[{}] host: virsh dommemstat {}: actual {} KiB: the balloon holds {} MiB",
+                    r.name,
+                    lv.domain,
+                    actual.map_or("-".to_string(), |a| a.to_string()),
+                    last * PAGE / MIB
+                );
+            }
             Ok(last)
         }
         "wait-actual" => {
@@ -89,12 +172,20 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
                 .stats
                 .as_ref()
                 .ok_or("no stats sampled (stats-poll first)")?;
-            let v = usize::try_from(arg)
-                .ok()
-                .and_then(|t| s.by_tag.get(t).copied().flatten())
+            let tag = usize::try_from(arg).unwrap_or(usize::MAX);
+            let v = s
+                .by_tag
+                .get(tag)
+                .copied()
+                .flatten()
                 .ok_or_else(|| format!("the guest sent no stat with tag {arg}"))?;
-            Ok(v / 1024)
+            Ok(if tag_is_memory(tag) { v / 1024 } else { v })
         }
+        "stats-updated" => r
+            .stats
+            .as_ref()
+            .map(|s| s.last_update)
+            .ok_or_else(|| "no stats sampled (stats-poll first)".to_string()),
         "rss-mark" => {
             r.rss_mark = r.vm.rss_bytes();
             println!("[{}] host: QEMU RSS {} MiB", r.name, r.rss_mark / MIB);
@@ -148,32 +239,48 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
 }
 
 /// Turns on guest-stats polling and waits for a sample newer than the
-/// request, which later `stats-get` requests read.
+/// request, which later `stats-get` requests read: QMP's `guest-stats`, or
+/// `virsh dommemstat` (period set with `--period`, sample fresh when its
+/// `last_update` is).
 fn stats_poll(r: &mut Run, secs: u64) -> Result<u64, String> {
     let t0 = unix_secs();
-    r.qmp
-        .stats_polling(u32::try_from(secs.clamp(1, 60)).unwrap_or(2))?;
+    let period = secs.clamp(1, 60);
+    let name = r.name.clone();
+    if let Some(lv) = r.vm.libvirt() {
+        lv.set_period(period)?;
+    } else {
+        qmp(r)?.stats_polling(u32::try_from(period).unwrap_or(2))?;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let s = r.qmp.guest_stats()?;
+        let (s, shown) = match r.vm.libvirt() {
+            Some(lv) => {
+                let raw = lv.dommemstat()?;
+                let shown: Vec<String> = raw.iter().map(|(n, v)| format!("{n} {v}")).collect();
+                (guest_stats_of(&raw), Some(shown.join(", ")))
+            }
+            None => (qmp(r)?.guest_stats()?, None),
+        };
         if s.last_update > t0 {
             let show =
                 |t: usize| s.by_tag[t].map_or("-".to_string(), |v| format!("{} MiB", v / MIB));
-            println!(
-                "[{}] host: guest-stats free {}, total {}, avail {}, caches {}",
-                r.name,
-                show(4),
-                show(5),
-                show(6),
-                show(7)
-            );
+            match shown {
+                Some(all) => println!("[{name}] host: virsh dommemstat: {all}"),
+                None => println!(
+                    "[{name}] host: guest-stats free {}, total {}, avail {}, caches {}",
+                    show(4),
+                    show(5),
+                    show(6),
+                    show(7)
+                ),
+            }
             r.stats = Some(s);
             return Ok(0);
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "no fresh guest-stats (last update {})",
+                "no fresh guest statistics (last update {})",
                 s.last_update
             ));
         }
@@ -210,7 +317,7 @@ fn rss_drop(r: &mut Run, mib: u64) -> Result<u64, String> {
 /// `mib` from where the balloon is.
 fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
     let from = if what == "resident" {
-        r.qmp.actual()?
+        qmp(r)?.actual()?
     } else {
         r.ram
     };
@@ -222,8 +329,8 @@ fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
     let rss0 = r.vm.rss_bytes();
     let cpu0 = r.vm.cpu_ms();
     let t0 = Instant::now();
-    r.qmp.balloon(target)?;
-    while r.qmp.actual()? != target {
+    qmp(r)?.balloon(target)?;
+    while qmp(r)?.actual()? != target {
         if t0.elapsed() > Duration::from_secs(600) {
             return Err(format!("{what} {mib} MiB did not finish in 600 s"));
         }
@@ -250,4 +357,45 @@ fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
         notify_ms: None,
     });
     Ok((secs * 1000.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::parse_dommemstat;
+
+    #[test]
+    fn dommemstat_reads_as_guest_stats() {
+        let raw = parse_dommemstat(
+            "actual 2097152\nswap_in 0\nswap_out 8\nmajor_fault 312\nminor_fault 98765\nunused 1843200\navailable 2040000\nusable 1900000\nlast_update 1764590000\nrss 412000\n",
+        );
+        let g = guest_stats_of(&raw);
+        assert_eq!(g.last_update, 1_764_590_000);
+        assert_eq!(g.by_tag[4], Some(1_843_200 * 1024), "unused: free memory");
+        assert_eq!(
+            g.by_tag[5],
+            Some(2_040_000 * 1024),
+            "available: total memory"
+        );
+        assert_eq!(
+            g.by_tag[6],
+            Some(1_900_000 * 1024),
+            "usable: available memory"
+        );
+        assert_eq!(g.by_tag[2], Some(312), "faults are counts");
+        assert_eq!(g.by_tag[3], Some(98_765));
+        assert_eq!(g.by_tag[1], Some(8 * 1024));
+        assert_eq!(g.by_tag[7], None, "disk_caches not shown");
+        assert_eq!(g.by_tag[10], None);
+    }
+
+    #[test]
+    fn memory_tags_are_answered_in_kib_counts_as_they_are() {
+        let mem: Vec<usize> = (0..16).filter(|&t| tag_is_memory(t)).collect();
+        assert_eq!(mem, [0, 1, 4, 5, 6, 7]);
+        // QEMU's names for the same tags, in the same order.
+        assert_eq!(crate::qmp::STAT_NAMES[4], "stat-free-memory");
+        assert_eq!(DOMMEMSTAT_TAGS[4].0, "unused");
+        assert_eq!(DOMMEMSTAT_TAGS[6].0, "usable");
+    }
 }

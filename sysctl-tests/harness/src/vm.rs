@@ -1,19 +1,34 @@
 //! The QEMU process: serial console through pipes (every line also goes to
 //! a log file), the QMP socket, and host-side figures read from /proc (RSS,
-//! CPU time of the vCPU threads and of the rest of QEMU).
+//! CPU time of the vCPU threads and of the rest of QEMU). Or the same guest
+//! started by libvirt ([`Vm::start_libvirt`]): the console on a unix socket
+//! the harness listens on, no QMP (libvirt owns the monitor).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::libvirt::{domain_xml, Domain, Libvirt};
+
+/// Who runs QEMU.
+enum Proc {
+    /// The harness, with these arguments ([`qemu_args`]).
+    Qemu(Child),
+    /// libvirt, from a domain's XML.
+    Libvirt(Box<Libvirt>),
+}
 
 pub struct Vm {
-    child: Child,
-    stdin: ChildStdin,
+    proc: Proc,
+    console: Box<dyn Write + Send>,
     pub lines: Receiver<String>,
-    pub qmp_path: PathBuf,
+    /// QEMU's QMP socket (none under libvirt).
+    pub qmp_path: Option<PathBuf>,
 }
 
 pub struct VmConfig<'a> {
@@ -62,6 +77,22 @@ pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
     a
 }
 
+/// Follows a console: every line goes to `log` and to the receiver.
+fn follow(console: impl Read + Send + 'static, log: &Path) -> Result<Receiver<String>, String> {
+    let mut log = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let (tx, lines) = channel();
+    thread::spawn(move || {
+        for line in BufReader::new(console).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let _ = writeln!(log, "{}", line.trim_end_matches('\r'));
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(lines)
+}
+
 impl Vm {
     pub fn start(cfg: &VmConfig<'_>, work: &Path) -> Result<Vm, String> {
         let qmp_path = work.join("qmp.sock");
@@ -75,36 +106,86 @@ impl Vm {
             .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut log =
-            fs::File::create(cfg.log).map_err(|e| format!("{}: {e}", cfg.log.display()))?;
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                let _ = writeln!(log, "{}", line.trim_end_matches('\r'));
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = follow(stdout, cfg.log)?;
         Ok(Vm {
-            child,
-            stdin,
+            proc: Proc::Qemu(child),
+            console: Box::new(stdin),
             lines,
-            qmp_path,
+            qmp_path: Some(qmp_path),
         })
+    }
+
+    /// The same guest as a libvirt domain (`virsh create`): the balloon is
+    /// the XML's (`cfg.balloon` does not apply), the serial console a unix
+    /// socket in `work` that QEMU connects to when it starts, before the
+    /// guest runs, so no output is lost.
+    pub fn start_libvirt(cfg: &VmConfig<'_>, work: &Path, lv: Libvirt) -> Result<Vm, String> {
+        let sock = work.join("console.sock");
+        let _ = fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("console socket: {e}"))?;
+        let xml = work.join("domain.xml");
+        let dom = Domain {
+            name: &lv.domain,
+            iso: cfg.iso,
+            mem_mib: cfg.mem_mib,
+            cpus: cfg.cpus,
+            console: &sock,
+        };
+        fs::write(&xml, domain_xml(&dom)).map_err(|e| format!("{}: {e}", xml.display()))?;
+        lv.create(&xml)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(format!("QEMU did not connect its console: {e}")),
+            }
+        };
+        stream
+            .set_nonblocking(false)
+            .map_err(|e| format!("console socket: {e}"))?;
+        let reader = stream.try_clone().map_err(|e| e.to_string())?;
+        let lines = follow(reader, cfg.log)?;
+        Ok(Vm {
+            proc: Proc::Libvirt(Box::new(lv)),
+            console: Box::new(stream),
+            lines,
+            qmp_path: None,
+        })
+    }
+
+    /// The libvirt host, if libvirt runs this guest.
+    pub fn libvirt(&self) -> Option<&Libvirt> {
+        match &self.proc {
+            Proc::Libvirt(lv) => Some(lv),
+            Proc::Qemu(_) => None,
+        }
+    }
+
+    /// QEMU's process id.
+    fn pid(&self) -> Option<u32> {
+        match &self.proc {
+            Proc::Qemu(c) => Some(c.id()),
+            Proc::Libvirt(lv) => lv.qemu_pid(),
+        }
     }
 
     /// Sends one line to the guest's console input.
     pub fn send(&mut self, line: &str) -> Result<(), String> {
-        self.stdin
+        self.console
             .write_all(line.as_bytes())
-            .and_then(|()| self.stdin.flush())
+            .and_then(|()| self.console.flush())
             .map_err(|e| format!("console write: {e}"))
     }
 
     pub fn rss_bytes(&self) -> u64 {
-        let s = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let Some(pid) = self.pid() else { return 0 };
+        let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         parse_status_kib(&s, "VmRSS:") * 1024
     }
 
@@ -112,7 +193,8 @@ impl Vm {
     /// (main loop: device emulation, the balloon's discards; I/O threads).
     pub fn cpu_ms(&self) -> CpuMs {
         let mut c = CpuMs::default();
-        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+        let Some(pid) = self.pid() else { return c };
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             return c;
         };
         for t in tasks.flatten() {
@@ -128,9 +210,15 @@ impl Vm {
         c
     }
 
+    /// Ends QEMU: kills our child, or destroys the domain and stops libvirtd.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.proc {
+            Proc::Qemu(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Proc::Libvirt(lv) => lv.stop(),
+        }
     }
 }
 
