@@ -54,6 +54,7 @@ const KERNEL_FUNCTIONS: &[&str] = &[
     "swap_pager_status",
     "device_get_softc",
     "device_get_nameunit",
+    "devctl_notify",
     "device_get_sysctl_tree",
     "virtio_negotiate_features",
     "virtio_finalize_features",

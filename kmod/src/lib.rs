@@ -13,6 +13,7 @@
 pub mod avail;
 pub mod balloon;
 pub mod counters;
+pub mod events;
 pub mod hinting;
 pub mod nodes;
 pub mod platform;

@@ -18,8 +18,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
 use super::kern::{
-    kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause, write_text,
-    Dev, ThreadFn,
+    devd_notify, kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause,
+    write_text, Dev, ThreadFn,
 };
 use super::kick::Kick;
 use super::memory::{max_phys, vm_counters, KernelBlocks, KernelMemory, VmPage, Words};
@@ -27,9 +27,10 @@ use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
 use super::{sys, sysctl};
 use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
+use crate::events::{Event, Notice, Notices, Snapshot};
 use crate::platform::VmCounters;
 use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
-use crate::protocol::{negotiated, Features, Queue, WANTED};
+use crate::protocol::{feature_names, negotiated, Features, Queue, WANTED};
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
 use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
 use crate::stats::{PushTimer, Stats};
@@ -37,6 +38,8 @@ use crate::stats::{PushTimer, Stats};
 pub struct BalloonSide {
     pub balloon: Balloon<StateRef<BalloonCounters>>,
     pub pressure: Pressure,
+    /// devd notices decided from the balloon's counters.
+    pub notices: Notices,
     pub bufs: PfnBuffers,
     pub mem: KernelMemory,
 }
@@ -249,6 +252,7 @@ impl State {
                 BalloonSide {
                     balloon,
                     pressure: Pressure::new(),
+                    notices: Notices::new(),
                     bufs: pfn,
                     mem: KernelMemory::default(),
                 },
@@ -333,6 +337,27 @@ impl State {
     }
 
     /// The pressure policy's settings as they are now.
+    /// The counters devd notices are decided from.
+    fn snapshot(&self) -> Snapshot {
+        let c = &self.balloon_counters;
+        Snapshot {
+            lowmem_pages: c.lowmem_pages.get(),
+            actual_pages: c.actual_pages.get(),
+            floor_stops: c.floor_stops.get(),
+            floor_refused_pages: c.floor_refused_pages.get(),
+            floor_pages: self.floor_pages.load(Ordering::Relaxed),
+            host_timeouts: c.host_timeouts.get(),
+        }
+    }
+
+    /// Sends the notices that are due (outside the balloon lock).
+    fn notify(&self, notices: [Option<Notice>; 3]) {
+        for n in notices.iter().flatten() {
+            let mut buf = [0u8; 96];
+            devd_notify(self.dev, n.event, n.text(&mut buf));
+        }
+    }
+
     fn oom_tunables(&self) -> OomTunables {
         OomTunables {
             min_batch_pages: self.oom_batch.load(Ordering::Relaxed),
@@ -678,6 +703,12 @@ fn start(st: &State) {
         st.lowmem_tag.store(tag, Ordering::Release);
     }
     st.started.store(true, Ordering::Release);
+    let mut text = [0u8; 160];
+    let head = b"features=";
+    text[..head.len()].copy_from_slice(head);
+    write_text(&mut text[head.len()..], b',', feature_names(st.features));
+    let data = CStr::from_bytes_until_nul(&text).unwrap_or(c"");
+    devd_notify(dev, Event::Attach, data);
 }
 
 /// STATS_PUSH callout, run with the stats mutex held.
@@ -761,7 +792,7 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         let Next::Step { config } = next else { break };
         let oom = st.oom_tunables();
         let floor = st.floor_pages.load(Ordering::Relaxed);
-        let (step, look) = st.balloon.with(|side| {
+        let (step, look, notices) = st.balloon.with(|side| {
             let now = now_ms();
             let vm = vm_counters();
             if side.pressure.watching_at(now) {
@@ -797,8 +828,11 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             }
             let mut dev = st.balloon_device(&mut side.bufs);
             let step = side.balloon.step(&mut dev, &mut side.mem);
-            (step, side.pressure.next_look_ms(&oom, now_ms()))
+            let look = side.pressure.next_look_ms(&oom, now_ms());
+            let notices = side.notices.due(now_ms(), &st.snapshot(), look.is_none());
+            (step, look, notices)
         });
+        st.notify(notices);
         policy.stepped(step, look);
         st.oom_watching.store(look.is_some(), Ordering::Relaxed);
         match step {
@@ -911,13 +945,13 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
         return;
     }
     let oom = st.oom_tunables();
-    let freed = st.balloon.with(|side| {
+    let (freed, notices) = st.balloon.with(|side| {
         let mut dev = KernelDevice {
             urgent: true,
             ..st.balloon_device(&mut side.bufs)
         };
         let vm = vm_counters();
-        side.balloon.relieve(
+        let freed = side.balloon.relieve(
             &mut side.pressure,
             &oom,
             Relief::LowmemEvent,
@@ -925,9 +959,11 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
             &mut side.mem,
             &vm,
             now_ms(),
-        )
+        );
+        (freed, side.notices.due(now_ms(), &st.snapshot(), false))
     });
     st.lowmem_last_us.set(now_us().saturating_sub(start_us));
+    st.notify(notices);
     st.diag(c"vm_lowmem: deflated pages", u64::from(freed));
     // The balloon thread starts (or keeps) watching.
     let _g = st.wait.lock();
@@ -994,15 +1030,26 @@ fn stop(st: &State) {
     }
     // Nobody else posts now: finish the kicks, then post in place.
     st.kick.stop();
+    let held = st.balloon_counters.actual_pages.get();
     let deflated = st.balloon.with(|side| {
         let mut kdev = st.balloon_device(&mut side.bufs);
         side.balloon.shutdown(&mut kdev, &mut side.mem)
     });
+    let unacked = st.balloon_counters.actual_pages.get();
     if deflated.is_err() {
         log(
             dev,
             c"host did not take the balloon back in time: resetting the device",
         );
+    }
+    if st.started.load(Ordering::Acquire) {
+        let mut buf = [0u8; 96];
+        if deflated.is_err() {
+            let n = Notice::new(Event::Reset, ("pages", unacked), ("", 0));
+            devd_notify(dev, Event::Reset, n.text(&mut buf));
+        }
+        let n = Notice::new(Event::Detach, ("pages", held), ("", 0));
+        devd_notify(dev, Event::Detach, n.text(&mut buf));
     }
     // Reset: the host lets go of every buffer, so every page may be freed.
     // SAFETY: our device; no thread or handler uses the queues any more.

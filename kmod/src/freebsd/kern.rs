@@ -5,6 +5,7 @@ use core::ffi::{c_void, CStr};
 use core::ptr::{addr_of, addr_of_mut};
 
 use super::sys;
+use crate::events::{Event, SYSTEM};
 
 fn malloc_type() -> *mut sys::malloc_type {
     addr_of_mut!(sys::M_VTBRS).cast()
@@ -72,6 +73,22 @@ pub fn write_text<'a>(buf: &mut [u8], sep: u8, words: impl Iterator<Item = &'a s
         }
     }
     buf[n] = 0;
+}
+
+/// Tells devd(8): `!system=VTBALLOON subsystem=<device> type=<TYPE> <data>`.
+/// devctl_notify(9) copies the strings and allocates without sleeping (a
+/// notice is dropped when memory is short or nobody reads /dev/devctl).
+pub fn devd_notify(dev: Dev, event: Event, data: &CStr) {
+    // SAFETY: our device (see Dev); every string is NUL-terminated and lives
+    // through the call, which copies what it keeps.
+    unsafe {
+        sys::devctl_notify(
+            SYSTEM.as_ptr(),
+            sys::device_get_nameunit(dev.raw()),
+            event.name().as_ptr(),
+            data.as_ptr(),
+        )
+    };
 }
 
 /// A line on the console, prefixed with the device's name.

@@ -19,6 +19,11 @@ fn raw(leaf: &str, buf: &mut [u8; 128]) -> Option<usize> {
 }
 
 pub fn phase_nodes(c: &mut Ctx) {
+    c.check(
+        "attaching raised a devd ATTACH event",
+        crate::devctl::count(b"ATTACH") > 0,
+        "no !system=VTBALLOON type=ATTACH on /dev/devctl",
+    );
     let mut missing: Option<&str> = None;
     let mut undescribed: Option<&str> = None;
     for leaf in ro_nodes().chain(rw_nodes()) {
@@ -192,7 +197,56 @@ pub fn phase_tunable(c: &mut Ctx) {
     }
 }
 
+/// The guest-side floor, set above all of memory: the host's 64 MiB are
+/// refused and counted, devd hears of it, the host sees the truth; with the
+/// floor back the target is met.
+fn floor_holds(c: &mut Ctx) {
+    let old = get("floor_pages").unwrap_or(0) as i32;
+    let all = (get_u64(b"vm.stats.vm.v_page_count").unwrap_or(0) as i32).max(1);
+    let events = crate::devctl::count(b"FLOOR");
+    if !set("floor_pages", all) {
+        c.check(
+            "floor_pages above memory holds the balloon back",
+            false,
+            "cannot set",
+        );
+        return;
+    }
+    let pages = 64 * PAGES_PER_MIB;
+    let _ = c.host.ask("set-target", pages, 30);
+    let refused = wait_for("floor_refused_pages", 30, |v| v == pages);
+    let actual = get("actual_pages").unwrap_or(u64::MAX);
+    c.check_n(
+        "floor_pages above memory holds the balloon back (floor_refused_pages)",
+        refused.is_ok() && actual == 0,
+        "actual_pages",
+        Some(actual),
+    );
+    c.check(
+        "the floor raises a devd FLOOR event",
+        crate::devctl::count(b"FLOOR") > events,
+        "no !system=VTBALLOON type=FLOOR on /dev/devctl",
+    );
+    let r = c.host.ask("host-actual", 0, 30);
+    c.check_host(
+        "the host sees the balloon the floor allowed",
+        r,
+        |v| v == 0,
+        "pages",
+    );
+    set("floor_pages", old);
+    let met = wait_for("actual_pages", 120, |v| v == pages);
+    c.check_n(
+        "with the floor back the host's target is met",
+        met.is_ok(),
+        "actual_pages",
+        met.err().flatten(),
+    );
+    resize(c, "back to 0 after the floor", 0, 120);
+}
+
 pub fn phase_resize(c: &mut Ctx) {
+    floor_holds(c);
     let paused = pause_reporting();
     let free0 = free_bytes();
     let inflated0 = get("inflated_pages").unwrap_or(0);

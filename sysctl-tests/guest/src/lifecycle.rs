@@ -19,6 +19,7 @@ pub fn phase_unload(c: &mut Ctx) {
         resume_reporting(paused);
         return;
     }
+    let detaches = crate::devctl::count(b"DETACH");
     let t0 = sys::now_ms();
     let unloaded = unload(c.ours);
     let ms = sys::now_ms() - t0;
@@ -29,6 +30,11 @@ pub fn phase_unload(c: &mut Ctx) {
         Some(ms),
     );
     Line::new().s("# kldunload took ").u(ms).s(" ms").end();
+    c.check(
+        "kldunload raises a devd DETACH event",
+        crate::devctl::count(b"DETACH") > detaches,
+        "no !system=VTBALLOON type=DETACH on /dev/devctl",
+    );
     let back = {
         let deadline = sys::now_ms() + 10_000;
         while free_bytes() + 16 * MIB < free0 && sys::now_ms() < deadline {

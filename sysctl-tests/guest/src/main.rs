@@ -24,6 +24,7 @@ mod basic;
 mod bench;
 mod check;
 mod child;
+mod devctl;
 mod host;
 mod intree;
 mod kld;
@@ -223,6 +224,11 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
     }
     l.end();
 
+    // Before any driver is loaded: the kernel queues devd events only while
+    // someone reads them.
+    if !devctl::open() {
+        note("cannot open /dev/devctl: devd events are not checked");
+    }
     let find = |p: &[u8]| PHASES.iter().find(|ph| ph.name.as_bytes() == p);
     let needs_ours = list[..n].iter().any(|p| find(p).is_some_and(|ph| ph.ours));
     let mut ours_ok = true;

@@ -426,9 +426,20 @@ fn back_to_zero(c: &mut Ctx, scenario: &str) {
 pub fn phase_oom_one(c: &mut Ctx) {
     let s = "oom-one";
     if inflated(c, s) {
+        let events = crate::devctl::count(b"LOWMEM");
         let o = run_children(c, Driver::Ours, &[2048], false);
         report(s, &o);
         checks(c, s, &o);
+        let mut b = [0u8; 120];
+        c.check(
+            named(
+                &mut b,
+                s,
+                "a devd LOWMEM event tells of the pressure deflate",
+            ),
+            crate::devctl::count(b"LOWMEM") > events,
+            "no !system=VTBALLOON type=LOWMEM on /dev/devctl",
+        );
     }
     back_to_zero(c, s);
 }

@@ -70,6 +70,7 @@ fn the_page_has_the_sections_of_a_freebsd_driver_page() {
         "HARDWARE",
         "LOADER TUNABLES",
         "SYSCTL VARIABLES",
+        "EVENTS",
         "EXAMPLES",
         "DIAGNOSTICS",
         "SEE ALSO",
@@ -102,9 +103,28 @@ fn the_page_has_the_sections_of_a_freebsd_driver_page() {
     ] {
         assert!(examples.contains(what), "EXAMPLES lacks {what}");
     }
-    // The devd(8) events are not described before the driver raises them:
-    // a marked comment holds their place.
-    assert!(PAGE.contains(".\\\" TODO(devd): an EVENTS section goes here"));
+    // The devd(8) events the driver raises (kmod/src/events.rs), each with
+    // the data it carries, and a devd.conf(5) example.
+    let events = section(PAGE, "EVENTS").unwrap().join("\n");
+    assert!(events.contains("VTBALLOON"));
+    for (event, data) in [
+        ("ATTACH", "features"),
+        ("DETACH", "pages"),
+        ("LOWMEM", "actual_pages"),
+        ("FLOOR", "refused_pages"),
+        ("TIMEOUT", "timeouts"),
+        ("RESET", "pages"),
+    ] {
+        assert!(
+            events.contains(&format!(".It Dv {event}")),
+            "EVENTS lacks {event}"
+        );
+        assert!(
+            events.contains(&format!(".Va {data}")),
+            "{event} lacks {data}"
+        );
+    }
+    assert!(xrefs(&events).contains(&("devd.conf".into(), "5".into())));
 }
 
 /// Every node of the table has one entry under SYSCTL VARIABLES, in the
