@@ -6,7 +6,6 @@
 
 use crate::sys;
 
-const O_NONBLOCK: u64 = 0x4;
 /// What was read so far (the last lines, if more came than fit).
 static mut LOG: [u8; 16384] = [0; 16384];
 static mut LEN: usize = 0;
@@ -14,7 +13,7 @@ static mut FD: Option<u64> = None;
 
 /// Opens /dev/devctl; false if it cannot be (then [`seen`] finds nothing).
 pub fn open() -> bool {
-    let fd = sys::open(b"/dev/devctl\0", sys::O_RDONLY | O_NONBLOCK).ok();
+    let fd = sys::open(b"/dev/devctl\0", sys::O_RDONLY).ok();
     // SAFETY: single-threaded program; only this module touches FD.
     unsafe { *core::ptr::addr_of_mut!(FD) = fd };
     fd.is_some()
@@ -38,6 +37,11 @@ fn drain() {
             let half = log.len() / 2;
             log.copy_within(*len - half..*len, 0);
             *len = half;
+        }
+        // devctl's read blocks whatever the open flags (only FIONBIO makes
+        // it return): read only what poll says is there.
+        if !sys::poll_in(fd, 0) {
+            return;
         }
         match sys::read(fd, &mut log[*len..]) {
             Ok(n) if n > 0 => *len += n as usize,
