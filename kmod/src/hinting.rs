@@ -250,6 +250,22 @@ pub struct HintCounters {
     pub errors: Counter,
 }
 
+/// What a config-change interrupt changed, from `(num_pages,
+/// free_page_hint_cmd_id)` as read at the interrupt before and now: whether
+/// it is (also) for the balloon's size. QEMU notifies a config change at
+/// every hinting state change (`virtio_balloon_free_page_start`, `_stop`,
+/// `_done`: a new id, STOP, DONE, several per migration), and the balloon
+/// thread takes a config change for the host speaking about its target
+/// (WANTSIZE): it would move back to the target, undoing a deflate done for
+/// memory pressure, at every hinting round. So a change of the command id
+/// alone is hinting's; anything else (a new target, or nothing visible
+/// changed: the host repeated its target) is the balloon's. A repeated
+/// target that coincides with a hinting change in one interrupt is taken
+/// for hinting's alone.
+pub fn config_for_balloon(before: (u32, u32), now: (u32, u32)) -> bool {
+    now.0 != before.0 || now.1 == before.1
+}
+
 /// What the caller should do after a [`Hinter::step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {

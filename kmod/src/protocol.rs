@@ -50,11 +50,21 @@ pub const WANTED: Features = Features::MUST_TELL_HOST
     .union(Features::STATS_PUSH)
     .union(Features::VERSION_1);
 
+/// The features the driver asks the transport for: [`WANTED`] and every
+/// feature that owns a queue before one the driver uses
+/// ([`ACCEPT_IF_OFFERED`]). FreeBSD's `virtio_negotiate_features` keeps what
+/// the device offers of them, which is exactly
+/// [`with_queue_features`]`(WANTED, offered)`: the driver cannot read the
+/// offer itself before negotiating, and needs not. Never PAGE_POISON.
+pub const REQUESTED: Features = WANTED.union(ACCEPT_IF_OFFERED);
+
 /// The features in use after negotiation, from what the transport left of
-/// [`WANTED`] (`virtio_negotiate_features`): bits the driver does not know
-/// are dropped, and STATS_PUSH without STATS_VQ.
+/// [`REQUESTED`] (`virtio_negotiate_features`): bits the driver does not
+/// know are dropped, STATS_PUSH without STATS_VQ, and PAGE_POISON always
+/// (FreeBSD neither poisons nor zeroes freed pages, so the spec has the
+/// driver refuse it; see `crate::hinting`).
 pub fn negotiated(got: u64) -> Features {
-    Features::from_bits_truncate(got).usable()
+    (Features::from_bits_truncate(got) - Features::PAGE_POISON).usable()
 }
 
 /// Bit number of the proposed STATS_PUSH feature. Other proposals claim bit 6
@@ -369,6 +379,74 @@ mod tests {
         let got = (Features::DEFLATE_ON_OOM | Features::STATS_PUSH).bits() | 1 << 40;
         assert_eq!(negotiated(got), Features::DEFLATE_ON_OOM);
         assert_eq!(negotiated(WANTED.bits()), WANTED);
+        let poison = (Features::PAGE_POISON | Features::REPORTING).bits();
+        assert_eq!(negotiated(poison), Features::REPORTING, "never PAGE_POISON");
+    }
+
+    /// QEMU's queue numbering (`virtio_balloon_device_realize`): inflate,
+    /// deflate, stats (always: QEMU always offers STATS_VQ), the free page
+    /// queue when it offers FREE_PAGE_HINT, the reporting queue when it
+    /// offers REPORTING.
+    fn qemu_index(q: Queue, offered: Features) -> Option<u16> {
+        let mut i = 0;
+        for (queue, exists) in [
+            (Queue::Inflate, true),
+            (Queue::Deflate, true),
+            (Queue::Stats, true),
+            (
+                Queue::FreePageHint,
+                offered.contains(Features::FREE_PAGE_HINT),
+            ),
+            (Queue::Reporting, offered.contains(Features::REPORTING)),
+        ] {
+            if queue == q {
+                return exists.then_some(i);
+            }
+            i += u16::from(exists);
+        }
+        None
+    }
+
+    #[test]
+    fn what_the_transport_keeps_of_the_request_numbers_queues_as_qemu_does() {
+        assert!(!REQUESTED.contains(Features::PAGE_POISON));
+        assert!(REQUESTED.contains(Features::FREE_PAGE_HINT | Features::STATS_VQ));
+        // Every offer QEMU can make (STATS_VQ always, the rest by property),
+        // with or without VERSION_1, plus bits the driver does not know.
+        let optional = [
+            Features::MUST_TELL_HOST,
+            Features::DEFLATE_ON_OOM,
+            Features::FREE_PAGE_HINT,
+            Features::PAGE_POISON,
+            Features::REPORTING,
+            Features::VERSION_1,
+        ];
+        for mask in 0..1u32 << optional.len() {
+            let offered = optional
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .fold(Features::STATS_VQ, |f, (_, &b)| f | b);
+            // The transport: offered & requested (virtio_negotiate_features).
+            let got = negotiated((offered.bits() | 1 << 40) & REQUESTED.bits());
+            assert_eq!(
+                got,
+                with_queue_features(WANTED, offered) - Features::PAGE_POISON
+            );
+            assert!(!got.contains(Features::PAGE_POISON), "{offered:?}");
+            for q in [
+                Queue::Inflate,
+                Queue::Deflate,
+                Queue::Stats,
+                Queue::Reporting,
+            ] {
+                assert_eq!(q.index(got), qemu_index(q, offered), "{q:?} {offered:?}");
+            }
+            assert_eq!(
+                Queue::FreePageHint.index(got),
+                qemu_index(Queue::FreePageHint, offered)
+            );
+        }
     }
 
     #[test]

@@ -565,3 +565,26 @@ fn random_host_and_guest_behaviour_keeps_the_invariants() {
         consistent(&w, &h);
     }
 }
+
+#[test]
+fn a_config_change_of_the_command_id_alone_is_not_the_balloons() {
+    use vtballoon::hinting::config_for_balloon;
+    let id = hint_cmd::QEMU_MIN + 1;
+    // Hinting's own notifications: a new id, STOP, DONE, the next id.
+    assert!(!config_for_balloon((1000, hint_cmd::STOP), (1000, id)));
+    assert!(!config_for_balloon((1000, id), (1000, hint_cmd::STOP)));
+    assert!(!config_for_balloon(
+        (1000, hint_cmd::STOP),
+        (1000, hint_cmd::DONE)
+    ));
+    assert!(!config_for_balloon((1000, id), (1000, id + 1)));
+    // A new target, alone or with a hinting change.
+    assert!(config_for_balloon(
+        (1000, hint_cmd::STOP),
+        (2000, hint_cmd::STOP)
+    ));
+    assert!(config_for_balloon((1000, id), (0, hint_cmd::STOP)));
+    // Nothing visible changed: the host repeated its target (WANTSIZE).
+    assert!(config_for_balloon((1000, id), (1000, id)));
+    assert!(config_for_balloon((0, hint_cmd::STOP), (0, hint_cmd::STOP)));
+}

@@ -16,7 +16,9 @@ use core::ops::Deref;
 use core::ptr::{addr_of, addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use super::device::{queue_slot, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers};
+use super::device::{
+    queue_slot, read_config, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers,
+};
 use super::kern::{
     devd_notify, kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause,
     write_text, Dev, ThreadFn,
@@ -28,9 +30,10 @@ use super::{sys, sysctl};
 use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::events::{Event, Notice, Notices, Snapshot};
+use crate::hinting::config_for_balloon;
 use crate::platform::VmCounters;
 use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
-use crate::protocol::{feature_names, negotiated, Features, Queue, WANTED};
+use crate::protocol::{config_offset, feature_names, negotiated, Features, Queue, REQUESTED};
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
 use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
 use crate::stats::{PushTimer, Stats};
@@ -77,6 +80,11 @@ pub struct Data {
     pub stopping: AtomicBool,
     /// A config change the balloon thread has not seen yet (WANTSIZE).
     config_pending: AtomicBool,
+    /// `num_pages` and `free_page_hint_cmd_id` as read at the last config
+    /// change (FREE_PAGE_HINT only): tells hinting's notifications from the
+    /// balloon's ([`config_for_balloon`]).
+    seen_num_pages: AtomicU32,
+    pub hint_cmd: AtomicU32,
     /// vm_lowmem ran: the balloon thread should look at the pressure watch.
     lowmem_kick: AtomicBool,
     /// vm_lowmem seen, for the reporter.
@@ -213,6 +221,8 @@ impl State {
             lowmem_tag: AtomicPtr::new(null_mut()),
             stopping: AtomicBool::new(false),
             config_pending: AtomicBool::new(false),
+            seen_num_pages: AtomicU32::new(0),
+            hint_cmd: AtomicU32::new(0),
             lowmem_kick: AtomicBool::new(false),
             pressure: AtomicBool::new(false),
             threads: AtomicU32::new(0),
@@ -486,7 +496,12 @@ unsafe extern "C" fn vtbrs_rs_attach(dev: sys::device_t) -> c_int {
 
 fn attach(dev: Dev) -> Result<(), i32> {
     // SAFETY: negotiation on our device, during attach as virtio(4) requires.
-    let got = unsafe { sys::virtio_negotiate_features(dev.raw(), WANTED.bits()) };
+    // The transport keeps what the device offers of the request: with
+    // FREE_PAGE_HINT and STATS_VQ whenever offered, the queues are numbered
+    // as QEMU numbers them (protocol::with_queue_features). Nothing posts
+    // on the free page queue yet; the command id only tells hinting's
+    // config changes from the balloon's.
+    let got = unsafe { sys::virtio_negotiate_features(dev.raw(), REQUESTED.bits()) };
     // SAFETY: as above.
     if unsafe { sys::virtio_finalize_features(dev.raw()) } != 0 {
         return Err(sys::ENXIO as i32);
@@ -702,6 +717,11 @@ fn start(st: &State) {
         };
         st.lowmem_tag.store(tag, Ordering::Release);
     }
+    if st.features.contains(Features::FREE_PAGE_HINT) {
+        let (pages, cmd) = hint_config(st);
+        st.seen_num_pages.store(pages, Ordering::Relaxed);
+        st.hint_cmd.store(cmd, Ordering::Relaxed);
+    }
     st.started.store(true, Ordering::Release);
     let mut text = [0u8; 160];
     let head = b"features=";
@@ -741,12 +761,32 @@ unsafe extern "C" fn vtbrs_rs_config_change(dev: sys::device_t) -> c_int {
     1
 }
 
+/// `num_pages` and `free_page_hint_cmd_id` (FREE_PAGE_HINT negotiated: the
+/// config has 12 bytes at least).
+fn hint_config(st: &State) -> (u32, u32) {
+    let read = |offset| read_config(st.dev, st.features, offset);
+    (
+        read(config_offset::NUM_PAGES),
+        read(config_offset::FREE_PAGE_HINT_CMD_ID),
+    )
+}
+
 fn config_changed(st: &State) {
     if st.stopping.load(Ordering::Acquire) || !st.started.load(Ordering::Acquire) {
         return;
     }
-    st.config_pending.store(true, Ordering::Release);
-    {
+    // The command id is read here only, on the host's notification (QEMU
+    // shows 0 while a round runs: crate::hinting).
+    let for_balloon = !st.features.contains(Features::FREE_PAGE_HINT) || {
+        let now = hint_config(st);
+        let before = (
+            st.seen_num_pages.swap(now.0, Ordering::Relaxed),
+            st.hint_cmd.swap(now.1, Ordering::Relaxed),
+        );
+        config_for_balloon(before, now)
+    };
+    if for_balloon {
+        st.config_pending.store(true, Ordering::Release);
         let _g = st.wait.lock();
         wakeup(st.thread_chan());
     }

@@ -168,6 +168,16 @@ pub fn phase_nodes(c: &mut Ctx) {
         !has(b"STATS_PUSH"),
         "negotiated",
     );
+    c.check(
+        "no PAGE_POISON (QEMU offers it by default; FreeBSD does not poison freed pages)",
+        !has(b"PAGE_POISON"),
+        "negotiated",
+    );
+    c.check(
+        "no FREE_PAGE_HINT with a device that does not offer it",
+        !has(b"FREE_PAGE_HINT"),
+        "negotiated",
+    );
     let mut a = [0u8; 128];
     let acct = get_str(node("memory_accounting").bytes(), &mut a).unwrap_or(&[]);
     c.check(

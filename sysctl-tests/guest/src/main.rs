@@ -13,7 +13,7 @@
 //! skipped with `--no-host`, and say so.
 //!
 //! The phases live in one module per boot of `vmharness test` ([`basic`],
-//! [`pressure`], [`report`], [`lifecycle`], [`libvirt`]; also [`intree`],
+//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`]; also [`intree`],
 //! [`bench`]),
 //! the helpers they share beside them.
 #![no_std]
@@ -25,6 +25,7 @@ mod bench;
 mod check;
 mod child;
 mod devctl;
+mod hint;
 mod host;
 mod intree;
 mod kld;
@@ -74,6 +75,7 @@ const PHASES: &[Phase] = &[
     phase("oom-control", pressure::phase_oom_control, true, true),
     phase("oom-intree", pressure::phase_oom_intree, false, true),
     phase("report", report::phase_report, true, true),
+    phase("hint-features", hint::phase_hint_features, true, false),
     phase("unload", lifecycle::phase_unload, true, true),
     phase("cycles", lifecycle::phase_cycles, false, true),
     phase("swap", lifecycle::phase_swap, false, true),

@@ -26,6 +26,8 @@ pub struct Boot {
     pub limit: Duration,
     /// The balloon device's QEMU properties.
     pub balloon: String,
+    /// More QEMU arguments (the I/O thread the hinting balloon needs).
+    pub qemu_extra: Vec<String>,
     /// Another FreeBSD boot directory than FREEBSD_BOOT (the GENERIC kernel).
     pub boot_dir: Option<PathBuf>,
     pub host: HostKind,
@@ -52,11 +54,27 @@ impl Boot {
             needs_ours,
             limit: Duration::from_secs(limit_s),
             balloon: BALLOON_DEFAULT.into(),
+            qemu_extra: Vec::new(),
             boot_dir: None,
             host: HostKind::Qemu,
         }
     }
 }
+
+impl Boot {
+    /// The balloon with free page hinting too (`free-page-hint=on` and its
+    /// I/O thread), as QEMU offers it: beside deflate-on-oom and free page
+    /// reporting, with `page-poison` at its default (on).
+    pub fn with_hinting(mut self) -> Boot {
+        let (extra, props) = crate::migrate::hint_args();
+        self.balloon = format!("{BALLOON_DEFAULT}{props}");
+        self.qemu_extra = extra;
+        self
+    }
+}
+
+/// Phases that need the hinting balloon.
+const HINT_PHASES: [&str; 1] = ["hint-features"];
 
 /// The deflate-on-OOM scenarios with the driver's and FreeBSD's defaults.
 const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating";
@@ -82,6 +100,10 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
         control,
         Boot::new("oom-intree", "oom-intree", 4096, false, 900),
         Boot::new("report", "report", 2048, true, 900),
+        // Free page reporting on a device that also offers free page
+        // hinting: QEMU numbers its queues by its offer, so reporting is
+        // queue 4 there.
+        Boot::new("report-hint", "hint-features nodes report", 2048, true, 900).with_hinting(),
         Boot::new("lifecycle", "unload cycles swap", 2048, true, 1200),
         libvirt,
     ];
@@ -133,6 +155,9 @@ pub fn plan(args: &[String]) -> Vec<Boot> {
             if args.iter().any(|a| a == "libvirt") {
                 boot.host = HostKind::Libvirt;
             }
+            if args.iter().any(|a| HINT_PHASES.contains(&a.as_str())) {
+                boot = boot.with_hinting();
+            }
             vec![boot]
         }
     }
@@ -154,7 +179,7 @@ mod tests {
             .iter()
             .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
             .collect();
-        assert_eq!(t.len(), 7);
+        assert_eq!(t.len(), 8);
         assert!(t.iter().all(|(n, _, ours)| *ours || n == "oom-intree"));
         let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
         for phase in [
@@ -172,6 +197,7 @@ mod tests {
             "cycles",
             "swap",
             "libvirt",
+            "hint-features",
         ] {
             assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
         }
@@ -201,6 +227,17 @@ mod tests {
         let alone = plan(&["libvirt".to_string()]);
         assert_eq!(alone[0].host, HostKind::Libvirt);
         assert_eq!(plan(&["nodes".to_string()])[0].host, HostKind::Qemu);
+        // The hinting device and its I/O thread, where hinting phases run.
+        let rh = boots.iter().find(|b| b.name == "report-hint").unwrap();
+        assert!(rh.balloon.ends_with(",free-page-hint=on,iothread=io0"));
+        assert!(rh.balloon.contains("free-page-reporting=on"));
+        assert_eq!(rh.qemu_extra, ["-object", "iothread,id=io0"]);
+        assert!(boots
+            .iter()
+            .filter(|b| b.name != "report-hint")
+            .all(|b| !b.balloon.contains("free-page-hint") && b.qemu_extra.is_empty()));
+        let alone = plan(&["hint-features".to_string()]);
+        assert!(alone[0].balloon.contains("free-page-hint=on"));
         assert!(test_boots(None)[0]
             .kenv
             .iter()

@@ -277,6 +277,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         log: &log,
         kvm: inputs.kvm,
         balloon: &boot.balloon,
+        extra: &boot.qemu_extra,
     };
     let mut checks = vec![];
     let (vm, qmp) = match boot.host {

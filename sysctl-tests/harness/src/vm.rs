@@ -39,6 +39,8 @@ pub struct VmConfig<'a> {
     pub kvm: bool,
     /// Properties of the balloon device after `id=balloon0,`.
     pub balloon: &'a str,
+    /// More arguments (objects the balloon refers to).
+    pub extra: &'a [String],
 }
 
 /// The balloon device's properties unless a boot says otherwise.
@@ -63,6 +65,7 @@ pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    a.extend(cfg.extra.iter().cloned());
     a.extend([
         "-device".into(),
         format!("virtio-balloon-pci,id=balloon0,{}", cfg.balloon),
@@ -314,6 +317,7 @@ mod tests {
             log: Path::new("/w/console.log"),
             kvm: false,
             balloon: BALLOON_DEFAULT,
+            extra: &[],
         };
         let a = qemu_args(&cfg, Path::new("/w/qmp.sock"));
         let after = |k: &str| a[a.iter().position(|x| x == k).unwrap() + 1].clone();
@@ -330,5 +334,14 @@ mod tests {
         let kvm = VmConfig { kvm: true, ..cfg };
         let a = qemu_args(&kvm, Path::new("/w/q"));
         assert!(a.contains(&"kvm".to_string()));
+        let extra = ["-object".to_string(), "iothread,id=io0".to_string()];
+        let hint = VmConfig {
+            extra: &extra,
+            ..cfg
+        };
+        let a = qemu_args(&hint, Path::new("/w/q"));
+        let obj = a.iter().position(|x| x == "-object").unwrap();
+        assert_eq!(a[obj + 1], "iothread,id=io0");
+        assert!(obj < a.iter().position(|x| x == "-device").unwrap());
     }
 }
