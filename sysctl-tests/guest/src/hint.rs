@@ -1,6 +1,7 @@
 //! The boots with QEMU's free page hinting device
 //! (`free-page-hint=on,iothread=io0`): report-hint (phase hint-features,
-//! then the report boot's phase on this device).
+//! then the report boot's phase on this device; not the nodes phase, which
+//! checks that the default device leaves FREE_PAGE_HINT unnegotiated).
 
 use crate::check::Ctx;
 use crate::out::Line;

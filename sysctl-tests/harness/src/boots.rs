@@ -103,7 +103,7 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
         // Free page reporting on a device that also offers free page
         // hinting: QEMU numbers its queues by its offer, so reporting is
         // queue 4 there.
-        Boot::new("report-hint", "hint-features nodes report", 2048, true, 900).with_hinting(),
+        Boot::new("report-hint", "hint-features report", 2048, true, 900).with_hinting(),
         Boot::new("lifecycle", "unload cycles swap", 2048, true, 1200),
         libvirt,
     ];
