@@ -254,7 +254,12 @@ pub fn report(name: &str, o: &Outcome) {
         Some(k) => l.u(k),
         None => l.s("?"),
     };
-    l.s("); vm_lowmem events ")
+    l.s(")").end();
+    // A second line: one would overflow the console line (240 bytes).
+    let mut l = Line::new();
+    l.s("# ")
+        .s(name)
+        .s(": vm_lowmem events ")
         .u(o.events)
         .s(", pressure deflates ")
         .u(o.deflates)
