@@ -1,8 +1,12 @@
 # vtballoon-rs: the front door, in the spirit of a FreeBSD module Makefile.
 # Portable between BSD make and GNU make: every target is a plain command.
 #
-#   make              build vtballoonrs.ko (needs FreeBSD headers at SYSDIR);
-#                     writes under target/ only, on any host
+#   make              build vtballoonrs.ko for this machine's architecture
+#                     (needs FreeBSD headers at SYSDIR); writes under
+#                     target/ only, on any host
+#   make ARCH=arm64   cross-build it for FreeBSD/arm64 (or ARCH=amd64;
+#                     TARGET_ARCH=aarch64 is taken too), against the arm64
+#                     headers of SYSDIR: target/kld-arm64/vtballoonrs.ko
 #   make load         kldload the module built here
 #   make unload       kldunload it
 #   make install      the module to KMODDIR and the manual page to MANDIR
@@ -16,6 +20,9 @@
 # refused unless DESTDIR is set (a staging directory, as for a package).
 
 SYSDIR ?= /usr/src/sys
+# Empty: the machine's own architecture (uname -m).
+ARCH ?=
+TARGET_ARCH ?=
 KMODDIR ?= /boot/modules
 # Where FreeBSD keeps the section-4 pages of third-party software (ports).
 MANDIR ?= /usr/local/share/man/man4
@@ -24,10 +31,10 @@ KMOD = vtballoonrs
 all: build
 
 build:
-	SYSDIR=$(SYSDIR) sh kmod/build-kld.sh
+	SYSDIR=$(SYSDIR) ARCH=$(ARCH) TARGET_ARCH=$(TARGET_ARCH) sh kmod/build-kld.sh
 
 load:
-	kldload ./target/kld/$(KMOD).ko
+	kldload ./$$(ARCH=$(ARCH) TARGET_ARCH=$(TARGET_ARCH) sh kmod/build-kld.sh --ko)
 
 unload:
 	kldunload $(KMOD)
@@ -37,7 +44,7 @@ install: install-kld install-man
 install-kld:
 	@if [ -z "$(DESTDIR)" ] && [ "$$(uname -s)" != FreeBSD ]; then echo "install: not FreeBSD: set DESTDIR to stage the files" >&2; exit 1; fi
 	install -d $(DESTDIR)$(KMODDIR)
-	install -m 555 target/kld/$(KMOD).ko $(DESTDIR)$(KMODDIR)/$(KMOD).ko
+	install -m 555 $$(ARCH=$(ARCH) TARGET_ARCH=$(TARGET_ARCH) sh kmod/build-kld.sh --ko) $(DESTDIR)$(KMODDIR)/$(KMOD).ko
 	if command -v kldxref >/dev/null; then kldxref $(DESTDIR)$(KMODDIR); fi
 
 install-man:

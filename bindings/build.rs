@@ -1,16 +1,17 @@
 //! Generates the FreeBSD kernel bindings and builds the C shim, the way
-//! FreeBSD's kmod.mk prepares a module build: machine/x86/i386 include
-//! links, `*_if.h` from the `.m` interface files with the tree's own
-//! makeobjops.awk, and `offset.inc` from genoffset. Only for the kernel
-//! target (x86_64-unknown-none) and only when `SYSDIR` holds the headers;
-//! otherwise the crate is empty and host builds need no FreeBSD sources.
+//! FreeBSD's kmod.mk prepares a module build: the `machine` include link
+//! (and `x86`, `i386` on amd64), `*_if.h` from the `.m` interface files with
+//! the tree's own makeobjops.awk, and `offset.inc` from genoffset. Only for
+//! a kernel target (x86_64-unknown-none for amd64,
+//! aarch64-unknown-none-softfloat for arm64) and only when `SYSDIR` holds
+//! the headers of that architecture; otherwise the crate is empty and host
+//! builds need no FreeBSD sources.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// Exported kernel functions (in the kernel's symbol table, not macros or
 /// static inlines) the glue calls directly.
 const KERNEL_FUNCTIONS: &[&str] = &[
@@ -115,32 +116,37 @@ const KERNEL_CONSTS: &[&str] = &[
     "VIRTQUEUE_MAX_NAME_SZ",
     "INTR_TYPE_MISC",
 ];
-const CLANG_TARGET: &str = "x86_64-unknown-freebsd14.2";
 /// Interface files whose generated headers the shim and bindings need.
 const INTERFACES: &[&str] = &[
     "kern/device_if.m",
     "kern/bus_if.m",
     "dev/virtio/virtio_if.m",
 ];
-/// The kernel's code generation flags for amd64 (sys/conf/kern.mk, kmod.mk).
-const KERNEL_CFLAGS: &[&str] = &[
+/// What differs between the kernel architectures the module builds for.
+struct Arch {
+    /// The Rust target the kernel build uses.
+    rust_target: &'static str,
+    /// clang's name of the CPU architecture (`<cpu>-unknown-freebsd14.x`).
+    clang_cpu: &'static str,
+    /// FreeBSD's MACHINE: `$SYSDIR/<machine>/include` is `<machine/...>`.
+    machine: &'static str,
+    /// Include links kmod.mk makes besides `machine` (_ILINKS).
+    extra_links: &'static [(&'static str, &'static str)],
+    /// Code generation flags of sys/conf/kern.mk and kmod.mk.
+    cflags: &'static [&'static str],
+}
+
+/// Flags every architecture's kernel C is built with (kern.mk, kmod.mk).
+const COMMON_CFLAGS: &[&str] = &[
     "-O2",
     "-pipe",
     "-fno-strict-aliasing",
     "-ffreestanding",
     "-fwrapv",
     "-fno-common",
-    "-fno-pic",
     "-fno-stack-protector",
     "-fno-omit-frame-pointer",
     "-mno-omit-leaf-frame-pointer",
-    "-mcmodel=kernel",
-    "-mno-red-zone",
-    "-mno-mmx",
-    "-mno-sse",
-    "-msoft-float",
-    "-mno-aes",
-    "-mno-avx",
     "-fno-asynchronous-unwind-tables",
     "-D_KERNEL",
     "-DKLD_MODULE",
@@ -151,29 +157,86 @@ const KERNEL_CFLAGS: &[&str] = &[
     "-nostdinc",
 ];
 
+const AMD64: Arch = Arch {
+    rust_target: "x86_64-unknown-none",
+    clang_cpu: "x86_64",
+    machine: "amd64",
+    extra_links: &[("x86", "x86/include"), ("i386", "i386/include")],
+    // An amd64 kld is an `ld -r` object linked at a kernel address: no PIC.
+    cflags: &[
+        "-fno-pic",
+        "-mcmodel=kernel",
+        "-mno-red-zone",
+        "-mno-mmx",
+        "-mno-sse",
+        "-msoft-float",
+        "-mno-aes",
+        "-mno-avx",
+    ],
+};
+
+const ARM64: Arch = Arch {
+    rust_target: "aarch64-unknown-none-softfloat",
+    clang_cpu: "aarch64",
+    machine: "arm64",
+    extra_links: &[],
+    // kern.mk: no FP/SIMD registers, x18 is the per-CPU pointer; kmod.mk:
+    // an arm64 kld is a shared object, so PIC.
+    cflags: &["-fPIC", "-mgeneral-regs-only", "-ffixed-x18"],
+};
+
+/// The architecture of a kernel target, `None` for any other target.
+fn arch_of(target: &str) -> Option<&'static Arch> {
+    [&AMD64, &ARM64]
+        .into_iter()
+        .find(|a| a.rust_target == target)
+}
+
+/// clang's target for the tree at `sysdir`: its `__FreeBSD_version`
+/// (1400507 is 14.0, 1402000 is 14.2), so the headers see the compiler
+/// FreeBSD's own build would use.
+fn clang_target(arch: &Arch, sysdir: &Path) -> String {
+    let param = fs::read_to_string(sysdir.join("sys/param.h")).unwrap_or_default();
+    let version = param
+        .lines()
+        .filter_map(|l| l.strip_prefix("#define __FreeBSD_version "))
+        .find_map(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(1_400_000);
+    format!(
+        "{}-unknown-freebsd{}.{}",
+        arch.clang_cpu,
+        version / 100_000,
+        version / 1_000 % 100
+    )
+}
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(vtb_have_sysdir)");
     println!("cargo::rerun-if-env-changed=SYSDIR");
     println!("cargo::rerun-if-changed=shim/vtbrs_shim.c");
     println!("cargo::rerun-if-changed=shim/vtbrs_shim.h");
     println!("cargo::rerun-if-changed=wrapper.h");
-    if env::var("TARGET").as_deref() != Ok(KERNEL_TARGET) {
+    let target = env::var("TARGET").unwrap_or_default();
+    let Some(arch) = arch_of(&target) else {
         return;
-    }
+    };
     let sysdir = PathBuf::from(env::var("SYSDIR").unwrap_or_else(|_| "/usr/src/sys".into()));
-    if !sysdir.join("sys/param.h").exists() {
+    let machine_include = sysdir.join(arch.machine).join("include");
+    if !sysdir.join("sys/param.h").exists() || !machine_include.is_dir() {
         println!(
-            "cargo::warning=no FreeBSD headers at {}: kernel bindings not generated (set SYSDIR)",
+            "cargo::warning=no FreeBSD {} headers at {}: kernel bindings not generated (set SYSDIR)",
+            arch.machine,
             sysdir.display()
         );
         return;
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let inc = out.join("include");
-    prepare_includes(&sysdir, &inc);
+    prepare_includes(arch, &sysdir, &inc);
     let clang = clang();
-    let mut cflags: Vec<String> = vec![format!("--target={CLANG_TARGET}")];
-    cflags.extend(KERNEL_CFLAGS.iter().map(|s| s.to_string()));
+    let mut cflags: Vec<String> = vec![format!("--target={}", clang_target(arch, &sysdir))];
+    cflags.extend(COMMON_CFLAGS.iter().map(|s| s.to_string()));
+    cflags.extend(arch.cflags.iter().map(|s| s.to_string()));
     cflags.push(format!("-I{}", inc.display()));
     cflags.push(format!("-I{}", sysdir.display()));
     cflags.push(format!("-I{}", sysdir.join("contrib/ck/include").display()));
@@ -210,14 +273,14 @@ fn run(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?} failed: {status}");
 }
 
-/// machine/x86/i386 links and generated interface headers, as kmod.mk makes them.
-fn prepare_includes(sysdir: &Path, inc: &Path) {
+/// The include links and generated interface headers, as kmod.mk makes them.
+fn prepare_includes(arch: &Arch, sysdir: &Path, inc: &Path) {
     fs::create_dir_all(inc).expect("include dir");
-    for (link, dir) in [
-        ("machine", "amd64/include"),
-        ("x86", "x86/include"),
-        ("i386", "i386/include"),
-    ] {
+    let machine = format!("{}/include", arch.machine);
+    let links = [("machine", machine.as_str())]
+        .into_iter()
+        .chain(arch.extra_links.iter().copied());
+    for (link, dir) in links {
         let path = inc.join(link);
         let _ = fs::remove_file(&path);
         std::os::unix::fs::symlink(sysdir.join(dir), &path).expect("include link");

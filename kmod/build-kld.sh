@@ -1,19 +1,41 @@
 #!/bin/sh
 # Builds vtballoonrs.ko: the driver crate as a staticlib for the kernel
-# target, linked with the C shim into a relocatable object the FreeBSD
-# kernel linker loads (design.md §2). Called by `make build` with SYSDIR.
+# target, linked with the C shim into the kld the FreeBSD kernel linker
+# loads (design.md §2). Called by `make build` with SYSDIR (and ARCH).
+#
+# ARCH (or TARGET_ARCH, as in FreeBSD's `make TARGET=arm64
+# TARGET_ARCH=aarch64`) picks the kernel: amd64 or arm64 (x86_64 and
+# aarch64 are taken too); default the machine's own. SYSDIR must hold that
+# architecture's headers ($SYSDIR/<arch>/include). Output: target/kld/ for
+# amd64, target/kld-arm64/ for arm64 (KLD_OUT overrides; the cargo build
+# directory is KLD_OUT-build). `build-kld.sh --ko` prints the path of the
+# module it would build.
 #
 # Toolchain: rustc with its library source and RUSTC_BOOTSTRAP=1, because
-# core/alloc must be rebuilt for x86_64-unknown-none (soft-float, no red
-# zone) with -Z build-std. On Debian: rustc-web cargo-web rust-web-src
-# (rustc 1.96, /usr/bin/cargo and /usr/bin/rustc). On FreeBSD the same
-# build works with `pkg install rust` (its sysroot ships the library source)
-# or with rustup (`rustup component add rust-src`, then KLD_CARGO/KLD_RUSTC
-# pointing at the toolchain's cargo/rustc); clang and ld.lld come with the
-# base system, SYSDIR is the usual /usr/src/sys.
+# core/alloc must be rebuilt for the kernel target with -Z build-std. On
+# Debian: rustc-web cargo-web rust-web-src (rustc 1.96, /usr/bin/cargo and
+# /usr/bin/rustc). On FreeBSD the same build works with `pkg install rust`
+# (its sysroot ships the library source) or with rustup (`rustup component
+# add rust-src`, then KLD_CARGO/KLD_RUSTC pointing at the toolchain's
+# cargo/rustc); clang and ld.lld come with the base system, SYSDIR is the
+# usual /usr/src/sys.
+#
+# amd64: target x86_64-unknown-none (soft-float, no red zone); the kld is an
+# `ld -r` relocatable object (kmod.mk with __KLD_SHARED=no).
 #   -C code-model=kernel          the kernel lives in the top 2 GiB
 #   -C relocation-model=static    no GOT: the kernel linker has no GOT support
 #   -Z plt=yes                    calls to kernel functions as PLT32, not GOTPCREL
+# arm64: target aarch64-unknown-none-softfloat (no FP/SIMD registers, as
+# kern.mk's -mgeneral-regs-only); the kld is a shared object (kmod.mk with
+# __KLD_SHARED=yes: `ld -r`, then `ld -Bshareable -znotext -znorelro`), whose
+# RELATIVE, ABS64, GLOB_DAT and JUMP_SLOT relocations the kernel linker
+# applies (sys/arm64/arm64/elf_machdep.c).
+#   -C relocation-model=pic       kernel symbols through the GOT/PLT of the
+#                                 shared object, as kmod.mk's -fPIC
+#   -Z fixed-x18                  x18 is the kernel's per-CPU pointer
+#                                 (kern.mk's -ffixed-x18): never allocated
+#   --no-relax (link)             as kmod.mk: lld's adrp relaxation breaks VNET
+# Both:
 #   -C force-frame-pointers=yes   stack traces in ddb/kgdb
 #   -C force-unwind-tables=no     no .eh_frame: the kernel never unwinds
 # The C shim (module metadata, newbus method table, wrappers for kernel
@@ -30,8 +52,38 @@ set -eu
 cd "$(dirname "$0")/.."
 SYSDIR=${SYSDIR:-/usr/src/sys}
 export SYSDIR
-if [ ! -f "$SYSDIR/sys/param.h" ]; then
-	echo "skipped: no FreeBSD headers at $SYSDIR (set SYSDIR); vtballoonrs.ko not built"
+arch=${ARCH:-${TARGET_ARCH:-}}
+[ -n "$arch" ] || arch=$(uname -m)
+case $arch in
+amd64 | x86_64)
+	arch=amd64
+	target=x86_64-unknown-none
+	rustflags="-C code-model=kernel -C relocation-model=static -Z plt=yes"
+	;;
+arm64 | aarch64)
+	arch=arm64
+	target=aarch64-unknown-none-softfloat
+	rustflags="-C relocation-model=pic -Z fixed-x18"
+	;;
+*)
+	echo "error: ARCH=$arch: the module builds for amd64 or arm64" >&2
+	exit 1
+	;;
+esac
+rustflags="$rustflags -C force-frame-pointers=yes -C panic=abort -C force-unwind-tables=no"
+if [ "$arch" = amd64 ]; then
+	out=${KLD_OUT:-target/kld}
+else
+	out=${KLD_OUT:-target/kld-$arch}
+fi
+build=$out-build
+ko="$out/vtballoonrs.ko"
+if [ "${1:-}" = --ko ]; then
+	echo "$ko"
+	exit 0
+fi
+if [ ! -f "$SYSDIR/sys/param.h" ] || [ ! -d "$SYSDIR/$arch/include" ]; then
+	echo "skipped: no FreeBSD $arch headers at $SYSDIR ($SYSDIR/$arch/include; set SYSDIR); vtballoonrs.ko for $arch not built"
 	exit 0
 fi
 CARGO=${KLD_CARGO:-/usr/bin/cargo}
@@ -58,11 +110,13 @@ if [ "${1:-}" = --lint ]; then
 	fi
 	# cargo-clippy runs $CARGO with its own clippy-driver as the wrapper, so
 	# no rustup proxy earlier in PATH takes part.
-	CARGO="$CARGO" RUSTC="$RUSTC" RUSTC_BOOTSTRAP=1 \
+	clippy_dir=target/kld-clippy
+	[ "$arch" = amd64 ] || clippy_dir=target/kld-clippy-$arch
+	CARGO="$CARGO" RUSTC="$RUSTC" RUSTC_BOOTSTRAP=1 RUSTFLAGS="$rustflags" \
 		"$CLIPPY" clippy -p vtballoon --lib --features kernel \
-		--target x86_64-unknown-none -Z build-std=core,alloc \
-		--target-dir target/kld-clippy -- -D warnings -D clippy::undocumented_unsafe_blocks
-	echo "kernel glue linted: clippy $("$driver" --version | awk '{print $2}') for x86_64-unknown-none"
+		--target "$target" -Z build-std=core,alloc \
+		--target-dir "$clippy_dir" -- -D warnings -D clippy::undocumented_unsafe_blocks
+	echo "kernel glue linted: clippy $("$driver" --version | awk '{print $2}') for $target"
 	exit 0
 fi
 tool() {
@@ -81,8 +135,6 @@ NM=$(tool llvm-nm-19 llvm-nm nm)
 OBJCOPY=$(tool llvm-objcopy-19 llvm-objcopy objcopy)
 READELF=$(tool llvm-readelf-19 llvm-readelf readelf)
 
-out=target/kld
-build=target/kld-build
 mkdir -p "$out"
 # Fat LTO over our code, core and alloc: only what the exported entry points
 # reach is kept (a -r link cannot garbage-collect sections).
@@ -91,14 +143,13 @@ mkdir -p "$out"
 # instead of the whole library (libm, f128 arithmetic).
 CARGO_PROFILE_RELEASE_LTO=fat \
 RUSTC="$RUSTC" RUSTC_BOOTSTRAP=1 \
-RUSTFLAGS="-C code-model=kernel -C relocation-model=static -C force-frame-pointers=yes -Z plt=yes -C panic=abort -C force-unwind-tables=no" \
+RUSTFLAGS="$rustflags" \
 	"$CARGO" rustc -p vtballoon --lib --features kernel --release \
-	--target x86_64-unknown-none -Z build-std=core,alloc \
+	--target "$target" -Z build-std=core,alloc \
 	--config 'profile.release.package.vtballoon.codegen-units=1' \
 	--config 'profile.release.package.compiler_builtins.codegen-units=10000' \
 	--target-dir "$build" --crate-type staticlib
-lib="$build/x86_64-unknown-none/release/libvtballoon.a"
-ko="$out/vtballoonrs.ko"
+lib="$build/$target/release/libvtballoon.a"
 work="$out/link"
 rm -rf "$work"
 mkdir -p "$work"
@@ -116,23 +167,42 @@ while read -r member; do
 	"$AR" d "$work/libvtballoon.a" "$member"
 done < "$work/kernel-provided.txt"
 # A plain -r link pulls from the archive only what the shim (forced in by
-# its anchor symbol) references, transitively: not all of core. The ldscript
-# is the one kmod.mk uses on amd64.
-"$LD" -m elf_x86_64_fbsd -r -d -T "$SYSDIR/conf/ldscript.kmod.amd64" \
-	-u vtbrs_module_anchor -o "$work/vtballoonrs.full" "$work/libvtballoon.a"
-# Like kmod.mk with EXPORT_SYMS=NO: every symbol the module defines becomes
-# local, so none clashes with the kernel's or another module's (the kernel
-# linker finds the module through its linker sets, not by name). Debug info,
-# unwind tables (only hand-written assembly could still emit them) and LLVM's
-# embedded bitcode are of no use in the kernel.
+# its anchor symbol) references, transitively: not all of core. On amd64
+# with the ldscript kmod.mk uses there; arm64 has none.
+case $arch in
+amd64) "$LD" -m elf_x86_64_fbsd -r -d -T "$SYSDIR/conf/ldscript.kmod.amd64" \
+	-u vtbrs_module_anchor -o "$work/vtballoonrs.full" "$work/libvtballoon.a" ;;
+arm64) "$LD" -m aarch64elf --no-relax -r \
+	-u vtbrs_module_anchor -o "$work/vtballoonrs.full" "$work/libvtballoon.a" ;;
+esac
+# Like kmod.mk with EXPORT_SYMS=NO (kmod_syms.awk with an empty export list,
+# then objcopy -L): every symbol the module defines becomes local, so none
+# clashes with the kernel's or another module's (the kernel linker finds the
+# module through its linker sets, not by name). Debug info, unwind tables
+# (only hand-written assembly could still emit them) and LLVM's embedded
+# bitcode are of no use in the kernel.
 "$NM" -g --defined-only "$work/vtballoonrs.full" | awk '{print $3}' | sort -u > "$work/localize.txt"
+kld="$ko"
+[ "$arch" = amd64 ] || kld="$work/vtballoonrs.kld"
 "$OBJCOPY" --localize-symbols="$work/localize.txt" --strip-debug \
 	--remove-section=.eh_frame --remove-section=.rela.eh_frame \
 	--remove-section=.llvmbc --remove-section=.llvmcmd \
 	--remove-section=.llvm_addrsig \
-	"$work/vtballoonrs.full" "$ko"
+	"$work/vtballoonrs.full" "$kld"
+# arm64: the shared object, as kmod.mk links it. Its dynamic symbols are the
+# kernel's functions and data it uses (undefined) and the linker sets'
+# __start_/__stop_ bounds, which the kernel linker looks up by name.
+if [ "$arch" = arm64 ]; then
+	"$LD" -m aarch64elf -Bshareable -znotext -znorelro --no-relax --build-id=sha1 \
+		-o "$ko" "$kld"
+	"$OBJCOPY" --strip-debug "$ko"
+fi
 # Fail fast on what kldload would refuse (tools/koaudit does the full audit).
-bad=$("$READELF" -r -W "$ko" | awk '$3 ~ /^R_X86_64_/ && $3 !~ /^R_X86_64_(NONE|64|PC32|PLT32|32S)$/ {print $3}' | sort -u)
+case $arch in
+amd64) allowed='^R_X86_64_(NONE|64|PC32|PLT32|32S)$' ;;
+arm64) allowed='^R_AARCH64_(NONE|ABS64|GLOB_DAT|JUMP_SLOT|RELATIVE|IRELATIVE)$' ;;
+esac
+bad=$("$READELF" -r -W "$ko" | awk -v ok="$allowed" '$3 ~ /^R_(X86_64|AARCH64)_/ && $3 !~ ok {print $3}' | sort -u)
 if [ -n "$bad" ]; then
 	echo "error: $ko has relocations the kernel linker refuses: $bad" >&2
 	exit 1
@@ -145,4 +215,7 @@ for set in set_modmetadata_set set_sysinit_set set_sysuninit_set; do
 done
 echo "built $ko ($(wc -c < "$ko") bytes)"
 echo "undefined symbols (the kernel must export them; __start_/__stop_set_* are the kernel linker's):"
-"$NM" -u "$ko" | awk '{print "  " $2}'
+case $arch in
+amd64) "$NM" -u "$ko" | awk '{print "  " $2}' ;;
+arm64) "$NM" -D -u "$ko" | awk '{print "  " $2}' ;;
+esac
