@@ -1,4 +1,4 @@
-//! vtbtest: checks vtballoonrs from inside a FreeBSD amd64 guest through
+//! vtbtest: checks vtballoonrs from inside a FreeBSD amd64 or arm64 guest through
 //! its sysctl interface. Static and libc-free: it runs as /sbin/init of a
 //! minimal image (then powers the guest off) or as a root program on any
 //! FreeBSD 14.x guest:
@@ -291,10 +291,21 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
 
 /// Entry point: hand the initial stack pointer (argc, argv) to main_rust on
 /// an aligned stack.
+#[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
 #[no_mangle]
 pub extern "C" fn _start() -> ! {
     core::arch::naked_asm!("mov rdi, rsp", "and rsp, -16", "call main_rust", "ud2")
+}
+
+/// Entry point on arm64: exec_setregs (arm64/exec_machdep.c) hands over the
+/// pointer to argc in x0 and an already aligned sp, so x0 goes to main_rust
+/// as it is.
+#[cfg(target_arch = "aarch64")]
+#[unsafe(naked)]
+#[no_mangle]
+pub extern "C" fn _start() -> ! {
+    core::arch::naked_asm!("mov x29, #0", "mov x30, #0", "bl main_rust", "brk #0")
 }
 
 #[panic_handler]

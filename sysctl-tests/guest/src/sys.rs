@@ -1,5 +1,7 @@
-//! Raw FreeBSD amd64 system calls: no libc, so the program runs as init of
-//! an image with no userland. The carry flag marks an error; rax is errno.
+//! Raw FreeBSD system calls on amd64 and arm64: no libc, so the program runs
+//! as init of an image with no userland. System call numbers are the same on
+//! every FreeBSD architecture; on both the carry flag marks an error and the
+//! first return register (rax, x0) holds errno then.
 
 use core::arch::asm;
 
@@ -38,6 +40,7 @@ pub type Res = Result<u64, i64>;
 /// # Safety
 /// The arguments must be valid for system call `n` (pointers to memory of
 /// the sizes the call expects).
+#[cfg(target_arch = "x86_64")]
 pub unsafe fn syscall6(n: u64, a: [u64; 6]) -> Res {
     let ret: u64;
     let failed: u8;
@@ -56,6 +59,40 @@ pub unsafe fn syscall6(n: u64, a: [u64; 6]) -> Res {
             inlateout("rdx") a[2] => _, inlateout("r10") a[3] => _,
             inlateout("r8") a[4] => _, inlateout("r9") a[5] => _,
             lateout("rcx") _, lateout("r11") _,
+            options(nostack)
+        );
+    }
+    if failed != 0 {
+        Err(ret as i64)
+    } else {
+        Ok(ret)
+    }
+}
+
+/// # Safety
+/// The arguments must be valid for system call `n` (pointers to memory of
+/// the sizes the call expects).
+#[cfg(target_arch = "aarch64")]
+pub unsafe fn syscall6(n: u64, a: [u64; 6]) -> Res {
+    let ret: u64;
+    let failed: u64;
+    // SAFETY: FreeBSD arm64 syscall ABI (lib/libc/aarch64/SYS.h,
+    // cpu_fetch_syscall_args in arm64/trap.c, cpu_set_syscall_retval in
+    // arm64/vm_machdep.c): the number in x8, arguments in x0-x5, `svc #0`;
+    // results in x0 and x1, the carry flag set on error with errno in x0
+    // (read into x9 with cset). Every caller-saved register is declared
+    // clobbered (clobber_abi), more than the kernel changes. The caller
+    // vouches for the arguments.
+    unsafe {
+        asm!(
+            "svc #0",
+            "cset x9, cs",
+            lateout("x9") failed,
+            in("x8") n,
+            inlateout("x0") a[0] => ret,
+            in("x1") a[1], in("x2") a[2], in("x3") a[3],
+            in("x4") a[4], in("x5") a[5],
+            clobber_abi("C"),
             options(nostack)
         );
     }
@@ -175,6 +212,7 @@ pub fn getpid() -> u64 {
 }
 
 /// Returns 0 in the child, the child's pid in the parent.
+#[cfg(target_arch = "x86_64")]
 pub fn fork() -> Res {
     let ret: u64;
     let rdx: u64;
@@ -197,6 +235,37 @@ pub fn fork() -> Res {
     if failed != 0 {
         Err(ret as i64)
     } else if rdx != 0 {
+        Ok(0)
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Returns 0 in the child, the child's pid in the parent.
+#[cfg(target_arch = "aarch64")]
+pub fn fork() -> Res {
+    let ret: u64;
+    let x1: u64;
+    let failed: u64;
+    // SAFETY: FreeBSD arm64 fork: the parent gets the child's pid in x0 and
+    // 0 in x1; cpu_fork (arm64/vm_machdep.c) starts the child with x0 and
+    // x1 both 0 (libc's vfork.S relies on x1 as the flag, so both are
+    // looked at); every caller-saved register is declared clobbered.
+    unsafe {
+        asm!(
+            "svc #0",
+            "cset x9, cs",
+            lateout("x9") failed,
+            in("x8") SYS_FORK,
+            inlateout("x0") 0u64 => ret,
+            inlateout("x1") 0u64 => x1,
+            clobber_abi("C"),
+            options(nostack)
+        );
+    }
+    if failed != 0 {
+        Err(ret as i64)
+    } else if x1 != 0 || ret == 0 {
         Ok(0)
     } else {
         Ok(ret)
