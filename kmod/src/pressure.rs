@@ -219,11 +219,17 @@ impl Pressure {
     }
 }
 
+/// Least memory the default floor keeps beyond the page daemon's target.
+pub const FLOOR_MIN_BYTES: u64 = 16 << 20;
+
 /// Default guest-side floor, in guest pages: the page daemon's free target
-/// plus 2% of memory (at least 16 MiB of 4 KiB pages). Below it the balloon
-/// does not inflate.
+/// plus 2% of memory (at least [`FLOOR_MIN_BYTES`], in pages of whatever
+/// size the guest has: 4 KiB on amd64 and on arm64 as FreeBSD 14 builds it,
+/// 16 or 64 KiB on other arm64 kernels). Below it the balloon does not
+/// inflate.
 pub fn floor_default_pages(vm: &VmCounters) -> u64 {
-    vm.free_target + (vm.page_count / 50).max(4096)
+    let min_pages = FLOOR_MIN_BYTES / vm.page_size.max(1);
+    vm.free_target + (vm.page_count / 50).max(min_pages)
 }
 
 /// Guest pages the balloon may still take: none while the pressure watch
@@ -379,12 +385,23 @@ mod tests {
 
     #[test]
     fn small_guests_keep_at_least_16_mib() {
-        let v = VmCounters {
+        let mut v = VmCounters {
+            page_size: 4096,
             page_count: 100_000,
             free_target: 2_000,
             ..Default::default()
         };
         assert_eq!(floor_default_pages(&v), 2_000 + 4096);
+        // 16 MiB whatever the page size (arm64 kernels with 16 or 64 KiB
+        // pages): fewer, larger pages.
+        v.page_count = 10_000;
+        v.page_size = 16384;
+        assert_eq!(floor_default_pages(&v), 2_000 + 1024);
+        v.page_size = 65536;
+        assert_eq!(floor_default_pages(&v), 2_000 + 256);
+        // 2% of memory when that is more: a page count, whatever the size.
+        v.page_count = 1_000_000;
+        assert_eq!(floor_default_pages(&v), 2_000 + 20_000);
     }
 
     #[test]

@@ -89,6 +89,24 @@ pub struct Policy {
     pub host_timeout_ms: u32,
 }
 
+impl Policy {
+    /// The default policy for guest pages of `page_size` bytes: the same
+    /// bytes whatever the page size (blocks of 2 MiB down to 128 KiB, the
+    /// bitmap forgotten after 32 MiB freed), as far as one page allows.
+    /// [`Policy::default`] is in 4 KiB pages: amd64's, and arm64's as
+    /// FreeBSD 14 builds it; arm64 kernels may have 16 or 64 KiB pages.
+    pub fn for_page_size(page_size: u64) -> Policy {
+        let d = Policy::default();
+        let shift = page_size.max(4096).ilog2() - 12;
+        Policy {
+            order: d.order.saturating_sub(shift),
+            min_order: d.min_order.saturating_sub(shift),
+            forget_pages: d.forget_pages >> shift,
+            ..d
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {

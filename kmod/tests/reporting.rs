@@ -2,7 +2,7 @@
 
 mod sim;
 
-use sim::{sim, Ack, Shared, SimDevice, SimMemory};
+use sim::{sim, Ack, Shared, SimDevice, SimMemory, World};
 use vtballoon::balloon::{Balloon, Step, Tunables};
 use vtballoon::platform::VmCounters;
 use vtballoon::protocol::Features;
@@ -17,14 +17,15 @@ struct Env {
     w: Shared,
     free_target: u64,
     pressure: bool,
+    page_size: u64,
 }
 
 impl ReportEnv for Env {
     fn vm(&mut self) -> VmCounters {
         let w = self.w.borrow();
         VmCounters {
-            page_size: 4096,
-            page_count: PAGES as u64,
+            page_size: self.page_size,
+            page_count: w.total_pages as u64,
             free: w.free_pages() as u64,
             free_target: self.free_target,
             freed_total: w.freed_total,
@@ -53,6 +54,7 @@ fn setup(policy: Policy) -> (Shared, SimDevice, SimMemory, Env, Rep) {
         w: w.clone(),
         free_target: 256,
         pressure: false,
+        page_size: 4096,
     };
     (w, dev, mem, env, rep)
 }
@@ -348,4 +350,43 @@ fn the_pause_between_passes_doubles_while_idle_and_resets_on_work() {
         };
         assert_eq!(p.next_pause(16_000, &busy), p.interval_ms, "{stop:?}");
     }
+}
+
+#[test]
+fn blocks_are_2_mib_whatever_the_guest_page_size() {
+    assert_eq!(Policy::for_page_size(4096), Policy::default());
+    let mut words_at = vec![];
+    for page_size in [4096u64, 16384, 65536] {
+        // 64 MiB and the page daemon's free target of 1 MiB, in pages.
+        let pages = (64 << 20) / page_size as usize;
+        let w = World::new(FEATURES, pages, page_size);
+        let (mut dev, mut mem) = (SimDevice::new(w.clone()), SimMemory(w.clone()));
+        let policy = Policy {
+            batch_blocks: 4,
+            ..Policy::for_page_size(page_size)
+        };
+        assert_eq!(page_size << policy.order, 2 << 20);
+        assert_eq!(page_size << policy.min_order, 128 << 10);
+        assert_eq!(policy.forget_pages * page_size, 32 << 20);
+        let words = Rep::bitmap_words(sim::RAM_BASE + (64 << 20), page_size, policy.min_order);
+        words_at.push(words);
+        let mut rep = Reporter::new(policy, page_size, vec![0; words]);
+        let mut env = Env {
+            w: w.clone(),
+            free_target: (1 << 20) / page_size,
+            pressure: false,
+            page_size,
+        };
+        let r = rep.pass(&mut dev, &mut mem, &mut env);
+        assert!(r.reported >= 24, "{page_size}: {r:?}");
+        let world = w.borrow();
+        assert_eq!(world.reported_bytes, u64::from(r.reported) * (2 << 20));
+        assert_eq!(world.free_pages(), pages, "every block came back");
+        drop(world);
+        clean(&w);
+    }
+    assert!(
+        words_at.windows(2).all(|p| p[0] == p[1]),
+        "one bit pair per 128 KiB whatever the page size: {words_at:?}"
+    );
 }

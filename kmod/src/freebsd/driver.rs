@@ -174,7 +174,7 @@ impl State {
             let words = Reporter::<VmPage, Words>::bitmap_words(
                 max_phys(),
                 page,
-                Policy::default().min_order,
+                Policy::for_page_size(page).min_order,
             );
             let bits = Words::new(words);
             if bits.is_none() {
@@ -283,8 +283,9 @@ impl State {
                 addr_of_mut!((*p).report),
                 c"vtballoonrs report",
                 ReportSide {
-                    reporter: bits
-                        .map(|b| Reporter::with_counters(Policy::default(), page, b, counters)),
+                    reporter: bits.map(|b| {
+                        Reporter::with_counters(Policy::for_page_size(page), page, b, counters)
+                    }),
                     blocks: KernelBlocks,
                 },
             );
