@@ -74,17 +74,24 @@ pub struct Kick {
 // not change after `init`; the rest are Sync (atomics, a lock, Dev).
 unsafe impl Sync for Kick {}
 
-/// The CPU the kick thread runs on, none with a single CPU: the last one,
-/// the least likely to be busy with the boot CPU's work.
+/// The CPU the kick thread runs on, none with a single CPU: the last one
+/// started, the least likely to be busy with the boot CPU's work. Taken
+/// from `all_cpus`, not `mp_maxid`: on arm64 a CPU that failed to start
+/// keeps its id below `mp_maxid` but is not in `all_cpus` (start_cpu in
+/// arm64/mp_machdep.c), and a thread cannot be pinned to it.
 fn kick_cpu() -> Option<usize> {
-    // SAFETY: set once at boot.
-    let (ncpus, maxid) = unsafe {
-        (
-            addr_of!(sys::mp_ncpus).read(),
-            addr_of!(sys::mp_maxid).read(),
-        )
-    };
-    (ncpus > 1).then_some(maxid as usize)
+    // SAFETY: set once at boot (CPUs are not hot-plugged on FreeBSD).
+    let cpus = unsafe { addr_of!(sys::all_cpus).read() };
+    let bits = core::mem::size_of_val(&cpus.__bits[0]) * 8;
+    let present: u32 = cpus.__bits.iter().map(|w| w.count_ones()).sum();
+    let last = cpus
+        .__bits
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, w)| **w != 0)
+        .map(|(i, w)| i * bits + (bits - 1 - w.leading_zeros() as usize));
+    last.filter(|_| present > 1)
 }
 
 /// Sets or clears `cpu` in `set` (CPU_SET, CPU_CLR).
