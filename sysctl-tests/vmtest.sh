@@ -5,12 +5,51 @@
 #   sh sysctl-tests/vmtest.sh bench    throughput, ours against the in-tree driver (make vmbench)
 #   sh sysctl-tests/vmtest.sh intree   the in-tree virtio_balloon.ko only (no vtballoonrs.ko needed)
 #   sh sysctl-tests/vmtest.sh PHASE... one boot running these guest phases (e.g. report)
+#   sh sysctl-tests/vmtest.sh arm64 [test [NAME...]]
+#                                      FreeBSD/arm64 on QEMU virt (UEFI): basic, pressure,
+#                                      report, lifecycle over virtio-pci, then virtio-mmio
+#   sh sysctl-tests/vmtest.sh arm64 [--transport mmio] PHASE...
 # Input: FREEBSD_BOOT, a FreeBSD amd64 /boot directory (default /opt/freebsd-boot):
 # kernel/kernel, loader (or loader_simp), cdboot, optionally modules/virtio_balloon.ko.
-# VTB_KVM=1 uses KVM instead of TCG. Console logs: target/vmtest/<boot>/console.log.
+# arm64: FREEBSD_BOOT_ARM64 (default /opt/freebsd-boot-arm64): kernel/kernel,
+# loader.efi, optionally modules/virtio_balloon.ko (tools/build-test-kernel.sh
+# -a arm64 makes one); the module is built against SYSDIR_ARM64 (default
+# SYSDIR when it has arm64 headers, else /usr/src-14.0/sys).
+# VTB_KVM=1 uses KVM instead of TCG. Console logs: target/vmtest/<boot>/console.log
+# (arm64: target/vmtest-arm64/<boot>/console.log).
 set -eu
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || set -- test
+if [ "$1" = arm64 ]; then
+	shift
+	[ $# -gt 0 ] || set -- test
+	FREEBSD_BOOT_ARM64=${FREEBSD_BOOT_ARM64:-/opt/freebsd-boot-arm64}
+	export FREEBSD_BOOT_ARM64
+	if [ ! -f "$FREEBSD_BOOT_ARM64/kernel/kernel" ] || [ ! -f "$FREEBSD_BOOT_ARM64/loader.efi" ]; then
+		echo "skipped: no FreeBSD/arm64 boot files at $FREEBSD_BOOT_ARM64 (kernel/kernel, loader.efi)"
+		exit 0
+	fi
+	for tool in qemu-system-aarch64 xorriso mkfs.fat mmd mcopy; do
+		if ! command -v "$tool" >/dev/null; then
+			echo "error: $tool is needed (sh tools/install-deps.sh)" >&2
+			exit 1
+		fi
+	done
+	SYSDIR=${SYSDIR:-/usr/src/sys}
+	if [ -z "${SYSDIR_ARM64:-}" ]; then
+		SYSDIR_ARM64=/usr/src-14.0/sys
+		[ ! -d "$SYSDIR/arm64/include" ] || SYSDIR_ARM64=$SYSDIR
+	fi
+	if [ "$1" != intree ]; then
+		ARCH=arm64 SYSDIR=$SYSDIR_ARM64 sh kmod/build-kld.sh
+		if [ ! -f target/kld-arm64/vtballoonrs.ko ]; then
+			echo "skipped: the arm64 module could not be built here (see above)"
+			exit 0
+		fi
+	fi
+	ARCH=arm64 sh sysctl-tests/guest/build.sh
+	exec cargo run -q --release -p vmharness -- --arch arm64 "$@"
+fi
 FREEBSD_BOOT=${FREEBSD_BOOT:-/opt/freebsd-boot}
 export FREEBSD_BOOT
 if [ ! -f "$FREEBSD_BOOT/kernel/kernel" ] || [ ! -f "$FREEBSD_BOOT/cdboot" ]; then

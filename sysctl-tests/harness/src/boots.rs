@@ -4,7 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::vm::BALLOON_DEFAULT;
+use crate::vm::{Transport, BALLOON_DEFAULT};
+
+/// The guest architecture a run boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
 
 /// Who plays the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +23,7 @@ pub enum HostKind {
 }
 
 /// One boot of the guest.
+#[derive(Clone)]
 pub struct Boot {
     pub name: String,
     pub phases: String,
@@ -31,6 +39,8 @@ pub struct Boot {
     /// Another FreeBSD boot directory than FREEBSD_BOOT (the GENERIC kernel).
     pub boot_dir: Option<PathBuf>,
     pub host: HostKind,
+    /// The balloon's virtio transport (arm64; amd64 boots are PCI).
+    pub transport: Transport,
 }
 
 impl Boot {
@@ -57,8 +67,46 @@ impl Boot {
             qemu_extra: Vec::new(),
             boot_dir: None,
             host: HostKind::Qemu,
+            transport: Transport::Pci,
         }
     }
+
+    /// The same boot over `transport`, named `<name>-<transport>`.
+    fn over(&self, transport: Transport) -> Boot {
+        Boot {
+            name: format!("{}-{}", self.name, transport.name()),
+            transport,
+            ..self.clone()
+        }
+    }
+
+    /// Whether `arg` names this boot: its name, or for a boot over a
+    /// transport its name without the transport (`basic` for `basic-mmio`).
+    fn named(&self, arg: &str) -> bool {
+        self.name == arg
+            || self
+                .name
+                .strip_suffix(self.transport.name())
+                .and_then(|n| n.strip_suffix('-'))
+                == Some(arg)
+    }
+}
+
+/// The amd64 test boots that also run on arm64: those needing neither a
+/// second kernel (GENERIC) nor libvirt, nor the in-tree driver alone.
+pub const ARM64_BOOTS: [&str; 4] = ["basic", "pressure", "report", "lifecycle"];
+
+/// The boots of `vmharness --arch arm64 test`: [`ARM64_BOOTS`], each over
+/// virtio-pci and then over virtio-mmio.
+pub fn arm64_test_boots() -> Vec<Boot> {
+    let boots: Vec<Boot> = test_boots(None)
+        .into_iter()
+        .filter(|b| ARM64_BOOTS.contains(&b.name.as_str()))
+        .collect();
+    [Transport::Pci, Transport::Mmio]
+        .into_iter()
+        .flat_map(|t| boots.iter().map(move |b| b.over(t)))
+        .collect()
 }
 
 impl Boot {
@@ -124,7 +172,24 @@ pub fn generic_dir() -> Option<PathBuf> {
     dir.join("kernel/kernel").is_file().then_some(dir)
 }
 
-pub fn plan(args: &[String]) -> Vec<Boot> {
+/// The boots to run for `args` on `arch`; `transport` is the balloon's for
+/// a boot of phases named on the command line (arm64).
+pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
+    if arch == Arch::Arm64 {
+        return match args.first().map(String::as_str) {
+            None | Some("test") => {
+                let mut boots = arm64_test_boots();
+                if args.len() > 1 {
+                    boots.retain(|b| args[1..].iter().any(|a| b.named(a)));
+                }
+                boots
+            }
+            Some(_) => plan(args, Arch::Amd64, transport)
+                .into_iter()
+                .map(|b| b.over(transport))
+                .collect(),
+        };
+    }
     match args.first().map(String::as_str) {
         None => test_boots(generic_dir().as_deref()),
         // `test NAME...`: only the test boots named.
@@ -170,10 +235,14 @@ mod tests {
     #[test]
     fn plans_boots() {
         let names = |a: &[&str]| {
-            plan(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .iter()
-                .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
-                .collect::<Vec<_>>()
+            plan(
+                &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                Arch::Amd64,
+                Transport::Pci,
+            )
+            .iter()
+            .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
+            .collect::<Vec<_>>()
         };
         let t: Vec<_> = test_boots(None)
             .iter()
@@ -224,9 +293,12 @@ mod tests {
             .iter()
             .filter(|b| b.name != "libvirt")
             .all(|b| b.host == HostKind::Qemu));
-        let alone = plan(&["libvirt".to_string()]);
+        let alone = plan(&["libvirt".to_string()], Arch::Amd64, Transport::Pci);
         assert_eq!(alone[0].host, HostKind::Libvirt);
-        assert_eq!(plan(&["nodes".to_string()])[0].host, HostKind::Qemu);
+        assert_eq!(
+            plan(&["nodes".to_string()], Arch::Amd64, Transport::Pci)[0].host,
+            HostKind::Qemu
+        );
         // The hinting device and its I/O thread, where hinting phases run.
         let rh = boots.iter().find(|b| b.name == "report-hint").unwrap();
         assert!(rh.balloon.ends_with(",free-page-hint=on,iothread=io0"));
@@ -236,11 +308,58 @@ mod tests {
             .iter()
             .filter(|b| b.name != "report-hint")
             .all(|b| !b.balloon.contains("free-page-hint") && b.qemu_extra.is_empty()));
-        let alone = plan(&["hint-features".to_string()]);
+        let alone = plan(&["hint-features".to_string()], Arch::Amd64, Transport::Pci);
         assert!(alone[0].balloon.contains("free-page-hint=on"));
         assert!(test_boots(None)[0]
             .kenv
             .iter()
             .any(|k| k.starts_with("dev.vtballoonrs.0.oom_batch_pages=")));
+    }
+
+    #[test]
+    fn arm64_runs_the_test_boots_over_pci_then_mmio() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let boots = plan(&args(&["test"]), Arch::Arm64, Transport::Pci);
+        let names: Vec<&str> = boots.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "basic-pci",
+                "pressure-pci",
+                "report-pci",
+                "lifecycle-pci",
+                "basic-mmio",
+                "pressure-mmio",
+                "report-mmio",
+                "lifecycle-mmio"
+            ]
+        );
+        assert!(boots.iter().all(|b| b.transport
+            == if b.name.ends_with("-mmio") {
+                Transport::Mmio
+            } else {
+                Transport::Pci
+            }));
+        // The same phases, memory and tunables as on amd64.
+        let amd64 = test_boots(None);
+        for b in &boots {
+            let same = amd64.iter().find(|a| b.named(&a.name)).unwrap();
+            assert_eq!(
+                (&b.phases, b.mem_mib, &b.kenv),
+                (&same.phases, same.mem_mib, &same.kenv)
+            );
+            assert_eq!(b.host, HostKind::Qemu);
+        }
+        // `test basic` is both transports; a full name is one boot.
+        let basic = plan(&args(&["test", "basic"]), Arch::Arm64, Transport::Pci);
+        assert_eq!(basic.len(), 2);
+        let one = plan(&args(&["test", "report-mmio"]), Arch::Arm64, Transport::Pci);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].transport, Transport::Mmio);
+        // Phases named on the command line run over the transport asked for.
+        let p = plan(&args(&["nodes", "resize"]), Arch::Arm64, Transport::Mmio);
+        assert_eq!(p[0].name, "nodes-resize-mmio");
+        assert_eq!(p[0].transport, Transport::Mmio);
+        assert_eq!(p[0].phases, "nodes resize");
     }
 }

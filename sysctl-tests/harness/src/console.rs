@@ -36,6 +36,8 @@ pub enum Line {
 const FATAL: &[&str] = &[
     "panic:",
     "Fatal trap",
+    // arm64 (arm64/trap.c), before its panic line.
+    "Fatal data abort",
     "KDB: enter",
     "Memory modified after free",
 ];

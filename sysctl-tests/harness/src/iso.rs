@@ -1,6 +1,9 @@
 //! The boot image: El Torito no-emulation cdboot -> loader (/boot/loader.rc)
 //! -> kernel, root on cd9660 with the test program as /sbin/init, the
 //! modules under /boot/modules and the phases to run in /etc/vtbtest.mode.
+//! For UEFI (arm64) the El Torito entry is instead a FAT image holding
+//! loader.efi as `/EFI/BOOT/BOOTAA64.EFI`, the removable-media path the
+//! firmware boots; the loader then reads the same cd9660 tree.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -20,7 +23,12 @@ pub struct Image<'a> {
     pub phases: &'a str,
     /// Extra kernel environment (tunables), `name=value`.
     pub kenv: &'a [String],
+    /// UEFI boot (arm64): `boot` has loader.efi instead of cdboot and loader.
+    pub efi: bool,
 }
+
+/// The FAT image's place in the cd9660 tree (El Torito's boot image).
+pub const EFI_IMAGE: &str = "boot/efi.img";
 
 /// The loader script: serial console, root on the CD, no debugger on panic,
 /// the tunables, then boot.
@@ -50,6 +58,49 @@ pub fn loader_of(boot: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The UEFI loader in a FreeBSD/arm64 boot directory.
+pub fn efi_loader_of(boot: &Path) -> Option<PathBuf> {
+    ["loader.efi", "loader_simp.efi"]
+        .iter()
+        .map(|n| boot.join(n))
+        .find(|p| p.is_file())
+}
+
+/// The commands that make the FAT image `img` holding `loader` where UEFI
+/// firmware looks on removable media. mkfs.fat (dosfstools) and not
+/// mtools' mformat: mformat writes a partition entry, and loader.efi then
+/// stops with "Failed to find bootable partition".
+pub fn efi_image_commands(loader: &Path, img: &Path) -> Vec<Vec<String>> {
+    let img = img.display().to_string();
+    let cmd = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        cmd(&["mkfs.fat", "-C", "-n", "EFIBOOT", &img, "2880"]),
+        cmd(&["mmd", "-i", &img, "::/EFI", "::/EFI/BOOT"]),
+        cmd(&[
+            "mcopy",
+            "-i",
+            &img,
+            &loader.display().to_string(),
+            "::/EFI/BOOT/BOOTAA64.EFI",
+        ]),
+    ]
+}
+
+fn run(cmd: &[String]) -> Result<(), String> {
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|err| format!("{}: {err}", cmd[0]))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The in-tree balloon module in the boot directory, if there is one.
 pub fn in_tree_module(boot: &Path) -> Option<PathBuf> {
     let p = boot.join("modules/virtio_balloon.ko");
@@ -67,9 +118,16 @@ pub fn stage(img: &Image<'_>, dir: &Path) -> Result<(), String> {
     for d in ["boot/kernel", "boot/modules", "sbin", "dev", "etc"] {
         fs::create_dir_all(dir.join(d)).map_err(e("mkdir"))?;
     }
-    let loader = loader_of(img.boot).ok_or("no loader in the boot directory")?;
-    fs::copy(img.boot.join("cdboot"), dir.join("boot/cdboot")).map_err(e("cdboot"))?;
-    fs::copy(loader, dir.join("boot/loader")).map_err(e("loader"))?;
+    if img.efi {
+        let loader = efi_loader_of(img.boot).ok_or("no loader.efi in the boot directory")?;
+        for cmd in efi_image_commands(&loader, &dir.join(EFI_IMAGE)) {
+            run(&cmd)?;
+        }
+    } else {
+        let loader = loader_of(img.boot).ok_or("no loader in the boot directory")?;
+        fs::copy(img.boot.join("cdboot"), dir.join("boot/cdboot")).map_err(e("cdboot"))?;
+        fs::copy(loader, dir.join("boot/loader")).map_err(e("loader"))?;
+    }
     fs::copy(
         img.boot.join("kernel/kernel"),
         dir.join("boot/kernel/kernel"),
@@ -90,30 +148,27 @@ pub fn stage(img: &Image<'_>, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The xorriso arguments for a bootable cd9660 image of `dir`.
-pub fn xorriso_args(dir: &Path, iso: &Path) -> Vec<String> {
-    [
-        "-as",
-        "mkisofs",
-        "-quiet",
-        "-R",
-        "-V",
-        "VTBTEST",
-        "-b",
-        "boot/cdboot",
-        "-no-emul-boot",
-        "-o",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([iso.display().to_string(), dir.display().to_string()])
-    .collect()
+/// The xorriso arguments for a bootable cd9660 image of `dir`: El Torito
+/// with cdboot (BIOS) or with the FAT image as the EFI entry (`-e`).
+pub fn xorriso_args(dir: &Path, iso: &Path, efi: bool) -> Vec<String> {
+    let boot: [&str; 2] = if efi {
+        ["-e", EFI_IMAGE]
+    } else {
+        ["-b", "boot/cdboot"]
+    };
+    ["-as", "mkisofs", "-quiet", "-R", "-V", "VTBTEST"]
+        .iter()
+        .chain(&boot)
+        .chain(&["-no-emul-boot", "-o"])
+        .map(|s| s.to_string())
+        .chain([iso.display().to_string(), dir.display().to_string()])
+        .collect()
 }
 
 pub fn build(img: &Image<'_>, dir: &Path, iso: &Path) -> Result<(), String> {
     stage(img, dir)?;
     let out = Command::new("xorriso")
-        .args(xorriso_args(dir, iso))
+        .args(xorriso_args(dir, iso, img.efi))
         .output()
         .map_err(|err| format!("xorriso: {err}"))?;
     if !out.status.success() {
@@ -188,6 +243,7 @@ mod tests {
             init: &init,
             phases: "nodes resize",
             kenv: &kenv,
+            efi: false,
         };
         stage(&img, &dir).unwrap();
         let read = |p: &str| fs::read_to_string(dir.join(p)).unwrap();
@@ -220,7 +276,7 @@ mod tests {
 
     #[test]
     fn iso_is_el_torito_no_emulation() {
-        let a = xorriso_args(Path::new("/t/tree"), Path::new("/t/boot.iso"));
+        let a = xorriso_args(Path::new("/t/tree"), Path::new("/t/boot.iso"), false);
         let pos = |s: &str| a.iter().position(|x| x == s).unwrap();
         assert_eq!(a[pos("-b") + 1], "boot/cdboot");
         assert!(pos("-no-emul-boot") > pos("-b"));
@@ -230,5 +286,30 @@ mod tests {
         );
         assert_eq!(a[pos("-o") + 1], "/t/boot.iso");
         assert_eq!(a.last().unwrap(), "/t/tree");
+        assert!(!a.contains(&"-e".to_string()));
+    }
+
+    #[test]
+    fn uefi_iso_boots_the_fat_image_holding_the_loader() {
+        let a = xorriso_args(Path::new("/t/tree"), Path::new("/t/boot.iso"), true);
+        let pos = |s: &str| a.iter().position(|x| x == s).unwrap();
+        assert_eq!(a[pos("-e") + 1], EFI_IMAGE);
+        assert!(pos("-no-emul-boot") > pos("-e"));
+        assert!(!a.contains(&"-b".to_string()), "no BIOS entry");
+        assert_eq!(a.last().unwrap(), "/t/tree");
+        let c = efi_image_commands(
+            Path::new("/b/loader.efi"),
+            Path::new("/t/tree/boot/efi.img"),
+        );
+        assert_eq!(c[0][0], "mkfs.fat", "not mformat: no partition entry");
+        assert!(c[0].contains(&"/t/tree/boot/efi.img".to_string()));
+        assert_eq!(c[2][0], "mcopy");
+        assert_eq!(c[2][3], "/b/loader.efi");
+        assert_eq!(c[2][4], "::/EFI/BOOT/BOOTAA64.EFI");
+        let d = tmp("efi");
+        assert_eq!(efi_loader_of(&d), None);
+        fs::write(d.join("loader.efi"), b"x").unwrap();
+        assert_eq!(efi_loader_of(&d), Some(d.join("loader.efi")));
+        fs::remove_dir_all(&d).unwrap();
     }
 }

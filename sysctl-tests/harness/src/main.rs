@@ -10,6 +10,11 @@
 //! vmharness intree           the in-tree driver only (no vtballoonrs.ko needed)
 //! vmharness <phase> ...      one boot running these guest phases
 //! vmharness host-discard     the bench's host reference alone (no QEMU)
+//! vmharness --arch arm64 [--transport pci|mmio] MODE...
+//!                            the same on FreeBSD/arm64 (QEMU `virt`, UEFI):
+//!                            `test` runs basic, pressure, report and
+//!                            lifecycle over virtio-pci, then over virtio-mmio;
+//!                            phases named run over --transport (default pci)
 //! ```
 //!
 //! Environment: FREEBSD_BOOT (a FreeBSD /boot directory: kernel/kernel,
@@ -17,7 +22,12 @@
 //! default /opt/freebsd-boot), VTB_MODULE (our .ko, default
 //! target/kld/vtballoonrs.ko), VTB_INIT (the test program, default
 //! target/vtbtest), VTB_KVM=1 (KVM instead of TCG), VTB_WORK (default
-//! target/vmtest).
+//! target/vmtest). On arm64: FREEBSD_BOOT_ARM64 (kernel/kernel, loader.efi,
+//! optionally modules/virtio_balloon.ko; default /opt/freebsd-boot-arm64),
+//! VTB_MODULE_ARM64 (default target/kld-arm64/vtballoonrs.ko),
+//! VTB_INIT_ARM64 (default target/vtbtest-arm64), VTB_EFI_FIRMWARE (default
+//! /usr/share/qemu-efi-aarch64/QEMU_EFI.fd), VTB_WORK (default
+//! target/vmtest-arm64).
 //!
 //! The boots are defined in [`boots`], the guest's requests answered in
 //! [`requests`], the benchmark's figures and report made in [`bench`];
@@ -47,11 +57,11 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use bench::{measure_host_discard, print_bench, Bench};
-use boots::{plan, Boot, HostKind};
+use boots::{plan, Arch, Boot, HostKind};
 use console::Line;
 use qmp::Qmp;
 use requests::{host, stopped, Run};
-use vm::{Vm, VmConfig};
+use vm::{Machine, Transport, Vm, VmConfig, ARM64_FIRMWARE};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -62,6 +72,38 @@ struct Inputs {
     init: PathBuf,
     work: PathBuf,
     kvm: bool,
+    arch: Arch,
+    firmware: PathBuf,
+}
+
+/// Takes the leading `--arch A` and `--transport T` options off `args`.
+fn options(args: &mut Vec<String>) -> Result<(Arch, Transport), String> {
+    let (mut arch, mut transport) = (Arch::Amd64, Transport::Pci);
+    loop {
+        let value = |args: &mut Vec<String>| {
+            (args.len() > 1)
+                .then(|| args.drain(..2).nth(1))
+                .flatten()
+                .ok_or_else(|| "an option needs a value".to_string())
+        };
+        match args.first().map(String::as_str) {
+            Some("--arch") => {
+                arch = match value(args)?.as_str() {
+                    "amd64" | "x86_64" => Arch::Amd64,
+                    "arm64" | "aarch64" => Arch::Arm64,
+                    a => return Err(format!("--arch {a}: amd64 or arm64")),
+                }
+            }
+            Some("--transport") => {
+                transport = match value(args)?.as_str() {
+                    "pci" => Transport::Pci,
+                    "mmio" => Transport::Mmio,
+                    t => return Err(format!("--transport {t}: pci or mmio")),
+                }
+            }
+            _ => return Ok((arch, transport)),
+        }
+    }
 }
 
 fn env_path(key: &str, default: &str) -> PathBuf {
@@ -69,29 +111,66 @@ fn env_path(key: &str, default: &str) -> PathBuf {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let (arch, transport) = options(&mut args).unwrap_or_else(|e| {
+        eprintln!("vmharness: {e}");
+        std::process::exit(2)
+    });
     if args.first().map(String::as_str) == Some("host-discard") {
         std::process::exit(i32::from(measure_host_discard().is_none()));
     }
-    let inputs = Inputs {
-        boot: env_path("FREEBSD_BOOT", "/opt/freebsd-boot"),
-        module: env_path("VTB_MODULE", "target/kld/vtballoonrs.ko"),
-        init: env_path("VTB_INIT", "target/vtbtest"),
-        work: env_path("VTB_WORK", "target/vmtest"),
-        kvm: std::env::var("VTB_KVM").is_ok_and(|v| v == "1"),
+    let kvm = std::env::var("VTB_KVM").is_ok_and(|v| v == "1");
+    let firmware = env_path("VTB_EFI_FIRMWARE", ARM64_FIRMWARE);
+    let inputs = match arch {
+        Arch::Amd64 => Inputs {
+            boot: env_path("FREEBSD_BOOT", "/opt/freebsd-boot"),
+            module: env_path("VTB_MODULE", "target/kld/vtballoonrs.ko"),
+            init: env_path("VTB_INIT", "target/vtbtest"),
+            work: env_path("VTB_WORK", "target/vmtest"),
+            kvm,
+            arch,
+            firmware,
+        },
+        Arch::Arm64 => Inputs {
+            boot: env_path("FREEBSD_BOOT_ARM64", "/opt/freebsd-boot-arm64"),
+            module: env_path("VTB_MODULE_ARM64", "target/kld-arm64/vtballoonrs.ko"),
+            init: env_path("VTB_INIT_ARM64", "target/vtbtest-arm64"),
+            work: env_path("VTB_WORK", "target/vmtest-arm64"),
+            kvm,
+            arch,
+            firmware,
+        },
     };
     let b = &inputs.boot;
-    if !b.join("kernel/kernel").is_file()
-        || !b.join("cdboot").is_file()
-        || iso::loader_of(b).is_none()
-    {
-        println!(
-            "skipped: no FreeBSD boot files at {} (kernel/kernel, loader, cdboot)",
-            b.display()
-        );
-        return;
+    match arch {
+        Arch::Amd64
+            if !b.join("kernel/kernel").is_file()
+                || !b.join("cdboot").is_file()
+                || iso::loader_of(b).is_none() =>
+        {
+            println!(
+                "skipped: no FreeBSD boot files at {} (kernel/kernel, loader, cdboot)",
+                b.display()
+            );
+            return;
+        }
+        Arch::Arm64 if !b.join("kernel/kernel").is_file() || iso::efi_loader_of(b).is_none() => {
+            println!(
+                "skipped: no FreeBSD/arm64 boot files at {} (kernel/kernel, loader.efi)",
+                b.display()
+            );
+            return;
+        }
+        Arch::Arm64 if !inputs.firmware.is_file() => {
+            println!(
+                "skipped: no UEFI firmware for QEMU's arm64 virt at {} (Debian: qemu-efi-aarch64; or set VTB_EFI_FIRMWARE)",
+                inputs.firmware.display()
+            );
+            return;
+        }
+        _ => {}
     }
-    let boots = plan(&args);
+    let boots = plan(&args, arch, transport);
     let mut missing = vec![];
     if !inputs.init.is_file() {
         missing.push(format!(
@@ -116,15 +195,22 @@ fn main() {
         let r = run_boot(&inputs, boot);
         results.push((boot.name.clone(), r));
     }
-    println!("\n== summary ({})", if inputs.kvm { "KVM" } else { "TCG" });
+    println!(
+        "\n== summary ({}, {})",
+        match inputs.arch {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        },
+        if inputs.kvm { "KVM" } else { "TCG" }
+    );
     let (mut passed, mut failed) = (0, 0);
     for (name, r) in &results {
         if let Some(why) = &r.skip {
-            println!("{name:<10} skipped: {why}");
+            println!("{name:<16} skipped: {why}");
             continue;
         }
         println!(
-            "{name:<10} guest {:>3} passed, {:>2} failed, {:>2} skipped; harness {:>2} passed, {:>2} failed; {:>4.0} s{}",
+            "{name:<16} guest {:>3} passed, {:>2} failed, {:>2} skipped; harness {:>2} passed, {:>2} failed; {:>4.0} s{}",
             r.guest.0,
             r.guest.1,
             r.skipped,
@@ -250,6 +336,9 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         })
     };
     if boot.host == HostKind::Libvirt {
+        if inputs.arch != Arch::Amd64 {
+            return skip("the libvirt boot's domain is an amd64 PC".into());
+        }
         if let Some(why) = libvirt::missing() {
             return skip(why);
         }
@@ -265,6 +354,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
             init: &inputs.init,
             phases: &boot.phases,
             kenv: &boot.kenv,
+            efi: inputs.arch == Arch::Arm64,
         },
         &work.join("iso"),
         &iso_path,
@@ -278,6 +368,11 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         kvm: inputs.kvm,
         balloon: &boot.balloon,
         extra: &boot.qemu_extra,
+        machine: match inputs.arch {
+            Arch::Amd64 => Machine::Amd64,
+            Arch::Arm64 => Machine::Arm64(boot.transport),
+        },
+        firmware: &inputs.firmware,
     };
     let mut checks = vec![];
     let (vm, qmp) = match boot.host {
@@ -485,6 +580,22 @@ fn print_tail(log: &Path, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn takes_the_architecture_and_transport_options_first() {
+        let mut a: Vec<String> = ["--arch", "arm64", "--transport", "mmio", "test", "basic"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(options(&mut a), Ok((Arch::Arm64, Transport::Mmio)));
+        assert_eq!(a, ["test", "basic"]);
+        let mut a = vec!["report".to_string(), "--arch".to_string()];
+        assert_eq!(options(&mut a), Ok((Arch::Amd64, Transport::Pci)));
+        assert_eq!(a.len(), 2, "only leading options are taken");
+        assert!(options(&mut vec!["--arch".to_string()]).is_err());
+        assert!(options(&mut vec!["--arch".into(), "riscv".into()]).is_err());
+        assert!(options(&mut vec!["--transport".into(), "isa".into()]).is_err());
+    }
 
     #[test]
     fn reads_the_balloon_libvirt_gave_qemu() {

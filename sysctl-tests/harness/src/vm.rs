@@ -31,6 +31,58 @@ pub struct Vm {
     pub qmp_path: Option<PathBuf>,
 }
 
+/// The virtio transport the balloon sits on (arm64: both exist on QEMU's
+/// `virt` machine; amd64 guests here always use PCI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `virtio-balloon-pci`: FreeBSD's virtio_pci.
+    Pci,
+    /// `virtio-balloon-device` on one of `virt`'s virtio-mmio slots:
+    /// FreeBSD's virtio_mmio.
+    Mmio,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Pci => "pci",
+            Transport::Mmio => "mmio",
+        }
+    }
+}
+
+/// The guest machine QEMU emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// qemu-system-x86_64's default PC: BIOS, cdboot, the CD on IDE.
+    Amd64,
+    /// qemu-system-aarch64 `-M virt`: UEFI firmware ([`VmConfig::firmware`]),
+    /// loader.efi, the CD on virtio-scsi (`virt` has no IDE), the balloon on
+    /// this transport.
+    Arm64(Transport),
+}
+
+/// Debian's (qemu-efi-aarch64) UEFI firmware for QEMU's arm64 `virt`.
+pub const ARM64_FIRMWARE: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
+
+impl Machine {
+    /// QEMU's binary for this machine.
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Machine::Amd64 => "qemu-system-x86_64",
+            Machine::Arm64(_) => "qemu-system-aarch64",
+        }
+    }
+
+    /// QEMU's balloon device for this machine.
+    pub fn balloon_device(self) -> &'static str {
+        match self {
+            Machine::Amd64 | Machine::Arm64(Transport::Pci) => "virtio-balloon-pci",
+            Machine::Arm64(Transport::Mmio) => "virtio-balloon-device",
+        }
+    }
+}
+
 pub struct VmConfig<'a> {
     pub iso: &'a Path,
     pub mem_mib: u64,
@@ -41,6 +93,9 @@ pub struct VmConfig<'a> {
     pub balloon: &'a str,
     /// More arguments (objects the balloon refers to).
     pub extra: &'a [String],
+    pub machine: Machine,
+    /// The UEFI firmware of an arm64 machine (default [`ARM64_FIRMWARE`]).
+    pub firmware: &'a Path,
 }
 
 /// The balloon device's properties unless a boot says otherwise.
@@ -66,13 +121,41 @@ pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     a.extend(cfg.extra.iter().cloned());
+    if let Machine::Arm64(_) = cfg.machine {
+        // A Cortex-A57 is what TCG emulates fastest of the 64-bit cores
+        // (`max` adds pointer authentication, slow under TCG); `virt`'s
+        // default NIC is left out, as nothing uses it.
+        a.extend(
+            ["-M", "virt", "-cpu", "cortex-a57", "-nic", "none", "-bios"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        a.push(cfg.firmware.display().to_string());
+    }
     a.extend([
         "-device".into(),
-        format!("virtio-balloon-pci,id=balloon0,{}", cfg.balloon),
+        format!(
+            "{},id=balloon0,{}",
+            cfg.machine.balloon_device(),
+            cfg.balloon
+        ),
     ]);
     a.extend(["-smp".into(), cfg.cpus.to_string()]);
     a.extend(["-m".into(), cfg.mem_mib.to_string()]);
-    a.extend(["-cdrom".into(), cfg.iso.display().to_string()]);
+    match cfg.machine {
+        Machine::Amd64 => a.extend(["-cdrom".into(), cfg.iso.display().to_string()]),
+        Machine::Arm64(_) => a.extend([
+            "-device".into(),
+            "virtio-scsi-pci,id=scsi0".into(),
+            "-drive".into(),
+            format!(
+                "if=none,id=cd0,file={},media=cdrom,format=raw,readonly=on",
+                cfg.iso.display()
+            ),
+            "-device".into(),
+            "scsi-cd,drive=cd0,bus=scsi0.0".into(),
+        ]),
+    }
     a.extend([
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp.display()),
@@ -100,13 +183,14 @@ impl Vm {
     pub fn start(cfg: &VmConfig<'_>, work: &Path) -> Result<Vm, String> {
         let qmp_path = work.join("qmp.sock");
         let _ = fs::remove_file(&qmp_path);
-        let mut child = Command::new("qemu-system-x86_64")
+        let qemu = cfg.machine.qemu();
+        let mut child = Command::new(qemu)
             .args(qemu_args(cfg, &qmp_path))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+            .map_err(|e| format!("cannot start {qemu}: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let lines = follow(stdout, cfg.log)?;
@@ -318,6 +402,8 @@ mod tests {
             kvm: false,
             balloon: BALLOON_DEFAULT,
             extra: &[],
+            machine: Machine::Amd64,
+            firmware: Path::new(ARM64_FIRMWARE),
         };
         let a = qemu_args(&cfg, Path::new("/w/qmp.sock"));
         let after = |k: &str| a[a.iter().position(|x| x == k).unwrap() + 1].clone();
@@ -331,6 +417,7 @@ mod tests {
         assert_eq!(after("-qmp"), "unix:/w/qmp.sock,server=on,wait=off");
         assert_eq!(after("-cdrom"), "/w/boot.iso");
         assert!(after("-name").contains("debug-threads=on"));
+        assert!(!a.contains(&"-bios".to_string()));
         let kvm = VmConfig { kvm: true, ..cfg };
         let a = qemu_args(&kvm, Path::new("/w/q"));
         assert!(a.contains(&"kvm".to_string()));
@@ -343,5 +430,44 @@ mod tests {
         let obj = a.iter().position(|x| x == "-object").unwrap();
         assert_eq!(a[obj + 1], "iothread,id=io0");
         assert!(obj < a.iter().position(|x| x == "-device").unwrap());
+    }
+
+    #[test]
+    fn arm64_guests_boot_uefi_on_virt_with_the_balloon_on_either_transport() {
+        let cfg = |transport| VmConfig {
+            iso: Path::new("/w/boot.iso"),
+            mem_mib: 2048,
+            cpus: 2,
+            log: Path::new("/w/console.log"),
+            kvm: false,
+            balloon: BALLOON_DEFAULT,
+            extra: &[],
+            machine: Machine::Arm64(transport),
+            firmware: Path::new(ARM64_FIRMWARE),
+        };
+        let pci = cfg(Transport::Pci);
+        assert_eq!(pci.machine.qemu(), "qemu-system-aarch64");
+        let a = qemu_args(&pci, Path::new("/w/qmp.sock"));
+        let after = |a: &[String], k: &str| a[a.iter().position(|x| x == k).unwrap() + 1].clone();
+        assert_eq!(after(&a, "-M"), "virt");
+        assert_eq!(after(&a, "-cpu"), "cortex-a57");
+        assert_eq!(after(&a, "-bios"), ARM64_FIRMWARE);
+        assert!(!a.contains(&"-cdrom".to_string()), "virt has no IDE");
+        let devices: Vec<&String> = a
+            .iter()
+            .zip(a.iter().skip(1))
+            .filter(|(k, _)| *k == "-device")
+            .map(|(_, v)| v)
+            .collect();
+        assert!(devices.contains(
+            &&"virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on".to_string()
+        ));
+        assert!(devices.contains(&&"scsi-cd,drive=cd0,bus=scsi0.0".to_string()));
+        assert!(a.iter().any(|x| x.contains("file=/w/boot.iso,media=cdrom")));
+        let mmio = qemu_args(&cfg(Transport::Mmio), Path::new("/w/qmp.sock"));
+        assert!(mmio
+            .iter()
+            .any(|x| x.starts_with("virtio-balloon-device,id=balloon0,")));
+        assert!(!mmio.iter().any(|x| x.starts_with("virtio-balloon-pci")));
     }
 }
