@@ -4,14 +4,40 @@
 #      the object audit's own tests, the VM harness's parsers)
 #   2. kernel: build vtballoonrs.ko against FreeBSD headers at SYSDIR, lint the
 #      kernel glue (clippy of the kernel toolchain, for x86_64-unknown-none)
-#      and audit the object
-#   3. VM: the in-guest tests under QEMU, given FreeBSD boot files (FREEBSD_BOOT)
+#      and audit the object; the same for arm64 against SYSDIR_ARM64's arm64
+#      headers (aarch64-unknown-none-softfloat); and the amd64 module built
+#      and audited against a second tree's headers (SYSDIR_ALT: 14.0 where
+#      SYSDIR is 14.2), as the KPI it uses is the same across 14.x
+#   3. VM: the in-guest tests under QEMU, given FreeBSD boot files
+#      (FREEBSD_BOOT); then on arm64 (FREEBSD_BOOT_ARM64), over virtio-pci
+#      and virtio-mmio
 # A tier that cannot run says so; none pretends to be another.
 set -eu
 cd "$(dirname "$0")/.."
 SYSDIR=${SYSDIR:-/usr/src/sys}
 FREEBSD_BOOT=${FREEBSD_BOOT:-/opt/freebsd-boot}
-export SYSDIR FREEBSD_BOOT
+FREEBSD_BOOT_ARM64=${FREEBSD_BOOT_ARM64:-/opt/freebsd-boot-arm64}
+# arm64 headers: SYSDIR's when it has them (a FreeBSD/arm64 machine), else
+# the 14.0 tree this project's arm64 kernels are built from.
+if [ -z "${SYSDIR_ARM64:-}" ]; then
+	SYSDIR_ARM64=/usr/src-14.0/sys
+	[ ! -d "$SYSDIR/arm64/include" ] || SYSDIR_ARM64=$SYSDIR
+fi
+SYSDIR_ALT=${SYSDIR_ALT:-/usr/src-14.0/sys}
+export SYSDIR FREEBSD_BOOT FREEBSD_BOOT_ARM64 SYSDIR_ARM64
+nm=$(command -v llvm-nm-19 || command -v nm)
+
+# audit KO KERNEL: koaudit, against the kernel's symbols when it exists.
+audit() {
+	if [ -f "$2" ]; then
+		syms="${1%.ko}-kernel-symbols.txt"
+		"$nm" -g --defined-only "$2" > "$syms"
+		cargo run -q -p koaudit -- --kernel-symbols "$syms" "$1"
+	else
+		echo "note: no kernel at $2: undefined symbols listed, not checked"
+		cargo run -q -p koaudit -- "$1"
+	fi
+}
 
 echo "== tier 1: host tests"
 cargo fmt --all --check
@@ -28,20 +54,36 @@ else
 	# target: lint it there, with the kernel toolchain's clippy (a missing
 	# clippy fails the tier, as a lint warning does).
 	sh kmod/build-kld.sh --lint
-	ko=target/kld/vtballoonrs.ko
-	kernel=${FREEBSD_KERNEL:-$FREEBSD_BOOT/kernel/kernel}
-	if [ -f "$kernel" ]; then
-		syms=target/kld/kernel-symbols.txt
-		nm=$(command -v llvm-nm-19 || command -v nm)
-		"$nm" -g --defined-only "$kernel" > "$syms"
-		cargo run -q -p koaudit -- --kernel-symbols "$syms" "$ko"
-	else
-		echo "note: no kernel at $kernel: undefined symbols listed, not checked"
-		cargo run -q -p koaudit -- "$ko"
-	fi
+	audit target/kld/vtballoonrs.ko "${FREEBSD_KERNEL:-$FREEBSD_BOOT/kernel/kernel}"
 	tier2=passed
+fi
+echo "== tier 2: arm64 kernel build and object audit"
+if [ ! -d "$SYSDIR_ARM64/arm64/include" ]; then
+	echo "skipped: no FreeBSD arm64 headers at $SYSDIR_ARM64 (set SYSDIR_ARM64)"
+	tier2_arm64=skipped
+else
+	ARCH=arm64 SYSDIR=$SYSDIR_ARM64 sh kmod/build-kld.sh
+	ARCH=arm64 SYSDIR=$SYSDIR_ARM64 sh kmod/build-kld.sh --lint
+	audit target/kld-arm64/vtballoonrs.ko "$FREEBSD_BOOT_ARM64/kernel/kernel"
+	tier2_arm64=passed
+fi
+echo "== tier 2: amd64 module against a second tree's headers ($SYSDIR_ALT)"
+if [ ! -f "$SYSDIR_ALT/sys/param.h" ] || [ ! -d "$SYSDIR_ALT/amd64/include" ]; then
+	echo "skipped: no FreeBSD amd64 headers at $SYSDIR_ALT (set SYSDIR_ALT)"
+	tier2_alt=skipped
+elif [ "$(realpath "$SYSDIR_ALT")" = "$(realpath "$SYSDIR")" ]; then
+	echo "skipped: SYSDIR_ALT is SYSDIR"
+	tier2_alt=skipped
+else
+	KLD_OUT=target/kld-alt SYSDIR=$SYSDIR_ALT sh kmod/build-kld.sh
+	# No kernel of that tree at hand for amd64: the symbols are those of
+	# the kernel tier 3 boots, whose KPI the module was checked against.
+	audit target/kld-alt/vtballoonrs.ko "${FREEBSD_KERNEL:-$FREEBSD_BOOT/kernel/kernel}"
+	tier2_alt=passed
 fi
 
 echo "== tier 3: FreeBSD under QEMU"
 sh sysctl-tests/vmtest.sh test
-echo "== tiers: host passed, kernel $tier2, VM see above"
+echo "== tier 3: FreeBSD/arm64 under QEMU (virt, virtio-pci and virtio-mmio)"
+sh sysctl-tests/vmtest.sh arm64 test
+echo "== tiers: host passed, kernel $tier2 (arm64 $tier2_arm64, amd64 on $SYSDIR_ALT $tier2_alt), VM see above"
