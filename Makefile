@@ -14,6 +14,8 @@
 #   make install-man  the manual page only, gzipped as FreeBSD installs pages
 #   make test         every test tier this machine can run
 #   make vmtest       the in-guest tests under QEMU (needs FREEBSD_BOOT)
+#   make vmtest-arm64 the same on FreeBSD/arm64, over virtio-pci and
+#                     virtio-mmio (needs FREEBSD_BOOT_ARM64)
 #   make vmbench      throughput benchmark, ours against the in-tree driver
 #
 # Installing writes into the system: on a host other than FreeBSD it is
@@ -60,10 +62,13 @@ test:
 vmtest:
 	SYSDIR=$(SYSDIR) sh sysctl-tests/vmtest.sh test
 
+vmtest-arm64:
+	SYSDIR=$(SYSDIR) sh sysctl-tests/vmtest.sh arm64 test
+
 vmbench:
 	SYSDIR=$(SYSDIR) sh sysctl-tests/vmtest.sh bench
 
 clean:
 	cargo clean
 
-.PHONY: all build load unload install install-kld install-man test vmtest vmbench clean
+.PHONY: all build load unload install install-kld install-man test vmtest vmtest-arm64 vmbench clean

@@ -7,13 +7,16 @@
 #          rust-web-src (rustc 1.96 with its library source) and
 #          rust-web-clippy (its clippy, for the kernel glue), clang, lld,
 #          libclang for bindgen
-#   tier 3 (FreeBSD under QEMU): qemu-system-x86, xorriso; for the boot
+#   tier 3 (FreeBSD under QEMU): qemu-system-x86, xorriso; for arm64
+#          qemu-system-arm (qemu-system-aarch64), qemu-efi-aarch64 (the UEFI
+#          firmware of QEMU's virt), dosfstools and mtools (the FAT image
+#          holding loader.efi); for the boot
 #          driven by libvirt, libvirtd (libvirt-daemon with its QEMU driver)
 #          and virsh (libvirt-clients), without recommends: the harness runs
 #          its own libvirtd, and libvirt-daemon-system, which would enable
 #          system services, is not wanted
 set -eu
-pkgs="rustc-web cargo-web rust-web-src rust-web-clippy clang libclang-dev lld-19 llvm-19 qemu-system-x86 xorriso mandoc"
+pkgs="rustc-web cargo-web rust-web-src rust-web-clippy clang libclang-dev lld-19 llvm-19 qemu-system-x86 xorriso mandoc qemu-system-arm qemu-efi-aarch64 dosfstools mtools"
 bare="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
