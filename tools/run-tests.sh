@@ -82,8 +82,12 @@ else
 	tier2_alt=passed
 fi
 
+# Both VM tiers run even when the first fails; make test fails after them.
 echo "== tier 3: FreeBSD under QEMU"
-sh sysctl-tests/vmtest.sh test
+vm=passed
+sh sysctl-tests/vmtest.sh test || vm=failed
 echo "== tier 3: FreeBSD/arm64 under QEMU (virt, virtio-pci and virtio-mmio)"
-sh sysctl-tests/vmtest.sh arm64 test
-echo "== tiers: host passed, kernel $tier2 (arm64 $tier2_arm64, amd64 on $SYSDIR_ALT $tier2_alt), VM see above"
+vm_arm64=passed
+sh sysctl-tests/vmtest.sh arm64 test || vm_arm64=failed
+echo "== tiers: host passed, kernel $tier2 (arm64 $tier2_arm64, amd64 on $SYSDIR_ALT $tier2_alt), VM amd64 $vm, arm64 $vm_arm64 (skips: see above)"
+[ "$vm" = passed ] && [ "$vm_arm64" = passed ]
