@@ -2,8 +2,10 @@
 //!
 //! Rules this module keeps:
 //! - WANTSIZE: the balloon only moves towards the host target after a config
-//!   change (or once at attach). A deflate done for memory pressure clears
-//!   the flag, so the thread does not re-inflate until the host speaks again.
+//!   change (or once at attach). After a deflate done for memory pressure
+//!   the balloon may shrink but not grow until the host speaks again: the
+//!   thread does not re-inflate, and a lower target (set before or during
+//!   the pressure) is still followed down.
 //! - Several PFN buffers may be in flight at once (up to [`MAX_INFLIGHT`]);
 //!   only one direction is in flight at a time.
 //! - A page leaves the balloon (is freed to the VM) only after the host
@@ -174,6 +176,9 @@ pub struct Balloon<C = Owned<BalloonCounters>> {
     inflight_in: u32,
     inflight_out: u32,
     backoff_ms: u32,
+    /// Memory pressure was answered since the host last changed its
+    /// target: the balloon may shrink towards the target, not grow.
+    no_growth: bool,
     /// Order of the next contiguous run to try; lowered when the VM has no
     /// free run that large, raised again at the next config change.
     run_order: u32,
@@ -205,6 +210,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             inflight_in: 0,
             inflight_out: 0,
             backoff_ms: 0,
+            no_growth: false,
             run_order: tun.inflate_run_pages.ilog2(),
             slots: [SlotInfo::FREE; MAX_INFLIGHT],
             limit: InflateLimit::None,
@@ -216,6 +222,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     pub fn config_changed(&mut self) {
         self.counters.config_changes.inc();
         self.wantsize = true;
+        self.no_growth = false;
         self.run_order = self.tun.inflate_run_pages.ilog2();
     }
 
@@ -270,11 +277,15 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         let acked = self.take_ready(dev);
         let mut short_of_memory = false;
         if self.wantsize {
-            let target = dev.num_pages();
-            self.counters.target_pages.set(u64::from(target));
+            let host = dev.num_pages();
+            self.counters.target_pages.set(u64::from(host));
             let planned =
                 i64::from(self.actual) + i64::from(self.inflight_in) - i64::from(self.inflight_out);
-            let target = i64::from(target);
+            let mut target = i64::from(host);
+            if self.no_growth {
+                // Memory pressure answered since the host spoke: down, not up.
+                target = target.min(planned);
+            }
             if target > planned && self.inflight_out == 0 {
                 let want = (target - planned) as u32;
                 let allowed = self.allowed_units(mem, want);
@@ -321,8 +332,8 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     /// Memory pressure: asks `pressure` how much the guest is short (on a
     /// `vm_lowmem` event or a watch look) and gives that back at once, after
     /// the host acknowledged it. Returns the 4 KiB units freed. Only with
-    /// DEFLATE_ON_OOM; clears WANTSIZE so the balloon is not re-inflated
-    /// until the host changes its target again.
+    /// DEFLATE_ON_OOM; the balloon is not re-inflated until the host changes
+    /// its target again (a lower target is still followed).
     #[allow(clippy::too_many_arguments)]
     pub fn relieve<D: Device, M: Memory>(
         &mut self,
@@ -344,7 +355,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             Relief::LowmemEvent => {
                 self.counters.lowmem_events.inc();
                 // The guest is short: an inflate under way stops too.
-                self.wantsize = false;
+                self.no_growth = true;
                 pressure.lowmem(tun, now_ms, vm, ballooned)
             }
             Relief::Watch => pressure.tick(tun, now_ms, vm, ballooned),
@@ -359,14 +370,15 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     }
 
     /// Deflates up to `units` now for memory pressure (DEFLATE_ON_OOM only)
-    /// and clears WANTSIZE. Returns the 4 KiB units freed.
+    /// and lets the balloon grow no more until the host speaks again.
+    /// Returns the 4 KiB units freed.
     pub fn give_back<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M, units: u32) -> u32 {
         if !self.features.contains(Features::DEFLATE_ON_OOM) {
             return 0;
         }
-        self.wantsize = false;
         self.counters.floor_refused_pages.set(0);
         // Settle inflates in flight first so the deflate may use every slot.
+        self.no_growth = true;
         if self.settle(dev, mem).is_err() {
             return 0;
         }

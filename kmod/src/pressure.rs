@@ -31,10 +31,11 @@
 //!   shortage, so after the pressure the balloon holds everything the guest
 //!   did not need, less the page daemon's target, the headroom and at most
 //!   two intervals of consumption.
-//! - **No re-inflation behind the guest's back.** A pressure deflate clears
-//!   WANTSIZE ([`crate::balloon`]), and while the watch runs the balloon
-//!   does not inflate at all, even for a new host target: that waits until
-//!   the pressure has passed.
+//! - **No re-inflation behind the guest's back.** After a pressure deflate
+//!   the balloon may shrink but not grow until the host changes its target
+//!   again ([`crate::balloon`]), and while the watch runs the balloon does
+//!   not inflate at all, even for a new host target: that waits until the
+//!   pressure has passed. A lower target is followed at once.
 //!
 //! The same module computes the guest-side floor: the balloon never
 //! inflates while the guest's available memory ([`crate::avail`]) is below

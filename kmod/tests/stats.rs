@@ -257,3 +257,41 @@ fn counters_may_live_outside_the_stats_object() {
     assert_eq!(counters.requests.get(), 1);
     assert_eq!(s.counters().requests.get(), 1);
 }
+
+#[test]
+fn a_one_ms_push_interval_is_held_at_the_floor_from_the_start() {
+    // A hostile host asks for a push every millisecond from the first
+    // config read, and again on every config change: the timer never runs
+    // faster than MIN_PUSH_INTERVAL_MS, and pushes the host has not taken
+    // back are not stacked.
+    let (w, mut dev, _) = sim(STATS | PUSH, 16);
+    w.borrow_mut().push_interval_ms = 1;
+    let mut s = Stats::new(STATS | PUSH, false);
+    assert_eq!(
+        s.start(&mut dev, &vm()),
+        Ok(PushTimer::Every(MIN_PUSH_INTERVAL_MS))
+    );
+    for ms in [1, 0, 1, 2, 99, 1] {
+        w.borrow_mut().push_interval_ms = ms;
+        let t = s.config_changed(&mut dev, &vm());
+        match ms {
+            0 => assert_eq!(t, PushTimer::Off),
+            _ => assert_eq!(t, PushTimer::Every(MIN_PUSH_INTERVAL_MS)),
+        }
+    }
+    w.borrow_mut().ack = Ack::Never;
+    for _ in 0..1_000 {
+        s.push_tick(&mut dev, &vm()).unwrap();
+    }
+    assert!(
+        s.counters().pushes.get() <= 1,
+        "one push outstanding at most"
+    );
+    let outstanding = w.borrow().outstanding(Queue::Stats);
+    assert!(outstanding <= 2, "pull + push buffers only: {outstanding}");
+    assert!(
+        w.borrow().violations.is_empty(),
+        "{:?}",
+        w.borrow().violations
+    );
+}
