@@ -289,15 +289,18 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             if target > planned && self.inflight_out == 0 {
                 let want = (target - planned) as u32;
                 let allowed = self.allowed_units(mem, want);
-                if allowed < want {
-                    short_of_memory = true;
-                }
                 let before = self.inflight_in;
                 let posted = self.post_inflates(dev, mem, allowed);
-                self.use_allowance(mem, self.inflight_in - before);
+                let took = self.inflight_in - before;
+                self.use_allowance(mem, took);
                 match posted {
                     Ok(full) => short_of_memory |= !full,
                     Err(e) => return self.failed(e),
+                }
+                // The limit holds the rest back: wait for memory only once
+                // the allowance is used up, not while taking what it allows.
+                if allowed < want && took == 0 && self.inflight_in == 0 {
+                    short_of_memory = true;
                 }
             } else if target < planned && self.inflight_in == 0 {
                 if let Err(e) = self.post_deflates(dev, mem, (planned - target) as u32) {

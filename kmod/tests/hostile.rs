@@ -276,3 +276,37 @@ fn a_device_that_goes_away_mid_inflate_is_detached_in_bounded_time() {
     assert_eq!(b.actual(), 0);
     clean(&w);
 }
+
+#[test]
+fn the_floor_does_not_slow_the_inflate_below_it() {
+    // The host wants more than the floor allows: the balloon still takes
+    // what the floor allows at full speed, one buffer after another,
+    // and backs off only once the allowance is used up.
+    let (w, mut dev, mut mem) = sim(MTH | OOM, 16_384);
+    w.borrow_mut().num_pages = u32::MAX;
+    let mut b = Balloon::new(MTH | OOM, Tunables::default());
+    let mut steps = Vec::new();
+    while b.actual() < 10_000 && steps.len() < 1_000 {
+        // As the balloon thread does before each step: the allowance from
+        // what is available now, less a floor of 6_384 pages.
+        let left = w.borrow().free_pages().saturating_sub(6_384) as u64;
+        b.set_inflate_limit(InflateLimit::Floor(left));
+        let s = b.step(&mut dev, &mut mem);
+        steps.push(s);
+        if let Step::Backoff { ms } = s {
+            w.borrow_mut().now_ms += u64::from(ms);
+        }
+    }
+    assert_eq!(b.actual(), 10_000, "what the floor allows");
+    let backoffs = steps
+        .iter()
+        .filter(|s| matches!(s, Step::Backoff { .. }))
+        .count();
+    assert_eq!(backoffs, 0, "no backoff on the way to the floor: {steps:?}");
+    let left = w.borrow().free_pages().saturating_sub(6_384) as u64;
+    b.set_inflate_limit(InflateLimit::Floor(left));
+    assert!(matches!(b.step(&mut dev, &mut mem), Step::Backoff { .. }));
+    assert!(b.counters().floor_refused_pages.get() > 0);
+    consistent(&w, &b);
+    clean(&w);
+}
