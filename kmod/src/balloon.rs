@@ -335,8 +335,12 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     /// Memory pressure: asks `pressure` how much the guest is short (on a
     /// `vm_lowmem` event or a watch look) and gives that back at once, after
     /// the host acknowledged it. Returns the 4 KiB units freed. Only with
-    /// DEFLATE_ON_OOM; the balloon is not re-inflated until the host changes
-    /// its target again (a lower target is still followed).
+    /// DEFLATE_ON_OOM. When the guest is short the balloon is not
+    /// re-inflated until the host changes its target again (a lower target
+    /// is still followed); an event that finds free memory at the pressure
+    /// goal (FreeBSD's page daemon also reacts to how fast free memory falls,
+    /// as it does right after a fast inflate) gets its batch but stops
+    /// nothing: the floor keeps the balloon off what the guest needs.
     #[allow(clippy::too_many_arguments)]
     pub fn relieve<D: Device, M: Memory>(
         &mut self,
@@ -354,11 +358,18 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         let per_page = units_per_page(mem) as u64;
         // Inflates in flight are the host's already: count them as ballooned.
         let ballooned = u64::from(self.actual + self.inflight_in) / per_page;
+        let short = match cause {
+            Relief::LowmemEvent => pressure.short(tun, vm),
+            // The watch deflates only below its low mark.
+            Relief::Watch => true,
+        };
         let pages = match cause {
             Relief::LowmemEvent => {
                 self.counters.lowmem_events.inc();
-                // The guest is short: an inflate under way stops too.
-                self.no_growth = true;
+                if short {
+                    // An inflate under way stops too.
+                    self.no_growth = true;
+                }
                 pressure.lowmem(tun, now_ms, vm, ballooned)
             }
             Relief::Watch => pressure.tick(tun, now_ms, vm, ballooned),
@@ -367,7 +378,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             return 0;
         }
         let units = u32::try_from(pages * per_page).unwrap_or(u32::MAX);
-        let freed = self.give_back(dev, mem, units);
+        let freed = self.deflate_for_pressure(dev, mem, units, short);
         pressure.gave_back(u64::from(freed) / per_page);
         freed
     }
@@ -376,12 +387,25 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     /// and lets the balloon grow no more until the host speaks again.
     /// Returns the 4 KiB units freed.
     pub fn give_back<D: Device, M: Memory>(&mut self, dev: &mut D, mem: &mut M, units: u32) -> u32 {
+        self.deflate_for_pressure(dev, mem, units, true)
+    }
+
+    /// Deflates up to `units` now; `hold`: no growth until the host speaks.
+    fn deflate_for_pressure<D: Device, M: Memory>(
+        &mut self,
+        dev: &mut D,
+        mem: &mut M,
+        units: u32,
+        hold: bool,
+    ) -> u32 {
         if !self.features.contains(Features::DEFLATE_ON_OOM) {
             return 0;
         }
-        self.counters.floor_refused_pages.set(0);
+        if hold {
+            self.no_growth = true;
+            self.counters.floor_refused_pages.set(0);
+        }
         // Settle inflates in flight first so the deflate may use every slot.
-        self.no_growth = true;
         if self.settle(dev, mem).is_err() {
             return 0;
         }

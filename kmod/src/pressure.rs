@@ -17,6 +17,10 @@
 //!   during one watch interval; at least [`OomTunables::min_batch_pages`].
 //!   The deflate runs inside the handler, so the page daemon sees the pages
 //!   free when the handler returns and scans only for what is still missing.
+//!   An event that finds free memory at or above that goal
+//!   ([`Pressure::short`] false) gets the batch and stops nothing: the page
+//!   daemon's PID controller raises the event when free memory falls fast,
+//!   as it does while the balloon inflates towards the floor.
 //! - **Between events the driver keeps up by itself.** After an event it
 //!   watches free memory every [`OomTunables::interval_ms`] and, when free
 //!   memory falls below the page daemon's target plus half the headroom,
@@ -159,6 +163,15 @@ impl Pressure {
             self.extend(tun, now_ms, ballooned);
         }
         want
+    }
+
+    /// True when free memory is below what a deflate would restore (the
+    /// page daemon's target, the headroom and what the guest is seen to use
+    /// ahead): the guest is short. A `vm_lowmem` event with free memory at
+    /// or above it is the page daemon reacting to how fast free memory fell
+    /// (its controller has a derivative term), not to a shortage.
+    pub fn short(&self, tun: &OomTunables, vm: &VmCounters) -> bool {
+        vm.free < self.goal(tun, vm)
     }
 
     /// Pages a deflate actually gave back (they count as free memory at the
