@@ -13,7 +13,7 @@
 //! skipped with `--no-host`, and say so.
 //!
 //! The phases live in one module per boot of `vmharness test` ([`basic`],
-//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`]; also [`intree`],
+//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`], [`floor`]; also [`intree`],
 //! [`bench`]),
 //! the helpers they share beside them.
 #![no_std]
@@ -25,6 +25,7 @@ mod bench;
 mod check;
 mod child;
 mod devctl;
+mod floor;
 mod hint;
 mod host;
 mod intree;
@@ -82,6 +83,7 @@ const PHASES: &[Phase] = &[
     phase("intree", intree::phase_intree, false, true),
     phase("bench", bench::phase_bench, false, true),
     phase("libvirt", libvirt::phase_libvirt, true, true),
+    phase("floor", floor::phase_floor, true, true),
 ];
 
 /// Without phase arguments.

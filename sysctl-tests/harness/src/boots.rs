@@ -154,6 +154,10 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
         Boot::new("report-hint", "hint-features report", 2048, true, 900).with_hinting(),
         Boot::new("lifecycle", "unload cycles swap", 2048, true, 1200),
         libvirt,
+        // The guest-side floor against a host that wants all but 1 MiB of
+        // a 2 GiB guest, with a process allocating and freeing 256 MiB in
+        // a loop meanwhile.
+        Boot::new("floor", "floor", 2048, true, 900),
     ];
     if let Some(dir) = generic {
         let mut g = Boot::new("pressure-generic", "oom-one oom-many", 4096, true, 1200);
@@ -248,7 +252,7 @@ mod tests {
             .iter()
             .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
             .collect();
-        assert_eq!(t.len(), 8);
+        assert_eq!(t.len(), 9);
         assert!(t.iter().all(|(n, _, ours)| *ours || n == "oom-intree"));
         let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
         for phase in [
@@ -267,6 +271,7 @@ mod tests {
             "swap",
             "libvirt",
             "hint-features",
+            "floor",
         ] {
             assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
         }

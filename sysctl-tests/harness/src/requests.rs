@@ -129,6 +129,14 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
             set_target(r, arg).map(|()| 0)
         }
         "kills" => Ok(r.kills),
+        "balloon-mib" => {
+            // The host's own unit: the guest's memory size as QMP `balloon`
+            // takes it (1 MiB: "all but 1 MiB into the balloon"), which
+            // set-target refuses for being beyond what a guest can give.
+            qmp(r)?.balloon(arg.max(1) * MIB)?;
+            println!("[{}] host: QMP balloon {} MiB", r.name, arg.max(1));
+            Ok(0)
+        }
         "host-pages" => host_pages(r),
         "host-actual" => {
             // Once steady: the same for a second, or after 10 s.
