@@ -13,7 +13,7 @@
 //! skipped with `--no-host`, and say so.
 //!
 //! The phases live in one module per boot of `vmharness test` ([`basic`],
-//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`], [`floor`]; also [`intree`],
+//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`], [`floor`], [`hostile`] with [`transport`]; also [`intree`],
 //! [`bench`]),
 //! the helpers they share beside them.
 #![no_std]
@@ -28,6 +28,7 @@ mod devctl;
 mod floor;
 mod hint;
 mod host;
+mod hostile;
 mod intree;
 mod kld;
 mod libvirt;
@@ -39,6 +40,7 @@ mod proto;
 mod report;
 mod sys;
 mod sysctl;
+mod transport;
 
 use check::Ctx;
 use host::Host;
@@ -84,6 +86,10 @@ const PHASES: &[Phase] = &[
     phase("bench", bench::phase_bench, false, true),
     phase("libvirt", libvirt::phase_libvirt, true, true),
     phase("floor", floor::phase_floor, true, true),
+    phase("transport-legacy", transport::phase_transport_legacy, true, true),
+    phase("transport-modern", transport::phase_transport_modern, true, true),
+    phase("flip", hostile::phase_flip, true, true),
+    phase("oom-retarget", hostile::phase_oom_retarget, true, true),
 ];
 
 /// Without phase arguments.

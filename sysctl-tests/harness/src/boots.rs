@@ -121,6 +121,11 @@ impl Boot {
     }
 }
 
+/// Legacy virtio-pci only (guest-endian transport, no VERSION_1).
+pub const BALLOON_LEGACY: &str = "disable-modern=on,deflate-on-oom=on,free-page-reporting=on";
+/// Modern virtio-pci only (little-endian transport, VERSION_1).
+pub const BALLOON_MODERN: &str = "disable-legacy=on,deflate-on-oom=on,free-page-reporting=on";
+
 /// Phases that need the hinting balloon.
 const HINT_PHASES: [&str; 1] = ["hint-features"];
 
@@ -142,6 +147,18 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
     // with `virsh setmem`.
     let mut libvirt = Boot::new("libvirt", "libvirt", 2048, true, 900);
     libvirt.host = HostKind::Libvirt;
+    // Hostile targets, on the legacy transport (whose basic scenario runs
+    // first); the basic scenario again on the modern-only transport.
+    let mut hostile = Boot::new(
+        "hostile",
+        "transport-legacy flip oom-retarget",
+        2048,
+        true,
+        1200,
+    );
+    hostile.balloon = BALLOON_LEGACY.into();
+    let mut modern = Boot::new("modern", "transport-modern", 2048, true, 600);
+    modern.balloon = BALLOON_MODERN.into();
     let mut boots = vec![
         basic,
         Boot::new("pressure", OOM_PHASES, 4096, true, 1800),
@@ -158,6 +175,8 @@ pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
         // a 2 GiB guest, with a process allocating and freeing 256 MiB in
         // a loop meanwhile.
         Boot::new("floor", "floor", 2048, true, 900),
+        hostile,
+        modern,
     ];
     if let Some(dir) = generic {
         let mut g = Boot::new("pressure-generic", "oom-one oom-many", 4096, true, 1200);
@@ -212,7 +231,10 @@ pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
             let needs = args.iter().any(|a| a != "intree" && !a.starts_with('-'));
             let name: Vec<&str> = args.iter().map(|a| a.trim_start_matches('-')).collect();
             // The pressure scenarios are sized for a 4 GiB guest.
-            let mem = if args.iter().any(|a| a.starts_with("oom-")) {
+            let mem = if args
+                .iter()
+                .any(|a| a.starts_with("oom-") && a != "oom-retarget")
+            {
                 4096
             } else {
                 2048
@@ -220,6 +242,12 @@ pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
             let mut boot = Boot::new(&name.join("-"), &phases, mem, needs, 2400);
             if args.iter().any(|a| a == "oom-control") {
                 boot.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
+            }
+            if args.iter().any(|a| a == "transport-legacy") {
+                boot.balloon = BALLOON_LEGACY.into();
+            }
+            if args.iter().any(|a| a == "transport-modern") {
+                boot.balloon = BALLOON_MODERN.into();
             }
             if args.iter().any(|a| a == "libvirt") {
                 boot.host = HostKind::Libvirt;
@@ -252,7 +280,7 @@ mod tests {
             .iter()
             .map(|b| (b.name.clone(), b.phases.clone(), b.needs_ours))
             .collect();
-        assert_eq!(t.len(), 9);
+        assert_eq!(t.len(), 11);
         assert!(t.iter().all(|(n, _, ours)| *ours || n == "oom-intree"));
         let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
         for phase in [
@@ -272,6 +300,10 @@ mod tests {
             "libvirt",
             "hint-features",
             "floor",
+            "transport-legacy",
+            "transport-modern",
+            "flip",
+            "oom-retarget",
         ] {
             assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
         }
@@ -290,6 +322,24 @@ mod tests {
             .filter(|b| b.name != "oom-control")
             .all(|b| b.balloon.contains("deflate-on-oom=on")));
         assert_eq!(names(&["--no-host", "nodes"])[0].0, "no-host-nodes");
+        // The transports each boot asks for.
+        let by = |n: &str| boots.iter().find(|b| b.name == n).unwrap();
+        assert!(by("hostile").balloon.starts_with("disable-modern=on,"));
+        assert!(by("modern").balloon.starts_with("disable-legacy=on,"));
+        assert!(boots
+            .iter()
+            .filter(|b| b.name != "hostile" && b.name != "modern")
+            .all(|b| !b.balloon.contains("disable-")));
+        let alone = plan(
+            &["transport-legacy".to_string()],
+            Arch::Amd64,
+            Transport::Pci,
+        );
+        assert_eq!(alone[0].balloon, BALLOON_LEGACY);
+        assert_eq!(
+            plan(&["oom-retarget".to_string()], Arch::Amd64, Transport::Pci)[0].mem_mib,
+            2048
+        );
         // libvirt plays the host of the libvirt boot, and of that phase
         // run alone; QEMU every other.
         let lv = boots.iter().find(|b| b.name == "libvirt").unwrap();

@@ -137,6 +137,7 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
             println!("[{}] host: QMP balloon {} MiB", r.name, arg.max(1));
             Ok(0)
         }
+        "flip" => flip(r, arg),
         "host-pages" => host_pages(r),
         "host-actual" => {
             // Once steady: the same for a second, or after 10 s.
@@ -244,6 +245,27 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
         }
         _ => Err(format!("unknown request {cmd}")),
     }
+}
+
+/// Flips the target between 0 and 90% of memory every 5 ms for `secs`
+/// seconds; leaves it at 0. Returns the number of changes.
+fn flip(r: &mut Run, secs: u64) -> Result<u64, String> {
+    let hi = r.ram / PAGE * 9 / 10;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        set_target(r, if n.is_multiple_of(2) { hi } else { 0 })?;
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    set_target(r, 0)?;
+    println!(
+        "[{}] host: {n} target changes between 0 and {} MiB in {:.1} s",
+        r.name,
+        hi * PAGE / MIB,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(n)
 }
 
 /// Turns on guest-stats polling and waits for a sample newer than the
