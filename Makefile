@@ -17,6 +17,7 @@
 #   make vmtest-arm64 the same on FreeBSD/arm64, over virtio-pci and
 #                     virtio-mmio (needs FREEBSD_BOOT_ARM64)
 #   make vmbench      throughput benchmark, ours against the in-tree driver
+#   make vmsoak       the soak (not in make test): VTB_SOAK_S seconds (default 1200) of faults and load
 #
 # Installing writes into the system: on a host other than FreeBSD it is
 # refused unless DESTDIR is set (a staging directory, as for a package).
@@ -68,7 +69,10 @@ vmtest-arm64:
 vmbench:
 	SYSDIR=$(SYSDIR) sh sysctl-tests/vmtest.sh bench
 
+vmsoak:
+	SYSDIR=$(SYSDIR) sh sysctl-tests/vmtest.sh soak
+
 clean:
 	cargo clean
 
-.PHONY: all build load unload install install-kld install-man test vmtest vmtest-arm64 vmbench clean
+.PHONY: all build load unload install install-kld install-man test vmtest vmtest-arm64 vmbench vmsoak clean

@@ -3,6 +3,7 @@
 #   sh sysctl-tests/vmtest.sh test     the in-guest checks, every test boot (make vmtest)
 #   sh sysctl-tests/vmtest.sh test NAME...  only the test boots named (basic, pressure, ...)
 #   sh sysctl-tests/vmtest.sh bench    throughput, ours against the in-tree driver (make vmbench)
+#   sh sysctl-tests/vmtest.sh soak     the soak, VTB_SOAK_S seconds (default 1200; make vmsoak)
 #   sh sysctl-tests/vmtest.sh intree   the in-tree virtio_balloon.ko only (no vtballoonrs.ko needed)
 #   sh sysctl-tests/vmtest.sh PHASE... one boot running these guest phases (e.g. report)
 #   sh sysctl-tests/vmtest.sh arm64 [test [NAME...]]

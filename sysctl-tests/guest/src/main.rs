@@ -13,7 +13,7 @@
 //! skipped with `--no-host`, and say so.
 //!
 //! The phases live in one module per boot of `vmharness test` ([`basic`],
-//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`], [`floor`], [`hostile`] with [`transport`]; also [`intree`],
+//! [`pressure`], [`report`], [`hint`], [`lifecycle`], [`libvirt`], [`floor`], [`hostile`] and [`faults`] with [`transport`]; also [`intree`], [`soak`],
 //! [`bench`]),
 //! the helpers they share beside them.
 #![no_std]
@@ -25,11 +25,13 @@ mod bench;
 mod check;
 mod child;
 mod devctl;
+mod faults;
 mod floor;
 mod hint;
 mod host;
 mod hostile;
 mod intree;
+mod kinfo;
 mod kld;
 mod libvirt;
 mod lifecycle;
@@ -38,6 +40,7 @@ mod out;
 mod pressure;
 mod proto;
 mod report;
+mod soak;
 mod sys;
 mod sysctl;
 mod transport;
@@ -86,10 +89,23 @@ const PHASES: &[Phase] = &[
     phase("bench", bench::phase_bench, false, true),
     phase("libvirt", libvirt::phase_libvirt, true, true),
     phase("floor", floor::phase_floor, true, true),
-    phase("transport-legacy", transport::phase_transport_legacy, true, true),
-    phase("transport-modern", transport::phase_transport_modern, true, true),
+    phase(
+        "transport-legacy",
+        transport::phase_transport_legacy,
+        true,
+        true,
+    ),
+    phase(
+        "transport-modern",
+        transport::phase_transport_modern,
+        true,
+        true,
+    ),
     phase("flip", hostile::phase_flip, true, true),
     phase("oom-retarget", hostile::phase_oom_retarget, true, true),
+    phase("hotplug", faults::phase_hotplug, true, true),
+    phase("stall", faults::phase_stall, true, true),
+    phase("soak", soak::phase_soak, true, true),
 ];
 
 /// Without phase arguments.

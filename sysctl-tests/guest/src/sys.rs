@@ -404,6 +404,69 @@ pub fn munmap(addr: u64, len: u64) -> Res {
     unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
 }
 
+/// One PCI config register of device `sel` (domain, bus, slot, function)
+/// through /dev/pci: read when `write` is None, written otherwise.
+pub fn pci_config(sel: [u32; 4], reg: u32, width: u32, write: Option<u32>) -> Res {
+    #[repr(C)]
+    struct PciIo {
+        domain: u32,
+        bus: u8,
+        dev: u8,
+        func: u8,
+        _pad: u8,
+        reg: i32,
+        width: i32,
+        data: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<PciIo>() == 20);
+    const PCIOCREAD: u64 = 0xc014_7002; // _IOWR('p', 2, struct pci_io)
+    const PCIOCWRITE: u64 = 0xc014_7003; // _IOWR('p', 3, struct pci_io)
+    let mut io = PciIo {
+        domain: sel[0],
+        bus: sel[1] as u8,
+        dev: sel[2] as u8,
+        func: sel[3] as u8,
+        _pad: 0,
+        reg: reg as i32,
+        width: width as i32,
+        data: write.unwrap_or(0),
+    };
+    let fd = open(b"/dev/pci\0", O_RDWR)?;
+    let cmd = if write.is_some() {
+        PCIOCWRITE
+    } else {
+        PCIOCREAD
+    };
+    // SAFETY: io is a valid struct pci_io for the ioctl.
+    let r = unsafe { syscall6(SYS_IOCTL, [fd, cmd, &mut io as *mut PciIo as u64, 0, 0, 0]) };
+    close(fd);
+    r.map(|_| u64::from(io.data))
+}
+
+/// sysctl(2) by MIB into `len` bytes at `old` (a buffer the caller owns,
+/// e.g. a fresh mapping). Returns the length written.
+///
+/// # Safety
+/// `old` is valid for writes of `len` bytes.
+pub unsafe fn sysctl_raw(mib: &[i32], old: u64, len: usize) -> Result<usize, i64> {
+    let mut oldlen: usize = len;
+    // SAFETY: per the contract; the MIB and length are ours.
+    unsafe {
+        syscall6(
+            SYS_SYSCTL,
+            [
+                mib.as_ptr() as u64,
+                mib.len() as u64,
+                old,
+                &mut oldlen as *mut usize as u64,
+                0,
+                0,
+            ],
+        )
+    }?;
+    Ok(oldlen)
+}
+
 /// sysctlbyname(2): `name` without NUL. Returns the old value's length.
 pub fn sysctlbyname(name: &[u8], old: Option<&mut [u8]>, new: Option<&[u8]>) -> Result<usize, i64> {
     let mut oldlen: usize = old.as_ref().map_or(0, |o| o.len());

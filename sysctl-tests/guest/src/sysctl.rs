@@ -71,18 +71,25 @@ pub fn exists(name: &[u8]) -> bool {
     get_str(name, &mut b).is_some()
 }
 
-/// The description of a sysctl node: sysctl.name2oid ({0,3}), then
-/// sysctl.oiddescr ({0,5,<oid>}), as sysctl(8) -d does.
-pub fn description(name: &[u8], buf: &mut [u8]) -> Option<usize> {
+/// The MIB of a sysctl node (sysctl.name2oid, {0,3}) in `mib[skip..]`;
+/// returns its length.
+pub fn name2oid(name: &[u8], mib: &mut [i32; 26], skip: usize) -> Option<usize> {
     let mut oid = [0u8; 24 * 4];
     let n = sys::sysctl(&[0, 3], &mut oid, Some(name)).ok()?;
     let len = (n / 4).min(24);
-    let mut mib = [0i32; 26];
-    mib[1] = 5;
     for i in 0..len {
         let w = [oid[4 * i], oid[4 * i + 1], oid[4 * i + 2], oid[4 * i + 3]];
-        mib[2 + i] = i32::from_le_bytes(w);
+        mib[skip + i] = i32::from_le_bytes(w);
     }
+    Some(len)
+}
+
+/// The description of a sysctl node: sysctl.name2oid ({0,3}), then
+/// sysctl.oiddescr ({0,5,<oid>}), as sysctl(8) -d does.
+pub fn description(name: &[u8], buf: &mut [u8]) -> Option<usize> {
+    let mut mib = [0i32; 26];
+    let len = name2oid(name, &mut mib, 2)?;
+    mib[1] = 5;
     let d = sys::sysctl(&mib[..2 + len], buf, None).ok()?;
     Some(d.saturating_sub(1))
 }

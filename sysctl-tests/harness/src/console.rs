@@ -51,6 +51,8 @@ const WARNINGS: &[&str] = &[
     "owns a non-sleepable lock",
     "acquiring duplicate lock of same type",
     "freeing non-empty virtqueue",
+    // malloc(9) types that still hold memory when their module unloads.
+    "leaked memory on destroy",
 ];
 
 pub fn parse(line: &str) -> Line {
@@ -230,6 +232,10 @@ mod tests {
             parse(
                 "virtio_pci0: vtballoonrs0 stats: freeing non-empty virtqueue, leaking 1 entries"
             ),
+            Line::Warning(_)
+        ));
+        assert!(matches!(
+            parse("Warning: memory type vtballoonrs leaked memory on destroy (1 allocations, 64 bytes leaked)."),
             Line::Warning(_)
         ));
         assert_eq!(

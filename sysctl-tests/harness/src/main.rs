@@ -7,6 +7,8 @@
 //! vmharness test             every test boot (make vmtest)
 //! vmharness test NAME...     only the test boots named
 //! vmharness bench            throughput, ours against the in-tree driver (make vmbench)
+//! vmharness soak             the soak: VTB_SOAK_S seconds (default 1200) of random
+//!                            targets, pressure, unloads, a hot-unplug (make vmsoak)
 //! vmharness intree           the in-tree driver only (no vtballoonrs.ko needed)
 //! vmharness <phase> ...      one boot running these guest phases
 //! vmharness host-discard     the bench's host reference alone (no QEMU)
@@ -27,7 +29,8 @@
 //! VTB_MODULE_ARM64 (default target/kld-arm64/vtballoonrs.ko),
 //! VTB_INIT_ARM64 (default target/vtbtest-arm64), VTB_EFI_FIRMWARE (default
 //! /usr/share/qemu-efi-aarch64/QEMU_EFI.fd), VTB_WORK (default
-//! target/vmtest-arm64).
+//! target/vmtest-arm64). VTB_SOAK_S and VTB_SOAK_SEED: the soak's length
+//! and a seed to replay.
 //!
 //! The boots are defined in [`boots`], the guest's requests answered in
 //! [`requests`], the benchmark's figures and report made in [`bench`];
@@ -50,6 +53,7 @@ mod libvirt;
 mod migrate;
 mod qmp;
 mod requests;
+mod soak;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +65,7 @@ use boots::{plan, Arch, Boot, HostKind};
 use console::Line;
 use qmp::Qmp;
 use requests::{host, stopped, Run};
+use soak::{Seen, Soak};
 use vm::{Machine, Transport, Vm, VmConfig, ARM64_FIRMWARE};
 
 const MIB: u64 = 1 << 20;
@@ -224,6 +229,12 @@ fn main() {
         if !r.bench.is_empty() {
             print_bench(&r.bench, host_discard.flatten().as_ref());
         }
+        if let Some((s, seen)) = &r.soak {
+            println!();
+            for line in soak::table(s, seen) {
+                println!("{line}");
+            }
+        }
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
     println!("{passed} passed, {failed} failed");
@@ -242,6 +253,8 @@ struct BootResult {
     bench: Bench,
     /// The boot could not run here, and why (`skipped: <why>`).
     skip: Option<String>,
+    /// The soak's figures and what the host saw meanwhile.
+    soak: Option<(Soak, Seen)>,
 }
 
 fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
@@ -254,6 +267,12 @@ fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
     );
     let outcome = boot_and_drive(inputs, boot, &mut res);
     res.secs = t0.elapsed().as_secs_f64();
+    if let (Some((_, seen)), Ok(d)) = (res.soak.as_mut(), &outcome) {
+        seen.panics = usize::from(d.fatal.is_some());
+        seen.warnings = d.warnings.len();
+        seen.guest_failed = d.summary.map_or(0, |s| s.1);
+        seen.completed = d.summary.is_some() && d.fatal.is_none();
+    }
     let mut harness_check = |ok: bool, name: &str, why: &str| {
         if ok {
             res.harness.0 += 1;
@@ -420,10 +439,26 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         driver: "ours",
         bench: Bench::default(),
         kills: 0,
+        balloon: boot.balloon.clone(),
+        soak: Soak::new(boots::soak_secs()),
     };
+    let soaking = boot.phases.split(' ').any(|p| p == "soak");
+    if soaking {
+        println!(
+            "[{}] soak seed {} for {} s (replay: VTB_SOAK_SEED={} VTB_SOAK_S={} make vmsoak)",
+            boot.name, r.soak.seed, r.soak.secs, r.soak.seed, r.soak.secs
+        );
+    }
     let d = drive(&mut r, boot.limit);
     r.vm.kill();
     res.bench = std::mem::take(&mut r.bench);
+    if soaking {
+        let seen = Seen {
+            kill_lines: r.kills,
+            ..Seen::default()
+        };
+        res.soak = Some((std::mem::take(&mut r.soak), seen));
+    }
     d.map(|mut d| {
         d.checks.splice(0..0, checks);
         d

@@ -126,6 +126,42 @@ impl Qmp {
             .ok_or_else(|| format!("query-balloon: no actual in {r:?}"))
     }
 
+    /// Unplugs device `id` (the guest is asked; with PCIe native hot-plug
+    /// QEMU removes it once the guest powers the slot off).
+    pub fn device_del(&mut self, id: &str) -> Result<(), String> {
+        self.execute(
+            "device_del",
+            Some(&format!(r#"{{"id":{}}}"#, json::quote(id))),
+        )
+        .map(|_| ())
+    }
+
+    /// Plugs a device; `args` is the JSON object of `device_add`.
+    pub fn device_add(&mut self, args: &str) -> Result<(), String> {
+        self.execute("device_add", Some(args)).map(|_| ())
+    }
+
+    /// Waits up to `timeout` for event `name` whose data satisfies `pred`
+    /// (events arrive between replies: an idle command collects them).
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self.events.iter().position(|(n, d)| n == name && pred(d)) {
+                return Ok(self.events.remove(i).1);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!("no {name} event in {} s", timeout.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            self.execute("query-status", None)?;
+        }
+    }
+
     /// QEMU's run state (`query-status`): "running", "paused",
     /// "internal-error", "guest-panicked", ...
     pub fn status(&mut self) -> Result<String, String> {
@@ -155,6 +191,26 @@ impl Qmp {
         )?;
         GuestStats::from(&v)
     }
+}
+
+/// The `device_add` arguments for a device given as on the command line:
+/// `driver,key=value,...`. `on`/`off` become JSON booleans (QMP checks
+/// types), digits numbers, anything else strings.
+pub fn device_add_args(device: &str) -> String {
+    let mut parts = device.split(',');
+    let driver = parts.next().unwrap_or_default();
+    let mut fields = vec![format!(r#""driver":{}"#, json::quote(driver))];
+    for kv in parts.filter(|p| !p.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "on"));
+        let v = match v {
+            "on" | "true" => "true".to_string(),
+            "off" | "false" => "false".to_string(),
+            n if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.to_string(),
+            s => json::quote(s),
+        };
+        fields.push(format!("{}:{v}", json::quote(k)));
+    }
+    format!("{{{}}}", fields.join(","))
 }
 
 /// A run state from which the guest will not carry on by itself.
@@ -243,6 +299,23 @@ mod tests {
         }
         assert!(classify("{}").is_err());
         assert!(classify("not json").is_err());
+    }
+
+    #[test]
+    fn device_add_takes_typed_properties() {
+        let a = device_add_args(
+            "virtio-balloon-pci,id=balloon0,bus=rp0,deflate-on-oom=on,disable-modern=off,x=12",
+        );
+        let v = json::parse(&a).unwrap();
+        assert_eq!(
+            v.get("driver").and_then(Value::as_str),
+            Some("virtio-balloon-pci")
+        );
+        assert_eq!(v.get("id").and_then(Value::as_str), Some("balloon0"));
+        assert_eq!(v.get("bus").and_then(Value::as_str), Some("rp0"));
+        assert_eq!(v.get("deflate-on-oom"), Some(&Value::Bool(true)));
+        assert_eq!(v.get("disable-modern"), Some(&Value::Bool(false)));
+        assert_eq!(v.get("x").and_then(Value::as_u64), Some(12));
     }
 
     #[test]

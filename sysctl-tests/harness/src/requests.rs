@@ -7,9 +7,11 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bench::{Bench, BenchRow};
+use crate::json::Value;
 use crate::libvirt::{self, stat};
-use crate::qmp::{self, GuestStats, Qmp};
-use crate::vm::Vm;
+use crate::qmp::{self, device_add_args, GuestStats, Qmp};
+use crate::soak::Soak;
+use crate::vm::{Vm, BALLOON_ID};
 use crate::{MIB, PAGE};
 
 /// The host side of one boot.
@@ -25,6 +27,10 @@ pub struct Run {
     pub bench: Bench,
     /// Processes the kernel killed so far (console lines).
     pub kills: u64,
+    /// The balloon's properties, for `device_add` after an unplug.
+    pub balloon: String,
+    /// The soak's seed, length and the figures the guest sends.
+    pub soak: Soak,
 }
 
 fn unix_secs() -> u64 {
@@ -138,6 +144,21 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
             Ok(0)
         }
         "flip" => flip(r, arg),
+        "host-ram" => Ok(r.ram / PAGE),
+        "soak-seed" => Ok(r.soak.seed),
+        "soak-secs" => Ok(r.soak.secs),
+        c if c.starts_with("soak-") => {
+            r.soak.figures.push((c.to_string(), arg));
+            Ok(0)
+        }
+        "unplug" => unplug(r, false),
+        "unplug-busy" => unplug(r, true),
+        "plug" => {
+            let dev = format!("virtio-balloon-pci,id={BALLOON_ID},{}", r.balloon);
+            qmp(r)?.device_add(&device_add_args(&dev))?;
+            println!("[{}] host: device_add {dev}", r.name);
+            Ok(0)
+        }
         "host-pages" => host_pages(r),
         "host-actual" => {
             // Once steady: the same for a second, or after 10 s.
@@ -266,6 +287,52 @@ fn flip(r: &mut Run, secs: u64) -> Result<u64, String> {
         start.elapsed().as_secs_f64()
     );
     Ok(n)
+}
+
+/// `device_del` of the balloon, then waits for QEMU's DEVICE_DELETED (the
+/// guest powered the slot off). `busy`: meanwhile the target keeps moving
+/// between a quarter and three quarters of memory every 250 ms, so the
+/// device goes in the middle of a resize. Returns the milliseconds it took.
+fn unplug(r: &mut Run, busy: bool) -> Result<u64, String> {
+    let start = Instant::now();
+    qmp(r)?.device_del(BALLOON_ID)?;
+    let deleted = |d: &Value| d.get("device").and_then(Value::as_str) == Some(BALLOON_ID);
+    let mut changes = 0u64;
+    if busy {
+        let pages = r.ram / PAGE;
+        while start.elapsed() < Duration::from_secs(120) {
+            if qmp(r)?
+                .events
+                .iter()
+                .any(|(n, d)| n == "DEVICE_DELETED" && deleted(d))
+            {
+                break;
+            }
+            let t = if changes.is_multiple_of(2) {
+                pages * 3 / 4
+            } else {
+                pages / 4
+            };
+            // Once the device is gone QEMU refuses: stop there.
+            if set_target(r, t).is_err() {
+                break;
+            }
+            changes += 1;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    qmp(r)?.wait_event("DEVICE_DELETED", Duration::from_secs(120), deleted)?;
+    let ms = start.elapsed().as_millis() as u64;
+    println!(
+        "[{}] host: device_del {BALLOON_ID}: DEVICE_DELETED after {ms} ms{}",
+        r.name,
+        if busy {
+            format!(" ({changes} target changes meanwhile)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(ms)
 }
 
 /// Turns on guest-stats polling and waits for a sample newer than the

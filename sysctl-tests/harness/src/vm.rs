@@ -98,6 +98,9 @@ pub struct VmConfig<'a> {
     pub firmware: &'a Path,
 }
 
+/// The QEMU id of the balloon device (QMP `device_del`, QOM paths).
+pub const BALLOON_ID: &str = "balloon0";
+
 /// The balloon device's properties unless a boot says otherwise.
 pub const BALLOON_DEFAULT: &str = "deflate-on-oom=on,free-page-reporting=on";
 
@@ -135,7 +138,7 @@ pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
     a.extend([
         "-device".into(),
         format!(
-            "{},id=balloon0,{}",
+            "{},id={BALLOON_ID},{}",
             cfg.machine.balloon_device(),
             cfg.balloon
         ),
