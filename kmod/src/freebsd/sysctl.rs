@@ -180,6 +180,15 @@ unsafe extern "C" fn handler(
             unsafe { sys::sysctl_handle_64(oidp, (&mut v as *mut u64).cast(), 0, req) }
         }
         (Kind::Setting(accepts), Value::Number(v)) => {
+            // SAFETY: `req` is the request sysctl passed us, valid for the
+            // call; only its plain fields are read.
+            let (newptr, newlen, newidx) = unsafe { ((*req).newptr, (*req).newlen, (*req).newidx) };
+            // Exactly one int: sysctl_handle_int() takes the first four
+            // bytes of a longer write (a 64-bit value whose low half is in
+            // range, text, "1,2") and refuses only a shorter one.
+            if !newptr.is_null() && newlen.wrapping_sub(newidx) != size_of::<c_int>() {
+                return sys::EINVAL as c_int;
+            }
             let mut val = v as c_int;
             // SAFETY: `val` is our local; sysctl copies the new value into it.
             let error =

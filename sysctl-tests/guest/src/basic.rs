@@ -96,6 +96,41 @@ pub fn phase_nodes(c: &mut Ctx) {
         bad.is_none(),
         bad.unwrap_or(""),
     );
+    // What sysctl(2) can carry besides a good int: text, too few or too many
+    // bytes (a 64-bit value whose low half alone would be valid), nothing.
+    let huge_one = ((1u64 << 32) | 1).to_le_bytes();
+    let huge_zero = (1u64 << 32).to_le_bytes();
+    let max = u64::MAX.to_le_bytes();
+    let raw_bad: [&[u8]; 8] = [
+        b"abc",
+        b"12345678",
+        b"1\0",
+        b"",
+        &huge_one,
+        &huge_zero,
+        &max,
+        &[1, 0, 0, 0, 0],
+    ];
+    let mut bad: Option<&str> = None;
+    let mut which = 0;
+    for leaf in rw_nodes() {
+        let (mut a, mut b) = ([0u8; 128], [0u8; 128]);
+        let before = raw(leaf, &mut a);
+        for (i, v) in raw_bad.iter().enumerate() {
+            let r = sys::sysctlbyname(node(leaf).bytes(), None, Some(v));
+            let after = raw(leaf, &mut b);
+            if r != Err(sys::EINVAL) || after != before || a != b {
+                bad = bad.or(Some(leaf));
+                which = i as u64;
+            }
+        }
+    }
+    c.check_n(
+        "non-numeric, short and oversized writes get EINVAL and change nothing",
+        bad.is_none(),
+        bad.unwrap_or(""),
+        bad.map(|_| which),
+    );
     let on = set("debug", 1) && get("debug") == Some(1);
     let off = set("debug", 0) && get("debug") == Some(0);
     c.check("debug toggle round-trips", on && off, "did not stick");
@@ -406,4 +441,90 @@ pub fn phase_stats(c: &mut Ctx) {
     let e = get("stats_errors");
     c.check_n("no stats_errors", e == Some(0), "counted", e);
     resume_reporting(paused);
+}
+
+/// Who tries to write the settings from a child process.
+#[derive(Clone, Copy)]
+enum Outsider {
+    /// A user other than root.
+    Nobody,
+    /// Root inside a jail (none of our nodes is meant for jails).
+    Jailed,
+}
+
+/// A child that becomes `who` and writes every writable node its current
+/// value: exit 0 if each write got EPERM and each read still worked, 10 +
+/// the node's index at the first write that was not refused, 100 + errno
+/// if it could not become `who`.
+fn outsider(who: Outsider) -> Option<i32> {
+    match sys::fork() {
+        Ok(0) => {
+            let became = match who {
+                Outsider::Nobody => sys::setuid(65_534),
+                Outsider::Jailed => sys::jail(b"/\0", b"vtbtest\0"),
+            };
+            if let Err(e) = became {
+                sys::exit(100 + e as u64);
+            }
+            for (i, leaf) in rw_nodes().enumerate() {
+                let Some(v) = get(leaf) else {
+                    sys::exit(50 + i as u64)
+                };
+                if set_int(node(leaf).bytes(), v as i32) != Err(sys::EPERM) {
+                    sys::exit(10 + i as u64);
+                }
+            }
+            sys::exit(0)
+        }
+        Ok(pid) => crate::child::reap(pid, 30),
+        Err(_) => None,
+    }
+}
+
+/// Writable nodes are root's, and not a jail's.
+pub fn phase_jail(c: &mut Ctx) {
+    let mut before = [0u64; 32];
+    for (i, leaf) in rw_nodes().enumerate().take(32) {
+        before[i] = get(leaf).unwrap_or(u64::MAX);
+    }
+    for (who, name) in [
+        (
+            Outsider::Nobody,
+            "a non-root user gets EPERM writing any setting (and can still read it)",
+        ),
+        (
+            Outsider::Jailed,
+            "root in a jail gets EPERM writing any setting (and can still read it)",
+        ),
+    ] {
+        // The exit status: WEXITSTATUS in bits 8-15.
+        let st = outsider(who).map(|s| (s >> 8) & 0xff);
+        let which = st
+            .and_then(|s| usize::try_from(s - 10).ok())
+            .and_then(|i| rw_nodes().nth(i));
+        c.check_n(
+            name,
+            st == Some(0),
+            which.unwrap_or("the child's exit status"),
+            st.map(|s| s as u64),
+        );
+    }
+    let mut changed: Option<&str> = None;
+    for (i, leaf) in rw_nodes().enumerate().take(32) {
+        if get(leaf).unwrap_or(u64::MAX) != before[i] {
+            changed = changed.or(Some(leaf));
+        }
+    }
+    c.check(
+        "the settings are as they were",
+        changed.is_none(),
+        changed.unwrap_or(""),
+    );
+    // And root outside a jail may.
+    let v = get("debug").unwrap_or(0) as i32;
+    c.check(
+        "root outside a jail may write them",
+        set("debug", v),
+        "refused",
+    );
 }

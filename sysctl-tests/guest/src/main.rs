@@ -72,6 +72,7 @@ const fn phase(name: &'static str, run: fn(&mut Ctx), ours: bool, host: bool) ->
 const PHASES: &[Phase] = &[
     phase("tunable", basic::phase_tunable, true, false),
     phase("nodes", basic::phase_nodes, true, false),
+    phase("jail", basic::phase_jail, true, false),
     phase("resize", basic::phase_resize, true, true),
     phase("stats", basic::phase_stats, true, true),
     phase("oom-one", pressure::phase_oom_one, true, true),

@@ -13,6 +13,7 @@ const SYS_OPEN: u64 = 5;
 const SYS_CLOSE: u64 = 6;
 const SYS_WAIT4: u64 = 7;
 const SYS_GETPID: u64 = 20;
+const SYS_SETUID: u64 = 23;
 const SYS_KILL: u64 = 37;
 const SYS_IOCTL: u64 = 54;
 const SYS_REBOOT: u64 = 55;
@@ -26,6 +27,7 @@ const SYS_KLDUNLOAD: u64 = 305;
 const SYS_KLDFIND: u64 = 306;
 const SYS_MMAP: u64 = 477;
 const SYS_MUNMAP: u64 = 73;
+const SYS_JAIL: u64 = 338;
 const SYS_SYSCTLBYNAME: u64 = 570;
 
 pub const EPERM: i64 = 1;
@@ -403,6 +405,47 @@ pub fn munmap(addr: u64, len: u64) -> Res {
     // SAFETY: the caller unmaps a mapping it made and no longer uses.
     unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
 }
+
+/// setuid(2): drops root for good (in a child).
+pub fn setuid(uid: u64) -> Res {
+    // SAFETY: plain integer.
+    unsafe { syscall6(SYS_SETUID, [uid, 0, 0, 0, 0, 0]) }
+}
+
+/// jail(2) (struct jail, version 2): creates a jail rooted at `path` with
+/// no addresses and moves the calling process into it. The strings end
+/// with NUL.
+pub fn jail(path: &[u8], name: &[u8]) -> Res {
+    #[repr(C)]
+    struct Jail {
+        version: u32,
+        path: *const u8,
+        hostname: *const u8,
+        jailname: *const u8,
+        ip4s: u32,
+        ip6s: u32,
+        ip4: *const u8,
+        ip6: *const u8,
+    }
+    const _: () = assert!(core::mem::size_of::<Jail>() == 56);
+    if path.last() != Some(&0) || name.last() != Some(&0) {
+        return Err(EINVAL);
+    }
+    let j = Jail {
+        version: 2,
+        path: path.as_ptr(),
+        hostname: name.as_ptr(),
+        jailname: name.as_ptr(),
+        ip4s: 0,
+        ip6s: 0,
+        ip4: core::ptr::null(),
+        ip6: core::ptr::null(),
+    };
+    // SAFETY: a struct jail whose strings are NUL-terminated and whose
+    // address arrays are empty.
+    unsafe { syscall6(SYS_JAIL, [&j as *const Jail as u64, 0, 0, 0, 0, 0]) }
+}
+
 
 /// One PCI config register of device `sel` (domain, bus, slot, function)
 /// through /dev/pci: read when `write` is None, written otherwise.

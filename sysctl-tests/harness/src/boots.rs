@@ -178,7 +178,7 @@ const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating";
 /// not hide the next scenario. `generic`: a GENERIC kernel's boot
 /// directory, where the pressure scenarios run a second time.
 pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
-    let mut basic = Boot::new("basic", "tunable nodes resize stats", 2048, true, 900);
+    let mut basic = Boot::new("basic", "tunable nodes jail resize stats", 2048, true, 900);
     basic
         .kenv
         .push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
@@ -337,6 +337,7 @@ mod tests {
         let all: String = t.iter().map(|(_, p, _)| p.clone() + " ").collect();
         for phase in [
             "nodes",
+            "jail",
             "resize",
             "stats",
             "oom-one",
