@@ -34,7 +34,7 @@ use crate::hinting::{self, config_for_balloon, HintCounters, Hinter};
 use crate::platform::VmCounters;
 use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
 use crate::protocol::{
-    config_offset, feature_names, negotiated, Features, HintCmd, Queue, REQUESTED,
+    config_offset, feature_names, hint_cmd, negotiated, Features, HintCmd, Queue, REQUESTED,
 };
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
 use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
@@ -1044,8 +1044,21 @@ unsafe extern "C" fn hint_thread(arg: *mut c_void) {
             let next = st.hint.with(|side| {
                 side.hinter
                     .set_enabled(st.hint_enabled.load(Ordering::Relaxed));
-                side.hinter
-                    .config_changed(st.hint_cmd.load(Ordering::Relaxed));
+                let mut cmd = st.hint_cmd.load(Ordering::Relaxed);
+                if side.hinter.active().is_none()
+                    && side.hinter.held_pages() > 0
+                    && read_config(st.dev, st.features, config_offset::FREE_PAGE_HINT_CMD_ID)
+                        == hint_cmd::DONE
+                {
+                    // Holding between rounds, the field is looked at every
+                    // step (a second): QEMU sets DONE before it saves the
+                    // device for the destination, where the config
+                    // interrupt may never come. DONE reads as 1 in QEMU's
+                    // DONE state only, so this cannot be misread (0 is
+                    // ambiguous: STOP, or a round started).
+                    cmd = hint_cmd::DONE;
+                }
+                side.hinter.config_changed(cmd);
                 let mut dev = st.device(Buffers::Hint(&mut side.bufs));
                 let next = side
                     .hinter
