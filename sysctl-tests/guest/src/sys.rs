@@ -24,6 +24,7 @@ const SYS_KENV: u64 = 390;
 const SYS_KLDLOAD: u64 = 304;
 const SYS_KLDUNLOAD: u64 = 305;
 const SYS_KLDFIND: u64 = 306;
+const SYS_MUNMAP: u64 = 73;
 const SYS_MMAP: u64 = 477;
 const SYS_SYSCTLBYNAME: u64 = 570;
 
@@ -396,6 +397,15 @@ pub fn mmap_anon(len: u64, shared: bool) -> Res {
     let flags = MAP_ANON | if shared { MAP_SHARED } else { MAP_PRIVATE };
     // SAFETY: a fresh anonymous mapping (fd -1) disturbs no existing memory.
     unsafe { syscall6(SYS_MMAP, [0, len, PROT_RW, flags, u64::MAX, 0]) }
+}
+
+/// munmap(2).
+///
+/// # Safety
+/// Nothing refers to the pages of `addr..addr + len` any more.
+pub unsafe fn munmap(addr: u64, len: u64) -> Res {
+    // SAFETY: per the contract.
+    unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
 }
 
 /// sysctlbyname(2): `name` without NUL. Returns the old value's length.

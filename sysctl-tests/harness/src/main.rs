@@ -420,6 +420,15 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         driver: "ours",
         bench: Bench::default(),
         kills: 0,
+        dest: (boot.host == HostKind::Qemu).then(|| requests::DestSpec {
+            iso: iso_path.clone(),
+            mem_mib: boot.mem_mib,
+            cpus: 2,
+            kvm: inputs.kvm,
+            balloon: boot.balloon.clone(),
+            extra: boot.qemu_extra.clone(),
+            work: work.clone(),
+        }),
     };
     let d = drive(&mut r, boot.limit);
     r.vm.kill();
