@@ -314,7 +314,11 @@ mod tests {
         let mig = plan(&["hint-migrate".to_string()], Arch::Amd64, Transport::Pci);
         assert!(mig[0].balloon.contains("free-page-hint=on"));
         assert_eq!(mig[0].qemu_extra, ["-object", "iothread,id=io0"]);
-        let churn = plan(&["migrate-churn-off".to_string()], Arch::Amd64, Transport::Pci);
+        let churn = plan(
+            &["migrate-churn-off".to_string()],
+            Arch::Amd64,
+            Transport::Pci,
+        );
         assert!(!churn[0].balloon.contains("free-page-hint"));
         assert!(test_boots(None)[0]
             .kenv

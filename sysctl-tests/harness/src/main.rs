@@ -428,6 +428,8 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
             balloon: boot.balloon.clone(),
             extra: boot.qemu_extra.clone(),
             work: work.clone(),
+            machine: cfg.machine,
+            firmware: inputs.firmware.clone(),
         }),
     };
     let d = drive(&mut r, boot.limit);

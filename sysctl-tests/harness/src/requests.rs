@@ -40,6 +40,8 @@ pub struct DestSpec {
     pub balloon: String,
     pub extra: Vec<String>,
     pub work: std::path::PathBuf,
+    pub machine: crate::vm::Machine,
+    pub firmware: std::path::PathBuf,
 }
 
 /// Bounded wait for one migration (a 4 GiB TCG guest takes under a minute).
@@ -95,6 +97,8 @@ fn migrate_dest(r: &mut Run) -> Result<u64, String> {
         kvm: spec.kvm,
         balloon: &spec.balloon,
         extra: &extra,
+        machine: spec.machine,
+        firmware: &spec.firmware,
     };
     let dest = Vm::start(&cfg, &work)?;
     let mut dq = Qmp::connect(dest.qmp_path.as_deref().ok_or("no QMP socket")?)?;
