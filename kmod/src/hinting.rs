@@ -167,9 +167,10 @@
 //!
 //! Counters (guest pages unless named otherwise) are in [`HintCounters`].
 
+use core::ops::Deref;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::counters::{Counter, Gauge};
+use crate::counters::{Counter, Gauge, Owned};
 use crate::platform::{Device, HeldBlocks, PhysRange, Token, VmCounters};
 use crate::protocol::{hint_cmd, hint_cmd_bytes, HintCmd, Queue};
 
@@ -278,9 +279,11 @@ pub enum Next {
     After(u32),
 }
 
-/// The free page hinter.
+/// The free page hinter. Its counters are reached through `C` (see
+/// [`crate::counters`]): kept inside by default, in the driver state in the
+/// kernel.
 #[derive(Debug)]
-pub struct Hinter {
+pub struct Hinter<C = Owned<HintCounters>> {
     policy: Policy,
     page_size: u64,
     /// The host's command id as last read from config (the config-change
@@ -304,11 +307,20 @@ pub struct Hinter {
     /// The host sent a round id since the last DONE or reset: a migration
     /// is under way (QEMU sends DONE when it ends, completed or not).
     migrating: bool,
-    counters: HintCounters,
+    /// Off: rounds are followed (for the reporter's pause) but none started.
+    enabled: bool,
+    counters: C,
 }
 
 impl Hinter {
-    pub fn new(mut policy: Policy, page_size: u64) -> Self {
+    pub fn new(policy: Policy, page_size: u64) -> Self {
+        Hinter::with_counters(policy, page_size, Owned(HintCounters::default()))
+    }
+}
+
+impl<C: Deref<Target = HintCounters>> Hinter<C> {
+    /// A hinter counting through `counters`.
+    pub fn with_counters(mut policy: Policy, page_size: u64, counters: C) -> Self {
         policy.batch_blocks = policy.batch_blocks.clamp(1, MAX_BATCH);
         policy.slots = policy.slots.clamp(1, MAX_SLOTS);
         policy.min_order = policy.min_order.min(policy.order);
@@ -325,7 +337,8 @@ impl Hinter {
             pressure_until_ms: 0,
             last_round_ms: 0,
             migrating: false,
-            counters: HintCounters::default(),
+            enabled: true,
+            counters,
         }
     }
 
@@ -343,6 +356,19 @@ impl Hinter {
     /// while a round runs).
     pub fn config_changed(&self, cmd_id: u32) {
         self.received.store(cmd_id, Ordering::Relaxed);
+    }
+
+    /// Switches hinting on or off (the `hint_enabled` setting). Off, a new
+    /// round id is acknowledged by nothing (QEMU goes on without hints: it
+    /// never waits for the guest) and no memory is taken; a round under way
+    /// ends at the next step; what is held stays held until DONE, pressure
+    /// or expiry. The reporter still pauses during the migration.
+    pub fn set_enabled(&mut self, on: bool) {
+        self.enabled = on;
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// The host's command as last received.
@@ -465,7 +491,7 @@ impl Hinter {
         now_ms: u64,
     ) -> Next {
         self.reap(dev);
-        if self.stop_pending {
+        if self.stop_pending || (!self.enabled && self.active.is_some()) {
             self.end_round(dev, now_ms);
         }
         match self.command() {
@@ -483,7 +509,11 @@ impl Hinter {
                 self.end_round(dev, now_ms);
                 if Some(id) != self.last_id {
                     self.migrating = true;
-                    if now_ms >= self.pressure_until_ms {
+                    if !self.enabled {
+                        // Refused: never started, later either.
+                        self.last_id = Some(id);
+                        self.last_round_ms = now_ms;
+                    } else if now_ms >= self.pressure_until_ms {
                         self.start_round(dev, id, now_ms);
                     }
                 }

@@ -588,3 +588,98 @@ fn a_config_change_of_the_command_id_alone_is_not_the_balloons() {
     assert!(config_for_balloon((1000, id), (1000, id)));
     assert!(config_for_balloon((0, hint_cmd::STOP), (0, hint_cmd::STOP)));
 }
+
+/// The kernel keeps the counters in the driver state, outside the hinter's
+/// lock, and reads them while the hinter works: a hinter counting through a
+/// reference counts exactly as one that owns its counters.
+#[test]
+fn counters_kept_outside_the_hinter_count_the_same() {
+    use vtballoon::hinting::HintCounters;
+    let counters = HintCounters::default();
+    let (w, mut dev, mut mem) = sim(FEATURES, PAGES);
+    let mut h = Hinter::with_counters(Policy::default(), 4096, &counters);
+    let (w2, mut dev2, mut mem2, mut owned) = setup(Policy::default());
+    w.borrow_mut().hint_start();
+    w2.borrow_mut().hint_start();
+    let settle = |w: &Shared, f: &mut dyn FnMut(u32, &VmCounters, u64) -> Next| {
+        for _ in 0..10_000 {
+            let v = w.borrow_mut().take_hint_config();
+            let vm = vm(w);
+            let now = w.borrow().now_ms;
+            if f(v.unwrap_or(u32::MAX), &vm, now) != Next::Now {
+                return;
+            }
+        }
+        panic!("the hinter never rested");
+    };
+    settle(&w, &mut |v, vm, now| {
+        if v != u32::MAX {
+            h.config_changed(v);
+        }
+        h.step(&mut dev, &mut mem, vm, now)
+    });
+    settle(&w2, &mut |v, vm, now| {
+        if v != u32::MAX {
+            owned.config_changed(v);
+        }
+        owned.step(&mut dev2, &mut mem2, vm, now)
+    });
+    assert!(counters.hinted_pages.get() > 0);
+    assert_eq!(counters.rounds.get(), 1);
+    assert_eq!(counters.held_pages.get(), h.held_pages());
+    assert_eq!(
+        counters.hinted_pages.get(),
+        owned.counters().hinted_pages.get()
+    );
+    w.borrow_mut().hint_done();
+    settle(&w, &mut |v, vm, now| {
+        if v != u32::MAX {
+            h.config_changed(v);
+        }
+        h.step(&mut dev, &mut mem, vm, now)
+    });
+    assert_eq!(counters.held_pages.get(), 0);
+    assert_eq!(counters.done_pages.get(), counters.hinted_pages.get());
+    clean(&w);
+    assert_eq!(w.borrow().free_pages(), PAGES);
+}
+
+/// `hint_enabled=0`: the host's rounds are followed (the reporter pauses
+/// until DONE) but nothing is posted or taken; switched on again, the next
+/// round id hints as usual; switched off during a round, the round ends
+/// with STOP and what is held stays held until DONE.
+#[test]
+fn switched_off_the_hinter_follows_rounds_without_taking_memory() {
+    let (w, mut dev, mut mem, mut h) = setup(Policy::default());
+    h.set_enabled(false);
+    w.borrow_mut().hint_start();
+    run(&w, &mut h, &mut dev, &mut mem);
+    clean(&w);
+    assert_eq!(h.held_pages(), 0);
+    assert_eq!(w.borrow().free_pages(), PAGES, "nothing taken");
+    assert_eq!(w.borrow().hint.start_buffers, 0, "no start buffer");
+    assert_eq!(h.counters().rounds.get(), 0);
+    assert!(h.reporting_paused(), "a migration is under way");
+    w.borrow_mut().hint_stop();
+    run(&w, &mut h, &mut dev, &mut mem);
+    h.set_enabled(true);
+    w.borrow_mut().hint_start();
+    run(&w, &mut h, &mut dev, &mut mem);
+    clean(&w);
+    consistent(&w, &h);
+    let held = h.held_pages();
+    assert!(held > 0, "on again: the next round hints");
+    assert_eq!(h.counters().rounds.get(), 1);
+    // Off while holding: stays held, DONE gives it back.
+    h.set_enabled(false);
+    w.borrow_mut().hint_start();
+    run(&w, &mut h, &mut dev, &mut mem);
+    assert_eq!(h.held_pages(), held, "no more taken, none dropped");
+    w.borrow_mut().hint_done();
+    run(&w, &mut h, &mut dev, &mut mem);
+    clean(&w);
+    consistent(&w, &h);
+    assert_eq!(h.held_pages(), 0);
+    assert!(!h.reporting_paused());
+    assert_eq!(w.borrow().free_pages(), PAGES);
+}

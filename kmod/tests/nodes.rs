@@ -77,6 +77,7 @@ fn only_settings_are_writable() {
             Id::InflateRunPages,
             Id::KickThread,
             Id::StatsLinuxTags,
+            Id::HintEnabled,
             Id::ReportEnabled
         ]
     );

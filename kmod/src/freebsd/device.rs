@@ -123,6 +123,10 @@ unsafe impl<const N: usize, const S: usize> Send for DmaSlots<N, S> {}
 pub type PfnBuffers = DmaSlots<MAX_INFLIGHT, { PFNS_PER_BUFFER * 4 }>;
 /// Device-readable copies of the statistics buffers (pull, push).
 pub type StatsBuffers = DmaSlots<2, MAX_STATS_BYTES>;
+/// Device-readable copies of the free page hint command buffers: a round's
+/// start (`hinting::TOKEN_START`) and stop (`hinting::TOKEN_STOP`), 4 bytes
+/// each.
+pub type HintBuffers = DmaSlots<2, 4>;
 
 impl<const N: usize, const S: usize> DmaSlots<N, S> {
     /// Distance between slots: a power of two, so slots never straddle a page
@@ -178,6 +182,8 @@ impl<const N: usize, const S: usize> Drop for DmaSlots<N, S> {
 pub enum Buffers<'a> {
     Pfn(&'a mut PfnBuffers),
     Stats(&'a mut StatsBuffers),
+    /// Hinting's command buffers (its hints are guest memory itself).
+    Hint(&'a mut HintBuffers),
     /// Reporting posts guest memory itself.
     None,
 }
@@ -210,6 +216,7 @@ impl KernelDevice<'_> {
         let slot = match &mut self.bufs {
             Buffers::Pfn(b) if matches!(q, Queue::Inflate | Queue::Deflate) => b.slot_mut(token),
             Buffers::Stats(b) if q == Queue::Stats => b.slot_mut(token),
+            Buffers::Hint(b) if q == Queue::FreePageHint => b.slot_mut(token),
             _ => None,
         };
         slot.ok_or(Error::QueueFull)
@@ -268,7 +275,8 @@ impl Device for KernelDevice<'_> {
         }
         // SAFETY: the slot stays allocated until detach has reset the
         // device, and the logic does not reuse it before the host returns
-        // it; the stats mutex makes us the stats queue's only producer.
+        // it; the stats mutex (the hinting lock) makes us the stats queue's
+        // (the free page queue's) only producer.
         unsafe {
             enqueue(vq, cookie, ptr, n)?;
             notify(vq);
@@ -280,6 +288,7 @@ impl Device for KernelDevice<'_> {
         match (&self.bufs, queue) {
             (Buffers::Pfn(b), Queue::Inflate | Queue::Deflate) => b.slot(token),
             (Buffers::Stats(b), Queue::Stats) => b.slot(token),
+            (Buffers::Hint(b), Queue::FreePageHint) => b.slot(token),
             _ => &[],
         }
     }
@@ -300,9 +309,11 @@ impl Device for KernelDevice<'_> {
             }
         }
         // SAFETY: the ranges are blocks the reporter holds out of the free
-        // lists until the host returns this buffer or the device is reset;
+        // lists until the host returns this buffer or the device is reset
+        // (hinted blocks: the hinter holds them until DONE, and the host
+        // never writes into them, so freeing one earlier is allowed too);
         // device-writable, since the host may discard what they hold. The
-        // reporting thread is the queue's only user.
+        // reporting thread (the hinting thread) is the queue's only user.
         let rc = unsafe {
             sys::virtqueue_enqueue(
                 vq,

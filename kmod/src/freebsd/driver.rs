@@ -2,8 +2,8 @@
 //!
 //! attach: negotiate features, allocate the queues, build the state in
 //! place, add sysctl nodes. attach_completed (after DRIVER_OK): first stats
-//! buffer, push timer, the balloon and reporting kthreads, the vm_lowmem
-//! handler; when the device was attached outside virtio_pci's
+//! buffer, push timer, the balloon, reporting and hinting kthreads, the
+//! vm_lowmem handler; when the device was attached outside virtio_pci's
 //! probe-and-attach (devctl), nobody calls attach_completed and
 //! [`start_check`] starts the driver. detach: stop everything that could
 //! start work, wait for the threads, deflate with bounded waits, reset the
@@ -17,23 +17,25 @@ use core::ptr::{addr_of, addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::device::{
-    queue_slot, read_config, Buffers, KernelDevice, PfnBuffers, Queues, StatsBuffers,
+    queue_slot, read_config, Buffers, HintBuffers, KernelDevice, PfnBuffers, Queues, StatsBuffers,
 };
 use super::kern::{
     devd_notify, kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause,
     write_text, Dev, ThreadFn,
 };
 use super::kick::Kick;
-use super::memory::{max_phys, vm_counters, KernelBlocks, KernelMemory, VmPage, Words};
+use super::memory::{max_phys, vm_counters, KernelBlocks, KernelHeld, KernelMemory, VmPage, Words};
 use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
 use super::{sys, sysctl};
 use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
 use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::events::{Event, Notice, Notices, Snapshot};
-use crate::hinting::config_for_balloon;
+use crate::hinting::{self, config_for_balloon, HintCounters, Hinter};
 use crate::platform::VmCounters;
 use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
-use crate::protocol::{config_offset, feature_names, negotiated, Features, Queue, REQUESTED};
+use crate::protocol::{
+    config_offset, feature_names, hint_cmd, negotiated, Features, HintCmd, Queue, REQUESTED,
+};
 use crate::reporting::{Policy, ReportCounters, ReportEnv, Reporter, Stop};
 use crate::sleep::{ms_to_ticks, report_sleep_ms, BalloonThread, Next};
 use crate::stats::{PushTimer, Stats};
@@ -55,6 +57,14 @@ pub struct StatsSide {
     pub timer: PushTimer,
 }
 
+/// Free page hinting (FREE_PAGE_HINT): the hinter, its command buffers and
+/// the blocks it holds until the host says DONE.
+pub struct HintSide {
+    pub hinter: Hinter<StateRef<HintCounters>>,
+    pub bufs: HintBuffers,
+    pub mem: KernelHeld,
+}
+
 pub struct ReportSide {
     pub reporter: Option<Reporter<VmPage, Words, StateRef<ReportCounters>>>,
     pub blocks: KernelBlocks,
@@ -72,6 +82,13 @@ pub struct Data {
     pub balloon_counters: BalloonCounters,
     pub stats_counters: StatsCounters,
     pub report_counters: ReportCounters,
+    pub hint_counters: HintCounters,
+    /// The host's hinting command changed: the hinting thread looks.
+    hint_kick: AtomicBool,
+    /// The reporter keeps away: a migration is under way (from the host's
+    /// first round id to DONE) or hinted blocks are held
+    /// ([`Hinter::reporting_paused`]).
+    hint_pause: AtomicBool,
     /// Set by whichever of attach_completed and start_check starts first.
     start_claimed: AtomicBool,
     /// The vm_lowmem handler's tag (null: not registered).
@@ -106,6 +123,7 @@ pub struct Data {
     /// Post through the kick thread (read when the driver starts).
     pub kick_thread: AtomicBool,
     pub report_enabled: AtomicBool,
+    pub hint_enabled: AtomicBool,
     diag: RateLimit,
     pub push_interval: AtomicU64,
     // Costs, for sysctl.
@@ -131,6 +149,7 @@ pub struct State {
     pub balloon: SxCell<BalloonSide>,
     pub stats: MtxCell<StatsSide>,
     pub report: SxCell<ReportSide>,
+    pub hint: SxCell<HintSide>,
     callout: UnsafeCell<sys::callout>,
     /// Our sysctl nodes, removed (and their running handlers waited for)
     /// before the state is freed.
@@ -169,6 +188,7 @@ impl State {
         let nomem = sys::ENOMEM as i32;
         let pfn = PfnBuffers::new().ok_or(nomem)?;
         let stats = StatsBuffers::new().ok_or(nomem)?;
+        let hint = HintBuffers::new().ok_or(nomem)?;
         let bits = if features.contains(Features::REPORTING) {
             let page = u64::from(sys::PAGE_SIZE);
             let words = Reporter::<VmPage, Words>::bitmap_words(
@@ -189,7 +209,7 @@ impl State {
             NonNull::new(kmalloc(core::mem::size_of::<State>()).cast::<State>()).ok_or(nomem)?;
         // SAFETY: a fresh allocation of the right size, ours alone; malloc(9)
         // aligns every allocation to at least a pointer, all State needs.
-        unsafe { Self::init(p.as_ptr(), dev, features, queues, pfn, stats, bits) };
+        unsafe { Self::init(p.as_ptr(), dev, features, queues, (pfn, stats, hint), bits) };
         Ok(p)
     }
 
@@ -203,8 +223,7 @@ impl State {
         dev: Dev,
         features: Features,
         queues: Queues,
-        pfn: PfnBuffers,
-        stats: StatsBuffers,
+        (pfn, stats, hint): (PfnBuffers, StatsBuffers, HintBuffers),
         bits: Option<Words>,
     ) {
         let tun = Tunables::default();
@@ -217,6 +236,9 @@ impl State {
             balloon_counters: BalloonCounters::default(),
             stats_counters: StatsCounters::default(),
             report_counters: ReportCounters::default(),
+            hint_counters: HintCounters::default(),
+            hint_kick: AtomicBool::new(false),
+            hint_pause: AtomicBool::new(false),
             start_claimed: AtomicBool::new(false),
             lowmem_tag: AtomicPtr::new(null_mut()),
             stopping: AtomicBool::new(false),
@@ -238,6 +260,9 @@ impl State {
             linux_tags: AtomicBool::new(false),
             kick_thread: AtomicBool::new(true),
             report_enabled: AtomicBool::new(true),
+            // Off by default: a guest migrated with hinting on was seen
+            // corrupted on the destination (TCG here; cause not yet known).
+            hint_enabled: AtomicBool::new(false),
             diag: RateLimit::new(),
             push_interval: AtomicU64::new(0),
             lowmem_last_us: Gauge::new(),
@@ -289,6 +314,16 @@ impl State {
                     blocks: KernelBlocks,
                 },
             );
+            let counters = StateRef::new(&data.hint_counters);
+            SxCell::init(
+                addr_of_mut!((*p).hint),
+                c"vtballoonrs hint",
+                HintSide {
+                    hinter: Hinter::with_counters(hinting::Policy::default(), page, counters),
+                    bufs: hint,
+                    mem: KernelHeld::default(),
+                },
+            );
             let stats_mtx = (*addr_of!((*p).stats)).mtx.raw();
             sys::vtbrs_callout_init(addr_of_mut!((*p).callout).cast(), stats_mtx);
             sys::sysctl_ctx_init(addr_of_mut!((*p).sysctl_ctx).cast());
@@ -305,7 +340,10 @@ impl State {
     /// (they are tracked in their own vm_page). Our kernel threads' stacks
     /// are not counted.
     pub fn fixed_bytes(&self) -> u64 {
-        (core::mem::size_of::<State>() + PfnBuffers::BYTES + StatsBuffers::BYTES) as u64
+        (core::mem::size_of::<State>()
+            + PfnBuffers::BYTES
+            + StatsBuffers::BYTES
+            + HintBuffers::BYTES) as u64
             + self.bitmap_bytes
     }
 
@@ -325,6 +363,18 @@ impl State {
     /// on, detach) does not wake the balloon thread.
     pub fn report_chan(&self) -> *const c_void {
         (&self.report_enabled as *const AtomicBool).cast()
+    }
+
+    /// The hinting kthread's own channel.
+    fn hint_chan(&self) -> *const c_void {
+        (&self.hint_kick as *const AtomicBool).cast()
+    }
+
+    /// Wakes the hinting thread for a new command (or pressure).
+    pub fn kick_hinter(&self) {
+        let _g = self.wait.lock();
+        self.hint_kick.store(true, Ordering::Release);
+        wakeup(self.hint_chan());
     }
 
     /// A view of the device that posts from `bufs`.
@@ -499,9 +549,8 @@ fn attach(dev: Dev) -> Result<(), i32> {
     // SAFETY: negotiation on our device, during attach as virtio(4) requires.
     // The transport keeps what the device offers of the request: with
     // FREE_PAGE_HINT and STATS_VQ whenever offered, the queues are numbered
-    // as QEMU numbers them (protocol::with_queue_features). Nothing posts
-    // on the free page queue yet; the command id only tells hinting's
-    // config changes from the balloon's.
+    // as QEMU numbers them (protocol::with_queue_features); the hinting
+    // thread posts on the free page queue.
     let got = unsafe { sys::virtio_negotiate_features(dev.raw(), REQUESTED.bits()) };
     // SAFETY: as above.
     if unsafe { sys::virtio_finalize_features(dev.raw()) } != 0 {
@@ -688,9 +737,17 @@ fn start(st: &State) {
     }
     st.config_pending.store(true, Ordering::Release);
     let reporting = st.features.contains(Features::REPORTING);
-    let threads: [(ThreadFn, &CStr, bool); 2] = [
+    let hinting = st.features.contains(Features::FREE_PAGE_HINT);
+    if hinting {
+        // Before the hinting thread starts: it follows this value.
+        let (pages, cmd) = hint_config(st);
+        st.seen_num_pages.store(pages, Ordering::Relaxed);
+        st.hint_cmd.store(cmd, Ordering::Relaxed);
+    }
+    let threads: [(ThreadFn, &CStr, bool); 3] = [
         (balloon_thread, c"vtballoonrs", true),
         (report_thread, c"vtballoonrs report", reporting),
+        (hint_thread, c"vtballoonrs hint", hinting),
     ];
     for (f, name, wanted) in threads {
         if !wanted {
@@ -704,7 +761,7 @@ fn start(st: &State) {
             log(dev, c"cannot start a kthread");
         }
     }
-    if st.features.contains(Features::DEFLATE_ON_OOM) {
+    if st.features.contains(Features::DEFLATE_ON_OOM) || hinting {
         let handler: unsafe extern "C" fn(*mut c_void, c_int) = lowmem;
         // SAFETY: deregistered in detach before the State is freed.
         let tag = unsafe {
@@ -717,11 +774,6 @@ fn start(st: &State) {
             )
         };
         st.lowmem_tag.store(tag, Ordering::Release);
-    }
-    if st.features.contains(Features::FREE_PAGE_HINT) {
-        let (pages, cmd) = hint_config(st);
-        st.seen_num_pages.store(pages, Ordering::Relaxed);
-        st.hint_cmd.store(cmd, Ordering::Relaxed);
     }
     st.started.store(true, Ordering::Release);
     let mut text = [0u8; 160];
@@ -784,6 +836,14 @@ fn config_changed(st: &State) {
             st.seen_num_pages.swap(now.0, Ordering::Relaxed),
             st.hint_cmd.swap(now.1, Ordering::Relaxed),
         );
+        if now.1 != before.1 {
+            if matches!(HintCmd::from_config(now.1), HintCmd::Id(_)) {
+                // A migration starts: the reporter stops at its next look,
+                // before the hinting thread has run.
+                st.hint_pause.store(true, Ordering::Release);
+            }
+            st.kick_hinter();
+        }
         config_for_balloon(before, now)
     };
     if for_balloon {
@@ -915,6 +975,7 @@ impl ReportEnv for KernelEnv<'_> {
         // from free memory too.
         self.0.pressure.swap(false, Ordering::AcqRel)
             || self.0.oom_watching.load(Ordering::Relaxed)
+            || self.0.hint_pause.load(Ordering::Acquire)
             || self.0.stopping.load(Ordering::Acquire)
     }
 }
@@ -960,6 +1021,69 @@ unsafe extern "C" fn report_thread(arg: *mut c_void) {
     thread_exit(st)
 }
 
+/// The free page hinting kthread: sleeps until the host's hinting command
+/// changes (or, while blocks are held, a second at most: free memory is
+/// watched), then follows it one buffer per step, the lock dropped between
+/// steps so vm_lowmem gets the held blocks at once.
+unsafe extern "C" fn hint_thread(arg: *mut c_void) {
+    // SAFETY: detach waits for this thread to exit before freeing the State.
+    let st = unsafe { &*arg.cast::<State>() };
+    // The first command may be there already (attach during a migration).
+    st.hint_kick.store(true, Ordering::Release);
+    let mut ms = 0;
+    loop {
+        {
+            let g = st.wait.lock();
+            if !st.stopping.load(Ordering::Acquire) && !st.hint_kick.swap(false, Ordering::AcqRel) {
+                // 0: until woken.
+                g.sleep(st.hint_chan(), c"vtbhint", ms);
+            }
+        }
+        loop {
+            if st.stopping.load(Ordering::Acquire) {
+                thread_exit(st)
+            }
+            let next = st.hint.with(|side| {
+                side.hinter
+                    .set_enabled(st.hint_enabled.load(Ordering::Relaxed));
+                let mut cmd = st.hint_cmd.load(Ordering::Relaxed);
+                if side.hinter.active().is_none()
+                    && side.hinter.held_pages() > 0
+                    && read_config(st.dev, st.features, config_offset::FREE_PAGE_HINT_CMD_ID)
+                        == hint_cmd::DONE
+                {
+                    // Holding between rounds, the field is looked at every
+                    // step (a second): QEMU sets DONE before it saves the
+                    // device for the destination, where the config
+                    // interrupt may never come. DONE reads as 1 in QEMU's
+                    // DONE state only, so this cannot be misread (0 is
+                    // ambiguous: STOP, or a round started).
+                    cmd = hint_cmd::DONE;
+                }
+                side.hinter.config_changed(cmd);
+                let mut dev = st.device(Buffers::Hint(&mut side.bufs));
+                let next = side
+                    .hinter
+                    .step(&mut dev, &mut side.mem, &vm_counters(), now_ms());
+                st.hint_pause
+                    .store(side.hinter.reporting_paused(), Ordering::Release);
+                next
+            });
+            match next {
+                hinting::Next::Now => {}
+                hinting::Next::Idle => {
+                    ms = 0;
+                    break;
+                }
+                hinting::Next::After(after) => {
+                    ms = after.max(1);
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Number for a pass's end reason, for diagnostics.
 fn stop_code(stop: Stop) -> u64 {
     match stop {
@@ -983,6 +1107,18 @@ unsafe extern "C" fn lowmem(arg: *mut c_void, _flags: c_int) {
     let start_us = now_us();
     st.pressure.store(true, Ordering::Release);
     if st.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    if st.features.contains(Features::FREE_PAGE_HINT) {
+        // Hinted blocks go back first, all of them (Linux's shrinker); the
+        // hinting thread ends the round under way at its next step.
+        let freed = st
+            .hint
+            .with(|side| side.hinter.pressure(&mut side.mem, now_ms()));
+        st.diag(c"vm_lowmem: hinted pages given back", freed);
+        st.kick_hinter();
+    }
+    if !st.features.contains(Features::DEFLATE_ON_OOM) {
         return;
     }
     let oom = st.oom_tunables();
@@ -1065,6 +1201,7 @@ fn stop(st: &State) {
         while st.threads.load(Ordering::Acquire) > 0 {
             wakeup(st.thread_chan());
             wakeup(st.report_chan());
+            wakeup(st.hint_chan());
             // Threads finish their current bounded step, then exit.
             g.sleep(st.thread_chan(), c"vtbdetach", 0);
         }
@@ -1112,6 +1249,8 @@ fn stop(st: &State) {
             rep.release(&mut side.blocks);
         }
     });
+    // Every hinted block goes back (the host forgot the buffers).
+    st.hint.with(|side| side.hinter.release(&mut side.mem));
 }
 
 /// Removes the sysctl nodes, drops and destroys what the State holds and
@@ -1133,6 +1272,7 @@ unsafe fn free_state(p: NonNull<State>) {
     unsafe {
         st.balloon.destroy();
         st.report.destroy();
+        st.hint.destroy();
         st.stats.destroy();
         st.kick.destroy();
         st.wait.destroy();

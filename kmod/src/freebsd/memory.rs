@@ -8,7 +8,7 @@ use core::ptr::{addr_of, addr_of_mut, NonNull};
 
 use super::kern::{kfree, kmalloc};
 use super::sys;
-use crate::platform::{BlockMemory, Memory, VmCounters};
+use crate::platform::{BlockMemory, HeldBlocks, Memory, VmCounters};
 use crate::runlist::{run_pages, RunList, RunPages};
 
 /// A page the driver holds: taken from the VM by the driver (unmanaged,
@@ -172,6 +172,47 @@ impl BlockMemory for KernelBlocks {
 
     fn block_phys(&self, block: VmPage) -> u64 {
         block.phys()
+    }
+}
+
+/// Free blocks for hinting, and the blocks hinting holds until the host
+/// says DONE, listed through each block's first page like ballooned runs
+/// (no memory of our own per block; the order is the run's length).
+#[derive(Default)]
+pub struct KernelHeld {
+    held: RunList<VmPage>,
+}
+
+impl BlockMemory for KernelHeld {
+    type Block = VmPage;
+
+    fn alloc_block(&mut self, order: u32, window: core::ops::Range<u64>) -> Option<VmPage> {
+        alloc_contig(order, window)
+    }
+
+    fn free_block(&mut self, block: VmPage, order: u32) {
+        // A hinted block may go back whenever the driver likes (virtio 1.2
+        // "Free Page Hinting": the device never writes into it, and its
+        // content is undefined afterwards; vm_page_free drops PG_ZERO).
+        free_pages(block, 1 << order);
+    }
+
+    fn block_phys(&self, block: VmPage) -> u64 {
+        block.phys()
+    }
+}
+
+impl HeldBlocks for KernelHeld {
+    fn hold(&mut self, block: VmPage, order: u32) {
+        self.held.push(&mut VmPages, block, 1 << order);
+    }
+
+    fn unhold(&mut self) -> Option<(VmPage, u32)> {
+        // A block is listed whole (a power of two), or page by page when
+        // its vm_page structures are not consecutive: either way `n` is a
+        // power of two.
+        let (first, n) = self.held.pop(&mut VmPages, usize::MAX)?;
+        Some((first, n.trailing_zeros()))
     }
 }
 

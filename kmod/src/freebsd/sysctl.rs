@@ -26,6 +26,7 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
     let b = &st.balloon_counters;
     let s = &st.stats_counters;
     let r = &st.report_counters;
+    let h = &st.hint_counters;
     let flag = |on: bool| Value::Number(u64::from(on));
     let n = match id {
         Id::MemoryAccounting => {
@@ -44,6 +45,7 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
         Id::KickThread => return flag(st.kick_thread.load(Ordering::Relaxed)),
         Id::StatsLinuxTags => return flag(st.linux_tags.load(Ordering::Relaxed)),
         Id::ReportEnabled => return flag(st.report_enabled.load(Ordering::Relaxed)),
+        Id::HintEnabled => return flag(st.hint_enabled.load(Ordering::Relaxed)),
         Id::OomBatchPages => u64::from(st.oom_batch.load(Ordering::Relaxed)),
         Id::OomHeadroomPages => u64::from(st.oom_headroom.load(Ordering::Relaxed)),
         Id::OomWatchMs => u64::from(st.oom_watch_ms.load(Ordering::Relaxed)),
@@ -83,6 +85,12 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
         Id::ReportErrors => r.errors.get(),
         Id::ReportPasses => r.passes.get(),
         Id::ReportTimeMs => r.time_ms.get(),
+        Id::HintRounds => h.rounds.get(),
+        Id::HintPages => h.hinted_pages.get(),
+        Id::HintHeldPages => h.held_pages.get(),
+        Id::HintPressurePages => h.pressure_pages.get(),
+        Id::HintDonePages => h.done_pages.get(),
+        Id::HintErrors => h.errors.get() + h.host_timeouts.get(),
     };
     Value::Number(n)
 }
@@ -99,6 +107,10 @@ fn write(st: &State, id: Id, v: u32) {
         Id::OomWatchIntervalMs => st.oom_interval_ms.store(v, Ordering::Relaxed),
         Id::FloorPages => st.floor_pages.store(u64::from(v), Ordering::Relaxed),
         Id::InflateRunPages => st.inflate_run.store(v, Ordering::Relaxed),
+        Id::HintEnabled => {
+            st.hint_enabled.store(v == 1, Ordering::Relaxed);
+            st.kick_hinter();
+        }
         Id::ReportEnabled => {
             // Under the lock the reporter decides to sleep with: it cannot
             // miss being switched on.

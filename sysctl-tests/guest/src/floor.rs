@@ -33,7 +33,8 @@ fn looper(flag: u64) -> u64 {
                     unsafe { core::ptr::write_volatile((p + off) as *mut u8, 1) };
                     off += PAGE;
                 }
-                let _ = sys::munmap(p, len);
+                // SAFETY: the child's own mapping, not used after this.
+                let _ = unsafe { sys::munmap(p, len) };
                 // SAFETY: word 0 of the shared page, written only here.
                 unsafe {
                     let n = core::ptr::read_volatile(flag as *const u64);

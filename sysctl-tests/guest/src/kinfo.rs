@@ -29,7 +29,8 @@ fn with_value<R>(mib: &[i32], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         // SAFETY: the kernel wrote `n <= len` bytes at `buf`.
         f(unsafe { core::slice::from_raw_parts(buf as *const u8, n) })
     });
-    let _ = sys::munmap(buf, len as u64);
+    // SAFETY: `f` has returned: nothing refers to the mapping any more.
+    let _ = unsafe { sys::munmap(buf, len as u64) };
     r
 }
 

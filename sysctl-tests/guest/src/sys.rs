@@ -401,11 +401,6 @@ pub fn mmap_anon(len: u64, shared: bool) -> Res {
     unsafe { syscall6(SYS_MMAP, [0, len, PROT_RW, flags, u64::MAX, 0]) }
 }
 
-pub fn munmap(addr: u64, len: u64) -> Res {
-    // SAFETY: the caller unmaps a mapping it made and no longer uses.
-    unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
-}
-
 /// setuid(2): drops root for good (in a child).
 pub fn setuid(uid: u64) -> Res {
     // SAFETY: plain integer.
@@ -508,6 +503,15 @@ pub unsafe fn sysctl_raw(mib: &[i32], old: u64, len: usize) -> Result<usize, i64
         )
     }?;
     Ok(oldlen)
+}
+
+/// munmap(2).
+///
+/// # Safety
+/// Nothing refers to the pages of `addr..addr + len` any more.
+pub unsafe fn munmap(addr: u64, len: u64) -> Res {
+    // SAFETY: per the contract.
+    unsafe { syscall6(SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) }
 }
 
 /// sysctlbyname(2): `name` without NUL. Returns the old value's length.

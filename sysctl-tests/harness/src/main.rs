@@ -441,6 +441,17 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         kills: 0,
         balloon: boot.balloon.clone(),
         soak: Soak::new(boots::soak_secs()),
+        dest: (boot.host == HostKind::Qemu).then(|| requests::DestSpec {
+            iso: iso_path.clone(),
+            mem_mib: boot.mem_mib,
+            cpus: 2,
+            kvm: inputs.kvm,
+            balloon: boot.balloon.clone(),
+            extra: boot.qemu_extra.clone(),
+            work: work.clone(),
+            machine: cfg.machine,
+            firmware: inputs.firmware.clone(),
+        }),
     };
     let soaking = boot.phases.split(' ').any(|p| p == "soak");
     if soaking {

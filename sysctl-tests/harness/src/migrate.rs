@@ -20,7 +20,8 @@
 //!   `virtio_balloon_free_page_hint_notify`): leave the postcopy-ram
 //!   capability off.
 //!
-//! Not wired into a boot yet (the lead does that), hence `dead_code`.
+//! The `hint-migrate` phase's requests (`migrate-null`, `migrate-dest`,
+//! requests.rs) use it; the rest is for a comparison bench.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

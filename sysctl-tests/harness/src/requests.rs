@@ -9,9 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::bench::{Bench, BenchRow};
 use crate::json::Value;
 use crate::libvirt::{self, stat};
+use crate::migrate::{self, Migrated, Target};
 use crate::qmp::{self, device_add_args, GuestStats, Qmp};
 use crate::soak::Soak;
-use crate::vm::{Vm, BALLOON_ID};
+use crate::vm::{Vm, VmConfig, BALLOON_ID};
 use crate::{MIB, PAGE};
 
 /// The host side of one boot.
@@ -31,6 +32,109 @@ pub struct Run {
     pub balloon: String,
     /// The soak's seed, length and the figures the guest sends.
     pub soak: Soak,
+    /// How to start a destination QEMU for this guest (QEMU host only).
+    pub dest: Option<DestSpec>,
+}
+
+/// What a destination QEMU is started with: the source's machine and
+/// devices, `-incoming` on a unix socket in its own directory.
+pub struct DestSpec {
+    pub iso: std::path::PathBuf,
+    pub mem_mib: u64,
+    pub cpus: u32,
+    pub kvm: bool,
+    pub balloon: String,
+    pub extra: Vec<String>,
+    pub work: std::path::PathBuf,
+    pub machine: crate::vm::Machine,
+    pub firmware: std::path::PathBuf,
+}
+
+/// Bounded wait for one migration (a 4 GiB TCG guest takes under a minute).
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn print_migrated(r: &Run, what: &str, m: &Migrated) {
+    let i = &m.info;
+    println!(
+        "[{}] host: migration ({what}): ram.transferred {} bytes ({} MiB) of {} MiB, {} normal pages, {} zero pages, {} passes, {} ms, downtime {} ms",
+        r.name,
+        i.transferred,
+        i.transferred / MIB,
+        i.total / MIB,
+        i.normal,
+        i.duplicate,
+        i.dirty_syncs,
+        i.total_time_ms,
+        i.downtime_ms.map_or_else(|| "?".into(), |d| d.to_string())
+    );
+}
+
+/// Migrates the guest to `exec:cat > /dev/null` (a file that keeps
+/// nothing: only QEMU's figures matter) and resumes it on the source.
+/// The RAM bytes sent, in MiB.
+fn migrate_null(r: &mut Run) -> Result<u64, String> {
+    let target = Target::File("/dev/null".into());
+    let m = migrate::migrate(qmp(r)?, &target, MIGRATE_TIMEOUT)?;
+    print_migrated(r, "to /dev/null", &m);
+    // The source ends in postmigrate; it may run on.
+    qmp(r)?.execute("cont", None)?;
+    Ok(m.info.transferred / MIB)
+}
+
+/// Starts a destination QEMU listening on a unix socket, migrates the
+/// guest there and makes it the boot's VM (console, QMP): the guest goes on
+/// on the destination, which runs as soon as the migration completed. The
+/// RAM bytes sent, in MiB.
+fn migrate_dest(r: &mut Run) -> Result<u64, String> {
+    let spec = r.dest.as_ref().ok_or("no destination for this boot")?;
+    let work = spec.work.join("dest");
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let sock = work.join("incoming.sock");
+    let _ = std::fs::remove_file(&sock);
+    let target = Target::Unix(sock.clone());
+    let mut extra = spec.extra.clone();
+    extra.extend(migrate::incoming_args(&target));
+    let log = spec.work.join("console-dest.log");
+    let cfg = VmConfig {
+        iso: &spec.iso,
+        mem_mib: spec.mem_mib,
+        cpus: spec.cpus,
+        log: &log,
+        kvm: spec.kvm,
+        balloon: &spec.balloon,
+        extra: &extra,
+        machine: spec.machine,
+        firmware: &spec.firmware,
+    };
+    let dest = Vm::start(&cfg, &work)?;
+    let mut dq = Qmp::connect(dest.qmp_path.as_deref().ok_or("no QMP socket")?)?;
+    // The listening socket exists once QMP answers (both are set up before
+    // the main loop runs).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = migrate::migrate(qmp(r)?, &target, MIGRATE_TIMEOUT)?;
+    print_migrated(r, "to a second QEMU", &m);
+    let incoming = migrate::wait_done(
+        || dq.execute("query-migrate", None),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+    )?;
+    let status = dq.status()?;
+    println!(
+        "[{}] host: the destination took the guest ({:?}), status {status}; console {}",
+        r.name,
+        incoming.status,
+        log.display()
+    );
+    let mut old = std::mem::replace(&mut r.vm, dest);
+    old.kill();
+    r.qmp = Some(dq);
+    if status != "running" {
+        qmp(r)?.execute("cont", None)?;
+    }
+    Ok(m.info.transferred / MIB)
 }
 
 fn unix_secs() -> u64 {
@@ -127,6 +231,8 @@ pub fn stopped(r: &mut Run) -> Option<String> {
 pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
     match cmd {
         "set-target" => set_target(r, arg).map(|()| 0),
+        "migrate-null" => migrate_null(r),
+        "migrate-dest" => migrate_dest(r),
         "rapid" => {
             for mib in [64u64, 512, 32, 768, 0, 384, 96] {
                 set_target(r, mib * MIB / PAGE)?;
