@@ -23,6 +23,7 @@ const KERNEL_FUNCTIONS: &[&str] = &[
     "panic",
     "binuptime",
     "getbinuptime",
+    "cputick2usec",
     "pause_sbt",
     "wakeup",
     "sx_init_flags",
@@ -83,6 +84,7 @@ const KERNEL_FUNCTIONS: &[&str] = &[
 /// Kernel globals the glue reads.
 const KERNEL_VARS: &[&str] = &[
     "hz",
+    "cpu_ticks",
     "tick_sbt",
     "Maxmem",
     "mp_ncpus",

@@ -16,7 +16,10 @@
 # loader.efi, optionally modules/virtio_balloon.ko (tools/build-test-kernel.sh
 # -a arm64 makes one); the module is built against SYSDIR_ARM64 (default
 # SYSDIR when it has arm64 headers, else /usr/src-14.0/sys).
-# VTB_KVM=1 uses KVM instead of TCG. Console logs: target/vmtest/<boot>/console.log
+# The bench takes FREEBSD_BOOT_GENERIC (default /opt/freebsd-boot-generic) when
+# FREEBSD_BOOT is not set; VTB_BENCH_REPS, VTB_BENCH_SIZES, VTB_BENCH_VARIANTS,
+# VTB_BENCH_EXTRAS choose what it runs (see the sysctl-tests README).
+# VTB_KVM=1 uses KVM instead of TCG; VTB_CPUS sets the vCPUs (default 2). Console logs: target/vmtest/<boot>/console.log
 # (arm64: target/vmtest-arm64/<boot>/console.log).
 set -eu
 cd "$(dirname "$0")/.."
@@ -50,6 +53,13 @@ if [ "$1" = arm64 ]; then
 	fi
 	ARCH=arm64 sh sysctl-tests/guest/build.sh
 	exec cargo run -q --release -p vmharness -- --arch arm64 "$@"
+fi
+# The bench runs on a GENERIC kernel when there is one (the default test
+# kernel has INVARIANTS and WITNESS, which is not what users run).
+GENERIC=${FREEBSD_BOOT_GENERIC:-/opt/freebsd-boot-generic}
+if [ "$1" = bench ] && [ -z "${FREEBSD_BOOT:-}" ] && [ -f "$GENERIC/kernel/kernel" ]; then
+	FREEBSD_BOOT=$GENERIC
+	echo "bench: GENERIC kernel at $FREEBSD_BOOT (set FREEBSD_BOOT for another)"
 fi
 FREEBSD_BOOT=${FREEBSD_BOOT:-/opt/freebsd-boot}
 export FREEBSD_BOOT

@@ -255,6 +255,17 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         self.limit = limit;
     }
 
+    /// Changes how many PFN buffers may be in flight at once; false (and
+    /// nothing changed) outside 1..=[`MAX_INFLIGHT`]. Buffers already in
+    /// flight stay; no new one is posted while as many are out.
+    pub fn set_inflight(&mut self, buffers: usize) -> bool {
+        if !(1..=MAX_INFLIGHT).contains(&buffers) {
+            return false;
+        }
+        self.tun.inflight_buffers = buffers;
+        true
+    }
+
     /// Changes the largest inflate run; false (and nothing changed) if not a
     /// power of two in range.
     pub fn set_inflate_run(&mut self, pages: u32) -> bool {
@@ -565,7 +576,10 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             let order = self.run_order.min((pages - got).ilog2());
             let first = if order > 0 {
                 match mem.alloc_run(order) {
-                    Some(first) => first,
+                    Some(first) => {
+                        self.counters.alloc_runs.inc();
+                        first
+                    }
                     None => {
                         // No free run this large: try smaller ones.
                         self.run_order = order - 1;
@@ -574,7 +588,10 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                 }
             } else {
                 match mem.alloc_page() {
-                    Some(page) => page,
+                    Some(page) => {
+                        self.counters.alloc_single_pages.inc();
+                        page
+                    }
                     None => {
                         self.counters.alloc_failures.inc();
                         return false;

@@ -120,6 +120,34 @@ pub struct BalloonCounters {
     pub errors: Counter,
     /// Buffers posted to the inflate and deflate queues.
     pub buffers_posted: Counter,
+    /// Physically contiguous runs of more than one page taken when
+    /// inflating (one allocator call each).
+    pub alloc_runs: Counter,
+    /// Pages taken one at a time when inflating (one allocator call each).
+    pub alloc_single_pages: Counter,
+}
+
+/// Where the balloon thread's guest time goes: what the kernel glue
+/// measures around its calls (the logic has no clock), in ticks of the
+/// glue's clock (the CPU's tick counter; the sysctl nodes show
+/// microseconds). Each is cumulative since attach; the benchmark reads them
+/// before and after an operation. The kick thread's own figures are the
+/// kicker's (`kick.rs`).
+#[derive(Debug, Default)]
+pub struct BalloonClocks {
+    /// Balloon steps (the balloon thread's whole work on a resize, the
+    /// waits included).
+    pub step_us: Counter,
+    /// Taking pages from the VM: runs and single pages.
+    pub alloc_us: Counter,
+    /// Giving pages back to the VM.
+    pub free_us: Counter,
+    /// Posting buffers: copying PFNs to a DMA slot, and enqueueing or
+    /// handing them to the kick thread (notifications made in place are
+    /// not counted here but in `notify_us`).
+    pub post_us: Counter,
+    /// Waiting until the host returns a buffer (asleep, mostly).
+    pub wait_us: Counter,
 }
 
 /// What the statistics path counts.

@@ -80,6 +80,27 @@ fn keeps_several_buffers_in_flight() {
 }
 
 #[test]
+fn buffers_in_flight_change_at_run_time_within_bounds() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 8192, 0);
+    w.borrow_mut().ack = Ack::AfterMs(1);
+    for bad in [0, 9, usize::MAX] {
+        assert!(!b.set_inflight(bad), "{bad}");
+    }
+    assert_eq!(b.tunables().inflight_buffers, 4, "unchanged");
+    for (n, target) in [(1usize, 2048u32), (8, 6144)] {
+        assert!(b.set_inflight(n));
+        assert_eq!(b.tunables().inflight_buffers, n);
+        w.borrow_mut().max_outstanding = 0;
+        w.borrow_mut().num_pages = target;
+        b.config_changed();
+        run(&mut b, &w, &mut dev, &mut mem);
+        assert_eq!(b.actual(), target);
+        assert_eq!(w.borrow().max_outstanding, n, "{n} in flight");
+    }
+    clean(&w);
+}
+
+#[test]
 fn deflates_when_the_host_lowers_its_target() {
     let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
     run(&mut b, &w, &mut dev, &mut mem);
@@ -441,6 +462,8 @@ fn inflate_takes_contiguous_runs_of_one_buffer_each() {
     assert_eq!(world.alloc_calls, 0, "no page-by-page allocation");
     assert_eq!(world.inflate_buffers, 4);
     drop(world);
+    assert_eq!(b.counters().alloc_runs.get(), 4);
+    assert_eq!(b.counters().alloc_single_pages.get(), 0);
     assert!(
         host_runs(&w).iter().all(|&n| n % 256 == 0),
         "{:?}",
@@ -483,6 +506,8 @@ fn a_run_of_one_page_allocates_page_by_page_like_the_c_driver() {
     assert_eq!(b.actual(), 600);
     assert_eq!(w.borrow().run_calls, 0);
     assert_eq!(w.borrow().alloc_calls, 600);
+    assert_eq!(b.counters().alloc_single_pages.get(), 600);
+    assert_eq!(b.counters().alloc_runs.get(), 0);
     clean(&w);
 }
 

@@ -41,6 +41,10 @@ fn settings_take_what_the_logic_takes() {
         (Id::OomWatchMs, o.watch_ms),
         (Id::OomWatchIntervalMs, o.interval_ms),
         (Id::InflateRunPages, Tunables::default().inflate_run_pages),
+        (
+            Id::InflightBuffers,
+            Tunables::default().inflight_buffers as u32,
+        ),
     ];
     for (id, v) in defaults {
         assert!(
@@ -75,6 +79,7 @@ fn only_settings_are_writable() {
             Id::OomWatchIntervalMs,
             Id::FloorPages,
             Id::InflateRunPages,
+            Id::InflightBuffers,
             Id::KickThread,
             Id::StatsLinuxTags,
             Id::HintEnabled,

@@ -6,11 +6,12 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use super::kern::{kfree, kmalloc_aligned, now_ms, Dev};
+use super::kern::{kfree, kmalloc_aligned, now_ms, ticks, Dev};
 use super::kick::Kick;
 use super::sync::Mutex;
 use super::sys;
 use crate::balloon::MAX_INFLIGHT;
+use crate::counters::BalloonClocks;
 use crate::platform::{Device, Error, PhysRange, Token};
 use crate::protocol::{
     config_from_device, config_offset, config_to_device, Features, Queue, PFNS_PER_BUFFER,
@@ -200,6 +201,8 @@ pub struct KernelDevice<'a> {
     pub kick: Option<&'a Kick>,
     /// Post in place rather than through the kick thread.
     pub urgent: bool,
+    /// Where the time spent posting and waiting goes (balloon side only).
+    pub clocks: Option<&'a BalloonClocks>,
 }
 
 impl KernelDevice<'_> {
@@ -261,6 +264,7 @@ impl Device for KernelDevice<'_> {
     }
 
     fn post(&mut self, queue: Queue, token: Token, data: &[u8]) -> Result<(), Error> {
+        let t0 = ticks();
         let vq = self.vq(queue)?;
         let (buf, len) = self.buffer(queue, token)?;
         let n = data.len().min(buf.len());
@@ -271,7 +275,12 @@ impl Device for KernelDevice<'_> {
         let cookie = (token + 1) as *mut c_void;
         if let Some(k) = self.kick {
             // SAFETY: as below; the balloon lock makes us the only poster.
-            return unsafe { k.post(vq, cookie, ptr, n, self.urgent) };
+            let notified = unsafe { k.post(vq, cookie, ptr, n, self.urgent) }?;
+            if let Some(c) = self.clocks {
+                let t = ticks().saturating_sub(t0);
+                c.post_us.add(t.saturating_sub(notified));
+            }
+            return Ok(());
         }
         // SAFETY: the slot stays allocated until detach has reset the
         // device, and the logic does not reuse it before the host returns
@@ -336,6 +345,23 @@ impl Device for KernelDevice<'_> {
         if timeout_ms == 0 {
             return self.dequeue(queue, vq).ok_or(Error::Timeout);
         }
+        let t0 = ticks();
+        let r = self.wait_sleeping(queue, vq, timeout_ms);
+        if let Some(c) = self.clocks {
+            c.wait_us.add(ticks().saturating_sub(t0));
+        }
+        r
+    }
+}
+
+impl KernelDevice<'_> {
+    /// [`Device::wait_used`] with a timeout: sleeps until the interrupt.
+    fn wait_sleeping(
+        &mut self,
+        queue: Queue,
+        vq: *mut sys::virtqueue,
+        timeout_ms: u32,
+    ) -> Result<Token, Error> {
         let deadline = now_ms().saturating_add(u64::from(timeout_ms));
         let chan = (self.wait as *const Mutex).cast::<c_void>();
         let guard = self.wait.lock();

@@ -21,14 +21,14 @@ use super::device::{
 };
 use super::kern::{
     devd_notify, kfree, kmalloc, kthread_add, kthread_exit, log, log_u64, now_ms, now_us, pause,
-    write_text, Dev, ThreadFn,
+    ticks, write_text, Dev, ThreadFn,
 };
 use super::kick::Kick;
 use super::memory::{max_phys, vm_counters, KernelBlocks, KernelHeld, KernelMemory, VmPage, Words};
 use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
 use super::{sys, sysctl};
 use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
-use crate::counters::{BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
+use crate::counters::{BalloonClocks, BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::events::{Event, Notice, Notices, Snapshot};
 use crate::hinting::{self, config_for_balloon, HintCounters, Hinter};
 use crate::platform::VmCounters;
@@ -80,6 +80,8 @@ pub struct Data {
     /// What the logic objects count, outside their locks: the sysctl tree
     /// reads these while a lock holder updates them.
     pub balloon_counters: BalloonCounters,
+    /// Where the balloon thread's time goes (measured here, in the glue).
+    pub clocks: BalloonClocks,
     pub stats_counters: StatsCounters,
     pub report_counters: ReportCounters,
     pub hint_counters: HintCounters,
@@ -119,6 +121,8 @@ pub struct Data {
     /// The pressure watch runs (for sysctl).
     pub oom_watching: AtomicBool,
     pub inflate_run: AtomicU32,
+    /// PFN buffers in flight.
+    pub inflight: AtomicU32,
     pub linux_tags: AtomicBool,
     /// Post through the kick thread (read when the driver starts).
     pub kick_thread: AtomicBool,
@@ -234,6 +238,7 @@ impl State {
             features,
             queues,
             balloon_counters: BalloonCounters::default(),
+            clocks: BalloonClocks::default(),
             stats_counters: StatsCounters::default(),
             report_counters: ReportCounters::default(),
             hint_counters: HintCounters::default(),
@@ -257,6 +262,7 @@ impl State {
             floor_pages: AtomicU64::new(floor_default_pages(&vm_counters())),
             oom_watching: AtomicBool::new(false),
             inflate_run: AtomicU32::new(tun.inflate_run_pages),
+            inflight: AtomicU32::new(tun.inflight_buffers as u32),
             linux_tags: AtomicBool::new(false),
             kick_thread: AtomicBool::new(true),
             report_enabled: AtomicBool::new(true),
@@ -289,7 +295,7 @@ impl State {
                     pressure: Pressure::new(),
                     notices: Notices::new(),
                     bufs: pfn,
-                    mem: KernelMemory::default(),
+                    mem: KernelMemory::new(StateRef::new(&data.clocks)),
                 },
             );
             let counters = StateRef::new(&data.stats_counters);
@@ -387,12 +393,14 @@ impl State {
             bufs,
             kick: None,
             urgent: false,
+            clocks: None,
         }
     }
 
     fn balloon_device<'a>(&'a self, bufs: &'a mut PfnBuffers) -> KernelDevice<'a> {
         KernelDevice {
             kick: Some(&self.kick),
+            clocks: Some(&self.clocks),
             ..self.device(Buffers::Pfn(bufs))
         }
     }
@@ -924,11 +932,15 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             side.balloon.set_inflate_limit(limit);
             side.balloon
                 .set_inflate_run(st.inflate_run.load(Ordering::Relaxed));
+            side.balloon
+                .set_inflight(st.inflight.load(Ordering::Relaxed) as usize);
             if config {
                 side.balloon.config_changed();
             }
             let mut dev = st.balloon_device(&mut side.bufs);
+            let t0 = ticks();
             let step = side.balloon.step(&mut dev, &mut side.mem);
+            st.clocks.step_us.add(ticks().saturating_sub(t0));
             let look = side.pressure.next_look_ms(&oom, now_ms());
             let notices = side.notices.due(now_ms(), &st.snapshot(), look.is_none());
             (step, look, notices)

@@ -116,6 +116,23 @@ pub fn now_us() -> u64 {
     (bt.sec as u64) * 1_000_000 + frac(&bt, 1_000_000)
 }
 
+/// The CPU's tick counter (`cpu_ticks`, the TSC on amd64): what the
+/// kernel times threads with, and cheap to read. The timecounter is not:
+/// under QEMU's TCG it is the emulated HPET, and every read is a device
+/// access that waits for QEMU's big lock, which a vCPU inside a balloon
+/// notification holds for the host's whole work on the buffer.
+pub fn ticks() -> u64 {
+    // SAFETY: set at boot (before any module loads) to a function that only
+    // reads a counter.
+    unsafe { addr_of!(sys::cpu_ticks).read().map_or(0, |f| f()) }
+}
+
+/// Microseconds in `ticks` of [`ticks`].
+pub fn ticks_to_us(ticks: u64) -> u64 {
+    // SAFETY: a conversion with the kernel's tick rate; no side effects.
+    unsafe { sys::cputick2usec(ticks) }
+}
+
 /// Monotonic milliseconds since boot, as of the last tick (cheap).
 pub fn now_ms() -> u64 {
     let mut bt = sys::bintime::default();

@@ -24,7 +24,7 @@ use core::ptr::{addr_of, addr_of_mut, null_mut};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use super::device::{dequeue, enqueue, notify, write_config};
-use super::kern::{now_us, Dev};
+use super::kern::{ticks, Dev};
 use super::sync::Mutex;
 use super::sys;
 use crate::balloon::MAX_INFLIGHT;
@@ -57,9 +57,19 @@ pub struct Kick {
     on: AtomicBool,
     /// Buffers posted but not yet enqueued; under `ring`.
     pending: UnsafeCell<[Option<Pending>; MAX_PENDING]>,
-    /// Microseconds spent inside notifications: under QEMU, the host's own
-    /// work on the buffers (it discards the pages before returning).
+    /// Time inside notifications, in ticks of [`ticks`] (as the other
+    /// clocks here): under QEMU, the host's own work on the buffers (it
+    /// discards the pages before returning).
     pub notify_us: Counter,
+    /// The task's own work: enqueueing and config writes, its
+    /// notifications not counted.
+    pub task_us: Counter,
+    /// From the first buffer handed over until the task ran, summed over
+    /// the task's runs (latency of the hand-off).
+    pub handoff_us: Counter,
+    /// When the oldest buffer still waiting for the task was handed over
+    /// (a [`ticks`] value; 0: none waiting); under `ring`.
+    waiting_since: AtomicU64,
     /// The device, for config writes the task makes.
     dev: Dev,
     features: Features,
@@ -120,6 +130,9 @@ impl Kick {
             addr_of_mut!((*slot).on).write(AtomicBool::new(false));
             addr_of_mut!((*slot).pending).write(UnsafeCell::new([None; MAX_PENDING]));
             addr_of_mut!((*slot).notify_us).write(Counter::new());
+            addr_of_mut!((*slot).task_us).write(Counter::new());
+            addr_of_mut!((*slot).handoff_us).write(Counter::new());
+            addr_of_mut!((*slot).waiting_since).write(AtomicU64::new(0));
             addr_of_mut!((*slot).dev).write(dev);
             addr_of_mut!((*slot).features).write(features);
             addr_of_mut!((*slot).actual).write(AtomicU64::new(0));
@@ -237,7 +250,8 @@ impl Kick {
     /// Hands `len` bytes at `buf` (a DMA slot that stays put until the host
     /// returns it) to the host on `vq`, with `cookie`: through the task, or
     /// in place when `now` (one urgent buffer: vm_lowmem, where the handoff
-    /// would only add latency) or while the kicker is off.
+    /// would only add latency) or while the kicker is off. Returns the
+    /// ticks spent notifying in place (0 when handed over).
     ///
     /// # Safety
     /// `vq` is one of the device's inflate and deflate queues, the caller
@@ -250,7 +264,7 @@ impl Kick {
         buf: *const u8,
         len: usize,
         now: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let g = self.ring.lock();
         if now || !self.on.load(Ordering::Acquire) {
             // Notifying under the ring lock keeps the task from enqueueing
@@ -260,8 +274,7 @@ impl Kick {
             // SAFETY: the ring lock makes us the only user of the queue's
             // producer side; the buffer outlives the post (see above).
             unsafe { enqueue(vq, cookie, buf, len)? };
-            self.notify(vq);
-            return Ok(());
+            return Ok(self.notify(vq));
         }
         // SAFETY: `pending` is ours while the ring lock is held.
         let pending = unsafe { &mut *self.pending.get() };
@@ -275,9 +288,12 @@ impl Kick {
             buf,
             len,
         });
+        if self.waiting_since.load(Ordering::Relaxed) == 0 {
+            self.waiting_since.store(ticks().max(1), Ordering::Relaxed);
+        }
         drop(g);
         self.enqueue_task();
-        Ok(())
+        Ok(0)
     }
 
     /// Records the balloon size for config `actual`; written by the task
@@ -303,20 +319,28 @@ impl Kick {
         unsafe { dequeue(vq) }
     }
 
-    /// Notifies the host about `vq`, timing it.
-    fn notify(&self, vq: *mut sys::virtqueue) {
-        let t0 = now_us();
+    /// Notifies the host about `vq`, timing it; the ticks it took.
+    fn notify(&self, vq: *mut sys::virtqueue) -> u64 {
+        let t0 = ticks();
         // SAFETY: the callers make sure nobody enqueues on `vq` meanwhile
         // (ring lock held, or the task being the only producer).
         unsafe { notify(vq) };
-        self.notify_us.add(now_us().saturating_sub(t0));
+        let t = ticks().saturating_sub(t0);
+        self.notify_us.add(t);
+        t
     }
 
     /// The task: enqueue what was posted, then notify without the lock.
     fn run(&self) {
+        let t0 = ticks();
+        let mut notify_ticks = 0;
         let mut todo = [None; MAX_PENDING];
         {
             let _g = self.ring.lock();
+            let since = self.waiting_since.swap(0, Ordering::Relaxed);
+            if since != 0 {
+                self.handoff_us.add(t0.saturating_sub(since));
+            }
             // SAFETY: `pending` is ours while the ring lock is held.
             let pending = unsafe { &mut *self.pending.get() };
             for (slot, p) in todo.iter_mut().zip(pending.iter_mut()) {
@@ -348,11 +372,13 @@ impl Kick {
             // Only this task enqueues while the kicker is on, so the ring is
             // consistent without the lock; QEMU does the host's work here,
             // on this thread's CPU.
-            self.notify(vq);
+            notify_ticks += self.notify(vq);
             if let Some(n) = notified.iter_mut().find(|n| n.is_null()) {
                 *n = vq;
             }
         }
+        let total = ticks().saturating_sub(t0);
+        self.task_us.add(total.saturating_sub(notify_ticks));
     }
 }
 

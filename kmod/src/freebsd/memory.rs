@@ -6,8 +6,10 @@
 
 use core::ptr::{addr_of, addr_of_mut, NonNull};
 
-use super::kern::{kfree, kmalloc};
+use super::kern::{kfree, kmalloc, ticks};
+use super::sync::StateRef;
 use super::sys;
+use crate::counters::{BalloonClocks, Counter};
 use crate::platform::{BlockMemory, HeldBlocks, Memory, VmCounters};
 use crate::runlist::{run_pages, RunList, RunPages};
 
@@ -110,10 +112,28 @@ fn free_pages(first: VmPage, n: usize) {
     }
 }
 
-/// Guest memory for one device, and its ballooned runs.
-#[derive(Default)]
+/// Guest memory for one device, and its ballooned runs; the time spent
+/// taking and giving back pages goes to `clocks`.
 pub struct KernelMemory {
     ballooned: RunList<VmPage>,
+    clocks: StateRef<BalloonClocks>,
+}
+
+impl KernelMemory {
+    pub fn new(clocks: StateRef<BalloonClocks>) -> Self {
+        KernelMemory {
+            ballooned: RunList::default(),
+            clocks,
+        }
+    }
+
+    /// Runs `f`, adding its time to the counter `pick` chooses.
+    fn timed<R>(&self, pick: fn(&BalloonClocks) -> &Counter, f: impl FnOnce() -> R) -> R {
+        let t0 = ticks();
+        let r = f();
+        pick(&self.clocks).add(ticks().saturating_sub(t0));
+        r
+    }
 }
 
 impl Memory for KernelMemory {
@@ -125,16 +145,20 @@ impl Memory for KernelMemory {
 
     fn alloc_page(&mut self) -> Option<VmPage> {
         let req = sys::VM_ALLOC_NOWAIT | sys::VM_ALLOC_NODUMP;
-        // SAFETY: a non-sleeping allocation, callable from any thread context.
-        VmPage::new(unsafe { sys::vm_page_alloc_noobj(req as i32) })
+        self.timed(
+            |c| &c.alloc_us,
+            // SAFETY: a non-sleeping allocation, callable from any thread
+            // context.
+            || VmPage::new(unsafe { sys::vm_page_alloc_noobj(req as i32) }),
+        )
     }
 
     fn alloc_run(&mut self, order: u32) -> Option<VmPage> {
-        alloc_contig(order, 0..u64::MAX)
+        self.timed(|c| &c.alloc_us, || alloc_contig(order, 0..u64::MAX))
     }
 
     fn free_run(&mut self, first: VmPage, n: usize) {
-        free_pages(first, n);
+        self.timed(|c| &c.free_us, || free_pages(first, n));
     }
 
     fn phys_addr(&self, page: VmPage) -> u64 {

@@ -8,7 +8,7 @@ use core::ptr::{addr_of_mut, null};
 use core::sync::atomic::Ordering;
 
 use super::driver::State;
-use super::kern::{log, write_text};
+use super::kern::{log, ticks_to_us, write_text};
 use super::memory::vm_counters;
 use super::sync::wakeup;
 use super::sys;
@@ -53,6 +53,16 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
         Id::FloorPages => st.floor_pages.load(Ordering::Relaxed),
         Id::OomWatching => u64::from(st.oom_watching.load(Ordering::Relaxed)),
         Id::InflateRunPages => u64::from(st.inflate_run.load(Ordering::Relaxed)),
+        Id::InflightBuffers => u64::from(st.inflight.load(Ordering::Relaxed)),
+        Id::AllocRuns => b.alloc_runs.get(),
+        Id::AllocSinglePages => b.alloc_single_pages.get(),
+        Id::StepUs => ticks_to_us(st.clocks.step_us.get()),
+        Id::AllocUs => ticks_to_us(st.clocks.alloc_us.get()),
+        Id::FreeUs => ticks_to_us(st.clocks.free_us.get()),
+        Id::PostUs => ticks_to_us(st.clocks.post_us.get()),
+        Id::WaitUs => ticks_to_us(st.clocks.wait_us.get()),
+        Id::KickUs => ticks_to_us(st.kick.task_us.get()),
+        Id::KickWaitUs => ticks_to_us(st.kick.handoff_us.get()),
         Id::TargetPages => b.target_pages.get(),
         Id::ActualPages => b.actual_pages.get(),
         Id::TargetBytes => b.target_pages.get() * BALLOON_PAGE_SIZE,
@@ -74,7 +84,7 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
         Id::StatsErrors => s.errors.get(),
         Id::StatsPushIntervalMs => st.push_interval.load(Ordering::Relaxed),
         Id::MemoryBytes => st.fixed_bytes(),
-        Id::NotifyUs => st.kick.notify_us.get(),
+        Id::NotifyUs => ticks_to_us(st.kick.notify_us.get()),
         Id::LowmemLastUs => st.lowmem_last_us.get(),
         Id::ThreadWakeups => st.thread_wakeups.get(),
         Id::ReportWakeups => st.report_wakeups.get(),
@@ -111,6 +121,7 @@ fn write(st: &State, id: Id, v: u32) {
             st.hint_enabled.store(v == 1, Ordering::Relaxed);
             st.kick_hinter();
         }
+        Id::InflightBuffers => st.inflight.store(v, Ordering::Relaxed),
         Id::ReportEnabled => {
             // Under the lock the reporter decides to sleep with: it cannot
             // miss being switched on.

@@ -1,5 +1,8 @@
-//! The bench boot: each driver in turn, timed by the host (which prints
-//! the table); the guest touches memory first and reports its own figures.
+//! The bench boot: our driver and the in-tree one (and any variants of
+//! ours the host asked for) interleaved operation by operation in the same
+//! guest, timed by the host (which prints the table); after each timed
+//! operation the guest reports its own figures: our driver's breakdown of
+//! its guest time, and each driver's threads' processor time.
 
 use crate::balloon::resize;
 use crate::check::{concat, Ctx};
@@ -11,136 +14,353 @@ use crate::sys;
 use crate::sysctl::{
     free_bytes, get, get_u64, mib_of, page_size, set, set_int, wait_exists, wait_for, PAGES_PER_MIB,
 };
+use crate::threads;
 
-/// Runs of each benchmark operation (the host reports the median).
-const BENCH_RUNS: u32 = 3;
+/// What the bench runs: `--reps N`, `--sizes MIB,MIB`, `--variants V,V`,
+/// `--extras 0|1` in the boot's mode (the harness writes them).
+#[derive(Clone, Copy)]
+pub struct Opts {
+    /// Repetitions of each row per variant.
+    pub reps: u32,
+    /// Sizes of the timed inflates and deflates, MiB.
+    pub sizes: [u64; 4],
+    pub nsizes: usize,
+    /// `ours`, `theirs`, or `ours+NODE=VALUE+...`: ours with those loader
+    /// tunables. The host numbers them in this order.
+    pub variants: [&'static [u8]; 8],
+    pub nvariants: usize,
+    /// The pressure scenario per driver, our vm_lowmem latency and idle
+    /// wakeups after the rows.
+    pub extras: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        let mut variants: [&'static [u8]; 8] = [b""; 8];
+        variants[0] = b"ours";
+        variants[1] = b"theirs";
+        Opts {
+            reps: 5,
+            sizes: [1024, 3072, 0, 0],
+            nsizes: 2,
+            variants,
+            nvariants: 2,
+            extras: true,
+        }
+    }
+}
+
+/// A decimal number.
+fn number(w: &[u8]) -> Option<u64> {
+    if w.is_empty() || w.len() > 18 {
+        return None;
+    }
+    w.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+impl Opts {
+    /// Takes one option and its value (without NUL); false if not one of ours.
+    pub fn set(&mut self, opt: &[u8], value: &'static [u8]) -> bool {
+        match opt {
+            b"--reps" => {
+                if let Some(n) = number(value).filter(|&n| (1..=50).contains(&n)) {
+                    self.reps = n as u32;
+                }
+            }
+            b"--sizes" => {
+                let mut n = 0;
+                for w in value.split(|&b| b == b',') {
+                    if let Some(mib) = number(w).filter(|&m| m > 0) {
+                        if n < self.sizes.len() {
+                            self.sizes[n] = mib;
+                            n += 1;
+                        }
+                    }
+                }
+                if n > 0 {
+                    self.nsizes = n;
+                }
+            }
+            b"--variants" => {
+                let mut n = 0;
+                for w in value.split(|&b| b == b',') {
+                    if (w == b"theirs" || w.starts_with(b"ours")) && n < self.variants.len() {
+                        self.variants[n] = w;
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    self.nvariants = n;
+                }
+            }
+            b"--extras" => self.extras = value != b"0",
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// Our settings a variant may change, each reset before a variant loads.
+const KNOBS: &[&str] = &["kick_thread", "inflate_run_pages", "inflight_buffers"];
+
+/// Our nodes read before and after each timed operation, sent to the host
+/// as `bench-cost-<node>` with the difference.
+const COST_NODES: &[&str] = &[
+    "notify_us",
+    "step_us",
+    "alloc_us",
+    "free_us",
+    "post_us",
+    "wait_us",
+    "kick_us",
+    "kick_wait_us",
+    "alloc_runs",
+    "alloc_single_pages",
+    "buffers_posted",
+];
+
+/// Threads of each driver (kernel thread names start with it).
+const OURS_THREADS: &[u8] = b"vtballoonrs";
+const THEIRS_THREADS: &[u8] = b"virtio_balloon";
+
+fn is_ours(v: &[u8]) -> bool {
+    v.starts_with(b"ours")
+}
+
+/// `dev.vtballoonrs.0.<leaf>` NUL-terminated, in `buf`.
+fn tunable<'a>(buf: &'a mut [u8; 64], leaf: &[u8]) -> &'a [u8] {
+    let prefix = crate::sysctl::NODE;
+    let n = (prefix.len() + leaf.len()).min(buf.len() - 1);
+    buf[..prefix.len()].copy_from_slice(prefix);
+    buf[prefix.len()..n].copy_from_slice(&leaf[..n - prefix.len()]);
+    buf[n] = 0;
+    &buf[..=n]
+}
+
+/// Loads variant `v` alone: its loader tunables set in the kernel
+/// environment first (ours always without free page reporting: the in-tree
+/// driver has none). False (and a failed check) if it did not attach.
+fn load_variant(c: &mut Ctx, v: &'static [u8]) -> bool {
+    let mut n = [0u8; 64];
+    let name = concat(&mut n, b"bench: load ", v);
+    if !ensure_none(c) {
+        return c.check(name, false, "could not unload the drivers");
+    }
+    let mut key = [0u8; 64];
+    for k in KNOBS {
+        let _ = sys::kenv_unset(tunable(&mut key, k.as_bytes()));
+    }
+    let _ = sys::kenv_set(tunable(&mut key, b"report_enabled"), b"0\0");
+    if is_ours(v) {
+        for setting in v.split(|&b| b == b'+').skip(1) {
+            let mut parts = setting.splitn(2, |&b| b == b'=');
+            let (Some(k), Some(val)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let mut value = [0u8; 16];
+            let len = val.len().min(15);
+            value[..len].copy_from_slice(&val[..len]);
+            if sys::kenv_set(tunable(&mut key, k), &value[..=len]).is_err() {
+                return c.check(name, false, "kenv refused a setting");
+            }
+        }
+    }
+    let (path, desc) = if is_ours(v) {
+        (c.ours, OURS_DESC)
+    } else {
+        (THEIRS, THEIRS_DESC)
+    };
+    match sys::kldload(path) {
+        Ok(_) => {}
+        Err(sys::ENOENT) => {
+            c.skip(name, "module not on this system");
+            return false;
+        }
+        Err(_) => return c.check(name, false, "kldload failed"),
+    }
+    if !wait_exists(desc, 30) {
+        return c.check(name, false, "did not attach");
+    }
+    if is_ours(v) {
+        let _ = wait_for("report_inflight", 10, |v| v == 0);
+        let mut l = Line::new();
+        l.s("# bench: ").b(v).s(" attached:");
+        for k in KNOBS {
+            l.s(" ").s(k).s("=");
+            match get(k) {
+                Some(x) => l.u(x),
+                None => l.s("-"),
+            };
+        }
+        l.end();
+    }
+    // Let the attach's own work (first stats, the thread's first look) pass.
+    sys::sleep_ms(1_000);
+    true
+}
 
 /// The bench phase measures and reports figures to the host, which prints
 /// them; its checks only say whether each measurement could be taken,
 /// never whether a figure met its reference figure.
+///
+/// Each repetition runs every size once per variant, the variants in an
+/// order rotated by repetition and size (with two: ours first, then the
+/// in-tree driver first), and each timed pair (inflate by the size, deflate
+/// it again) starts from the same state for every driver: a child has just
+/// touched all the free memory the guest can spare, and an untimed inflate
+/// has taken what it did not reach, so both drivers inflate host-resident
+/// memory only (the host records the RSS released) and deflate what the
+/// host has just discarded.
 pub fn phase_bench(c: &mut Ctx) {
-    // Memory is touched before each inflate so the host has pages to drop.
-    let phys = mib_of(get_u64(b"hw.physmem").unwrap_or(0));
-    for (driver, path) in [(0u64, c.ours), (1, THEIRS)] {
-        let name = if driver == 0 {
-            "bench vtballoonrs"
-        } else {
-            "bench virtio_balloon"
-        };
-        if !ensure_none(c) {
-            c.check(name, false, "could not unload the drivers");
-            return;
-        }
-        match sys::kldload(path) {
-            Ok(_) => {}
-            Err(sys::ENOENT) => {
-                c.skip(name, "module not on this system");
-                continue;
-            }
-            Err(_) => {
-                c.check(name, false, "kldload failed");
-                continue;
-            }
-        }
-        let desc = if driver == 0 { OURS_DESC } else { THEIRS_DESC };
-        if !c.check(name, wait_exists(desc, 30), "did not attach") {
-            continue;
-        }
-        if driver == 0 {
-            // The in-tree driver does not report free pages: compare like with like.
-            set("report_enabled", 0);
-            let _ = wait_for("report_inflight", 10, |v| v == 0);
-        }
-        sys::sleep_ms(2_000);
-        let _ = c.host.ask("bench-driver", driver, 30);
-        for mib in [1024u64, 3072] {
-            let mut ok = true;
-            for _ in 0..BENCH_RUNS {
-                let touch = (mib + 256).min(phys.saturating_sub(512));
-                if reap(toucher(touch, 0, None), 600) != Some(0) {
-                    note("bench: the toucher failed");
+    let o = c.bench;
+    let mut loaded: Option<usize> = None;
+    let mut dead = [false; 8];
+    for rep in 0..o.reps {
+        for si in 0..o.nsizes {
+            let mib = o.sizes[si];
+            for k in 0..o.nvariants {
+                let v = (k + rep as usize + si) % o.nvariants;
+                if dead[v] {
+                    continue;
                 }
-                ok &= bench_timed(c, "bench-inflate", mib);
-                ok &= bench_timed(c, "bench-deflate", mib);
+                let variant = o.variants[v];
+                if loaded != Some(v) {
+                    loaded = None;
+                    if !load_variant(c, variant) {
+                        dead[v] = true;
+                        continue;
+                    }
+                    loaded = Some(v);
+                }
+                let _ = c.host.ask("bench-driver", v as u64, 30);
+                let _ = c.host.ask("bench-rep", u64::from(rep), 30);
+                let ok = bench_pair(c, variant, mib);
+                let mut n = [0u8; 64];
+                let mut m = [0u8; 80];
+                let mut d = [0u8; 20];
+                let what = concat(&mut n, b"bench ", variant);
+                let what = concat(&mut m, what.as_bytes(), b" ");
+                let mut k = [0u8; 96];
+                let what = concat(&mut k, what.as_bytes(), crate::proto::decimal(mib, &mut d));
+                let mut j = [0u8; 112];
+                let what = concat(&mut j, what.as_bytes(), b" MiB");
+                c.check(what, ok, "the host could not time it");
             }
-            let mut n = [0u8; 40];
-            let what = concat(
-                &mut n,
-                name.as_bytes(),
-                if mib == 1024 { b" 1 GiB" } else { b" 3 GiB" },
-            );
-            c.check(what, ok, "the host could not time it");
         }
-        bench_resident(c, name);
-        let who = if driver == 0 {
-            crate::pressure::Driver::Ours
-        } else {
-            crate::pressure::Driver::InTree
-        };
-        crate::pressure::bench_oom(c, who);
-        if driver == 0 {
-            // After the pressure watch the oom bench started has ended.
-            let watch_s = get("oom_watch_ms").unwrap_or(0) / 1000;
-            let _ = wait_for("oom_watching", watch_s + 15, |v| v == 0);
-            bench_ours_at_rest(c);
+    }
+    if o.extras {
+        for (v, driver) in [(0usize, b"ours" as &[u8]), (1, b"theirs")] {
+            let Some(idx) = o.variants[..o.nvariants].iter().position(|x| *x == driver) else {
+                continue;
+            };
+            if dead[idx] || (loaded != Some(idx) && !load_variant(c, driver)) {
+                loaded = None;
+                continue;
+            }
+            loaded = Some(idx);
+            let _ = c.host.ask("bench-driver", idx as u64, 30);
+            let who = if v == 0 {
+                crate::pressure::Driver::Ours
+            } else {
+                crate::pressure::Driver::InTree
+            };
+            crate::pressure::bench_oom(c, who);
+            if v == 0 {
+                // After the pressure watch the oom bench started has ended.
+                let watch_s = get("oom_watch_ms").unwrap_or(0) / 1000;
+                let _ = wait_for("oom_watching", watch_s + 15, |v| v == 0);
+                bench_ours_at_rest(c);
+            }
         }
     }
     ensure_none(c);
 }
 
-/// Asks the host to time one operation; with our driver, then tells it how
-/// long the driver spent inside queue notifications meanwhile (the host's
-/// own work on the pages, which QEMU does before the notification returns).
-fn bench_timed(c: &mut Ctx, cmd: &str, mib: u64) -> bool {
-    let before = get("notify_us");
-    let ok = matches!(c.host.ask(cmd, mib, 900), Reply::Ok(_));
-    if let (Some(b), Some(a)) = (before, get("notify_us")) {
-        let _ = c.host.ask("bench-notify-us", a.saturating_sub(b), 30);
+/// One timed pair from the common starting state (see [`phase_bench`]):
+/// inflate by `mib` of memory a child just touched, deflate it again.
+fn bench_pair(c: &mut Ctx, variant: &[u8], mib: u64) -> bool {
+    // Leave the page daemon's free target and 64 MiB more: the page
+    // daemon does not even wake (it does below v_free_min), nothing is
+    // paged out or killed.
+    let target = get_u64(b"vm.stats.vm.v_free_target").unwrap_or(25_600) * page_size();
+    let free0 = mib_of(free_bytes());
+    let touch = free0.saturating_sub(mib_of(target) + 64);
+    if reap(toucher(touch, 0, None), 900) != Some(0) {
+        note("bench: the toucher failed");
     }
+    let untouched = mib_of(free_bytes()).saturating_sub(touch);
+    Line::new()
+        .s("# bench: ")
+        .b(variant)
+        .s(": free ")
+        .u(free0)
+        .s(" MiB, a child touched ")
+        .u(touch)
+        .s(" MiB; untimed inflate of the ")
+        .u(untouched)
+        .s(" MiB it did not reach, then ")
+        .u(mib)
+        .s(" MiB timed each way")
+        .end();
+    let pages = untouched * PAGES_PER_MIB;
+    let mut ok = matches!(c.host.ask("set-target", pages, 30), Reply::Ok(_));
+    ok &= matches!(c.host.ask("wait-actual", pages, 150), Reply::Ok(_));
+    ok &= bench_timed(c, variant, "bench-inflate", mib);
+    ok &= bench_timed(c, variant, "bench-deflate", mib);
+    ok &= matches!(c.host.ask("set-target", 0, 30), Reply::Ok(_));
+    ok &= matches!(c.host.ask("wait-actual", 0, 150), Reply::Ok(0));
     ok
 }
 
-/// Inflates 1 GiB of host-resident memory. Before each run a child
-/// touches all the free memory the guest can safely spare and exits. FreeBSD
-/// puts freed blocks at the tail of its free lists, so the balloon would
-/// take the free memory the child did not reach (never touched, or
-/// discarded by an earlier inflate: not resident on the host) first: an
-/// untimed inflate takes that much, then the timed one takes 1 GiB of
-/// what the child touched (the host records the RSS released). The deflate
-/// after it is not timed.
-fn bench_resident(c: &mut Ctx, name: &str) {
-    const MIB_RESIDENT: u64 = 1024;
-    let mut ok = true;
-    for _ in 0..BENCH_RUNS {
-        // Leave the page daemon's free target and 64 MiB more: the page
-        // daemon does not even wake (it does below v_free_min), nothing is
-        // paged out or killed.
-        let target = get_u64(b"vm.stats.vm.v_free_target").unwrap_or(25_600) * page_size();
-        let free0 = mib_of(free_bytes());
-        let touch = free0.saturating_sub(mib_of(target) + 64);
-        if reap(toucher(touch, 0, None), 900) != Some(0) {
-            note("bench: the toucher failed");
+/// What the guest reads before and after a timed operation.
+struct Snapshot {
+    cpu_us: Option<u64>,
+    nodes: [Option<u64>; COST_NODES.len()],
+}
+
+fn snapshot(ours: bool) -> Snapshot {
+    let mut nodes = [None; COST_NODES.len()];
+    if ours {
+        for (v, n) in nodes.iter_mut().zip(COST_NODES) {
+            *v = get(n);
         }
-        let untouched = mib_of(free_bytes()).saturating_sub(touch);
-        Line::new()
-            .s("# bench: free ")
-            .u(free0)
-            .s(" MiB, a child touched ")
-            .u(touch)
-            .s(" MiB; untimed inflate of the ")
-            .u(untouched)
-            .s(" MiB it did not reach, then a timed 1 GiB")
-            .end();
-        let pages = untouched * PAGES_PER_MIB;
-        ok &= matches!(c.host.ask("set-target", pages, 30), Reply::Ok(_));
-        ok &= matches!(c.host.ask("wait-actual", pages, 150), Reply::Ok(_));
-        ok &= bench_timed(c, "bench-resident", MIB_RESIDENT);
-        ok &= matches!(c.host.ask("set-target", 0, 30), Reply::Ok(_));
-        ok &= matches!(c.host.ask("wait-actual", 0, 150), Reply::Ok(0));
     }
-    let mut n = [0u8; 48];
-    let what = concat(&mut n, name.as_bytes(), b" resident 1 GiB");
-    c.check(what, ok, "the host could not time it");
+    let threads = if ours { OURS_THREADS } else { THEIRS_THREADS };
+    Snapshot {
+        cpu_us: threads::runtime_us(threads),
+        nodes,
+    }
+}
+
+/// Asks the host to time one operation (`cmd` by `mib` from the current
+/// size), then sends it the guest's own figures for it: the driver's
+/// threads' processor time (`bench-cost-cpu_us`) and, for ours, the
+/// difference of each of [`COST_NODES`].
+fn bench_timed(c: &mut Ctx, variant: &[u8], cmd: &str, mib: u64) -> bool {
+    let ours = is_ours(variant);
+    let before = snapshot(ours);
+    let ok = matches!(c.host.ask(cmd, mib, 900), Reply::Ok(_));
+    // The driver's last bookkeeping after the host saw the target.
+    sys::sleep_ms(100);
+    let after = snapshot(ours);
+    if let (Some(b), Some(a)) = (before.cpu_us, after.cpu_us) {
+        let _ = c.host.ask("bench-cost-cpu_us", a.saturating_sub(b), 30);
+    }
+    for (i, node) in COST_NODES.iter().enumerate() {
+        if let (Some(b), Some(a)) = (before.nodes[i], after.nodes[i]) {
+            let mut n = [0u8; 48];
+            let cmd = concat(&mut n, b"bench-cost-", node.as_bytes());
+            let _ = c.host.ask(cmd, a.saturating_sub(b), 30);
+        }
+    }
+    if ours {
+        if let Some(k) = get("kick_thread") {
+            let _ = c.host.ask("bench-cost-kick_thread", k, 30);
+        }
+    }
+    ok
 }
 
 /// Ours with the balloon at 256 MiB: idle wakeups of both threads over

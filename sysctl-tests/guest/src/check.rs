@@ -13,6 +13,8 @@ pub struct Ctx {
     pub host: Host,
     /// Our module's path, NUL-terminated.
     pub ours: &'static [u8],
+    /// What the bench phase runs.
+    pub bench: crate::bench::Opts,
 }
 
 impl Ctx {

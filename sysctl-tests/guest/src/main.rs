@@ -44,6 +44,7 @@ mod soak;
 mod sys;
 mod sysctl;
 mod transport;
+mod threads;
 
 use check::Ctx;
 use host::Host;
@@ -145,17 +146,24 @@ struct Args {
     module: Option<&'static [u8]>,
     phases: [&'static [u8]; 16],
     n: usize,
+    bench: bench::Opts,
 }
 
 impl Args {
     /// Takes options and phases from `words`, each NUL-terminated:
-    /// `--no-host`, `--module PATH`, phase names.
+    /// `--no-host`, `--module PATH`, the bench's options (`--reps N`,
+    /// `--sizes MIB,...`, `--variants V,...`, `--extras 0|1`), phase names.
     fn parse(&mut self, words: &[&'static [u8]]) {
         let mut it = words.iter();
         while let Some(&w) = it.next() {
             match &w[..w.len() - 1] {
                 b"--no-host" => self.no_host = true,
                 b"--module" => self.module = it.next().copied(),
+                b"--reps" | b"--sizes" | b"--variants" | b"--extras" => {
+                    if let Some(&v) = it.next() {
+                        self.bench.set(&w[..w.len() - 1], &v[..v.len() - 1]);
+                    }
+                }
                 b"" => {}
                 x if x.starts_with(b"-") => {}
                 x if self.n < self.phases.len() => {
@@ -193,18 +201,18 @@ unsafe fn argv(sp: *const u64, out: &mut [&'static [u8]; 16]) -> usize {
     n
 }
 
-static mut MODE: [u8; 256] = [0; 256];
+static mut MODE: [u8; 1024] = [0; 1024];
 
 /// The words of the image's /etc/vtbtest.mode (as argv: options, phases),
 /// each NUL-terminated in place.
 fn read_mode(out: &mut [&'static [u8]; 16]) -> usize {
     // SAFETY: single-threaded program; MODE is written here, once, before
     // any reference into it is handed out.
-    let m: &'static mut [u8; 256] = unsafe { &mut *core::ptr::addr_of_mut!(MODE) };
+    let m: &'static mut [u8; 1024] = unsafe { &mut *core::ptr::addr_of_mut!(MODE) };
     let Ok(fd) = sys::open(b"/etc/vtbtest.mode\0", sys::O_RDONLY) else {
         return 0;
     };
-    let len = sys::read(fd, &mut m[..255]).unwrap_or(0) as usize;
+    let len = sys::read(fd, &mut m[..1023]).unwrap_or(0) as usize;
     sys::close(fd);
     for b in m[..len].iter_mut() {
         if b.is_ascii_whitespace() {
@@ -247,6 +255,7 @@ extern "C" fn main_rust(sp: *const u64) -> ! {
         skipped: 0,
         host: Host::new(!args.no_host),
         ours: args.module.unwrap_or(OURS_DEFAULT),
+        bench: args.bench,
     };
     let mut list: [&[u8]; 16] = [&[]; 16];
     let n = if args.n == 0 {

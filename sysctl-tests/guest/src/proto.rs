@@ -31,11 +31,15 @@
 //! are), `stats-updated 0` (the sample's last-update time, seconds since the
 //! epoch on the host's clock), `rss-mark 0`,
 //! `rss-drop MIB` (QEMU's RSS fell by 90% of MIB since the mark; replies the
-//! drop in MiB), `bench-driver D` (0 ours, 1 in-tree), `bench-inflate MIB`,
-//! `bench-deflate MIB`, `bench-resident MIB` (the host times the operation;
-//! resident: an inflate by MIB from the current size, right after the guest
-//! touched its free memory), `bench-lowmem US` (one vm_lowmem handler time,
-//! guest µs), `bench-lowmem-call US` (the whole debug.vm_lowmem write),
+//! drop in MiB), `bench-driver D` (the bench's D-th variant from now on:
+//! the harness's list, 0 ours, 1 in-tree by default), `bench-rep R` (the
+//! repetition that follows), `bench-inflate MIB`, `bench-deflate MIB` (the
+//! host times a change of the balloon by MIB from its current size, right
+//! after the guest touched its free memory), `bench-cost-NAME V` (a figure
+//! of the guest's for the operation just timed: `cpu_us`, the driver's
+//! threads' processor time, and for ours the difference of its node NAME),
+//! `bench-lowmem US` (one vm_lowmem handler time, guest µs),
+//! `bench-lowmem-call US` (the whole debug.vm_lowmem write),
 //! `bench-idle-ms MS`, `bench-idle-thread N`, `bench-idle-report N` (wakeups
 //! of the balloon and reporting threads in an idle window of MS ms).
 

@@ -390,6 +390,41 @@ pub fn kenv_get<'a>(name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
     Some(s.split(|&b| b == 0).next().unwrap_or(s))
 }
 
+/// kenv(2) KENV_SET: sets `name` to `value` in the kernel environment
+/// (both end with NUL), as a loader variable would be: a driver reads its
+/// tunables from there when it attaches.
+pub fn kenv_set(name: &[u8], value: &[u8]) -> Res {
+    const KENV_SET: u64 = 1;
+    if name.last() != Some(&0) || value.last() != Some(&0) {
+        return Err(EINVAL);
+    }
+    // SAFETY: NUL-terminated name and value, the value's length with its NUL.
+    unsafe {
+        syscall6(
+            SYS_KENV,
+            [
+                KENV_SET,
+                name.as_ptr() as u64,
+                value.as_ptr() as u64,
+                value.len() as u64,
+                0,
+                0,
+            ],
+        )
+    }
+}
+
+/// kenv(2) KENV_UNSET: removes `name` (ends with NUL); Err(ENOENT) when
+/// it was not set.
+pub fn kenv_unset(name: &[u8]) -> Res {
+    const KENV_UNSET: u64 = 2;
+    if name.last() != Some(&0) {
+        return Err(EINVAL);
+    }
+    // SAFETY: NUL-terminated name; no value.
+    unsafe { syscall6(SYS_KENV, [KENV_UNSET, name.as_ptr() as u64, 0, 0, 0, 0]) }
+}
+
 /// Anonymous mapping of `len` bytes, private or shared with children.
 pub fn mmap_anon(len: u64, shared: bool) -> Res {
     const PROT_RW: u64 = 0x3;

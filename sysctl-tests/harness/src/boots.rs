@@ -41,6 +41,8 @@ pub struct Boot {
     pub host: HostKind,
     /// The balloon's virtio transport (arm64; amd64 boots are PCI).
     pub transport: Transport,
+    /// Virtual CPUs (`VTB_CPUS`, default 2).
+    pub cpus: u32,
 }
 
 impl Boot {
@@ -68,6 +70,7 @@ impl Boot {
             boot_dir: None,
             host: HostKind::Qemu,
             transport: Transport::Pci,
+            cpus: env_cpus(),
         }
     }
 
@@ -171,6 +174,131 @@ pub fn soak_boot() -> Boot {
 /// Phases that need the hinting balloon.
 const HINT_PHASES: [&str; 2] = ["hint-features", "hint-migrate"];
 
+/// `VTB_CPUS`: the guest's virtual CPUs (1 to 8), 2 unless set.
+fn env_cpus() -> u32 {
+    std::env::var("VTB_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=8).contains(n))
+        .unwrap_or(2)
+}
+
+/// What `vmharness bench` runs, from the environment: `VTB_BENCH_REPS`
+/// (repetitions of each row per variant, default 5), `VTB_BENCH_SIZES`
+/// (MiB, comma-separated, default `1024,3072`), `VTB_BENCH_VARIANTS`
+/// (comma-separated: `ours`, `theirs` (the in-tree driver), or ours with
+/// loader tunables, `ours+kick_thread=0+inflight_buffers=1`; default
+/// `ours,theirs`), `VTB_BENCH_EXTRAS=0` (no pressure, lowmem or idle figures
+/// after the rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchPlan {
+    pub reps: u32,
+    pub sizes: Vec<u64>,
+    pub variants: Vec<String>,
+    pub extras: bool,
+}
+
+/// Settings of ours a bench variant may give (the guest resets them before
+/// each load).
+const BENCH_KNOBS: [&str; 3] = ["kick_thread", "inflate_run_pages", "inflight_buffers"];
+
+impl BenchPlan {
+    pub fn from_env() -> Result<BenchPlan, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self::parse(
+            var("VTB_BENCH_REPS").as_deref(),
+            var("VTB_BENCH_SIZES").as_deref(),
+            var("VTB_BENCH_VARIANTS").as_deref(),
+            var("VTB_BENCH_EXTRAS").as_deref(),
+        )
+    }
+
+    pub fn parse(
+        reps: Option<&str>,
+        sizes: Option<&str>,
+        variants: Option<&str>,
+        extras: Option<&str>,
+    ) -> Result<BenchPlan, String> {
+        let reps = match reps {
+            None => 5,
+            Some(r) => r
+                .parse()
+                .ok()
+                .filter(|n| (1..=50).contains(n))
+                .ok_or(format!("VTB_BENCH_REPS={r}: 1 to 50"))?,
+        };
+        let sizes = sizes
+            .unwrap_or("1024,3072")
+            .split(',')
+            .map(|s| s.parse().ok().filter(|&m| (1..=3072).contains(&m)))
+            .collect::<Option<Vec<u64>>>()
+            .filter(|v| (1..=4).contains(&v.len()))
+            .ok_or("VTB_BENCH_SIZES: 1 to 4 sizes in MiB, each at most 3072")?;
+        let variants: Vec<String> = variants
+            .unwrap_or("ours,theirs")
+            .split(',')
+            .map(String::from)
+            .collect();
+        for v in &variants {
+            let ok = v == "theirs"
+                || v.strip_prefix("ours").is_some_and(|rest| {
+                    rest.split('+').skip(1).all(|kv| {
+                        kv.split_once('=').is_some_and(|(k, val)| {
+                            BENCH_KNOBS.contains(&k) && val.parse::<u32>().is_ok()
+                        })
+                    }) && (rest.is_empty() || rest.starts_with('+'))
+                });
+            if !ok {
+                return Err(format!(
+                    "VTB_BENCH_VARIANTS: {v:?} is not ours, theirs or ours+NAME=N (NAME one of {})",
+                    BENCH_KNOBS.join(", ")
+                ));
+            }
+        }
+        if variants.len() > 8 || variants.is_empty() {
+            return Err("VTB_BENCH_VARIANTS: 1 to 8 variants".into());
+        }
+        Ok(BenchPlan {
+            reps,
+            sizes,
+            variants,
+            extras: extras != Some("0"),
+        })
+    }
+
+    /// The guest's options (after the phase in its mode file).
+    pub fn mode_args(&self) -> String {
+        let sizes: Vec<String> = self.sizes.iter().map(u64::to_string).collect();
+        format!(
+            "--reps {} --sizes {} --variants {} --extras {}",
+            self.reps,
+            sizes.join(","),
+            self.variants.join(","),
+            u8::from(self.extras)
+        )
+    }
+
+    /// An upper bound for the boot: about a minute per timed pair (a touch
+    /// of all free memory, the pair, loading the driver), the extras and
+    /// boot on top.
+    pub fn limit_s(&self) -> u64 {
+        let pairs = u64::from(self.reps) * self.sizes.len() as u64 * self.variants.len() as u64;
+        600 + pairs * 90 + if self.extras { 900 } else { 0 }
+    }
+}
+
+/// The bench's boot: on the GENERIC kernel when there is one and
+/// FREEBSD_BOOT was not given (the default test kernel has INVARIANTS and
+/// WITNESS, which are not what a user runs).
+pub fn bench_boot(plan: &BenchPlan, boot_set: bool, generic: Option<&Path>) -> Boot {
+    let phases = format!("bench {}", plan.mode_args());
+    let mut b = Boot::new("bench", &phases, 4096, true, plan.limit_s());
+    if !boot_set {
+        b.boot_dir = generic.map(Path::to_path_buf);
+    }
+    b
+}
+
 /// The deflate-on-OOM scenarios with the driver's and FreeBSD's defaults.
 const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating";
 
@@ -271,8 +399,18 @@ pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
             }
             boots
         }
-        Some("bench") => vec![Boot::new("bench", "bench", 4096, true, 2400)],
         Some("soak") => vec![soak_boot()],
+        Some("bench") => match BenchPlan::from_env() {
+            Ok(p) => vec![bench_boot(
+                &p,
+                std::env::var_os("FREEBSD_BOOT").is_some(),
+                generic_dir().as_deref(),
+            )],
+            Err(e) => {
+                eprintln!("vmharness: {e}");
+                std::process::exit(2)
+            }
+        },
         Some("intree") => vec![Boot::new("intree", "intree", 2048, false, 600)],
         Some(_) => {
             // Options for the guest (--no-host) go along with the phases.
@@ -316,6 +454,53 @@ pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_plans_from_the_environment() {
+        let p = BenchPlan::parse(None, None, None, None).unwrap();
+        assert_eq!(p.reps, 5);
+        assert_eq!(p.sizes, [1024, 3072]);
+        assert_eq!(p.variants, ["ours", "theirs"]);
+        assert!(p.extras);
+        assert_eq!(
+            p.mode_args(),
+            "--reps 5 --sizes 1024,3072 --variants ours,theirs --extras 1"
+        );
+        let p = BenchPlan::parse(
+            Some("2"),
+            Some("512"),
+            Some("ours,theirs,ours+kick_thread=0+inflight_buffers=1"),
+            Some("0"),
+        )
+        .unwrap();
+        assert_eq!(p.reps, 2);
+        assert_eq!(p.variants[2], "ours+kick_thread=0+inflight_buffers=1");
+        assert!(!p.extras);
+        assert!(p.limit_s() < BenchPlan::parse(None, None, None, None).unwrap().limit_s());
+        for bad in [
+            "ours+debug=1",
+            "ours+kick_thread",
+            "oursx",
+            "mine",
+            "ours+kick_thread=x",
+        ] {
+            assert!(
+                BenchPlan::parse(None, None, Some(bad), None).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(BenchPlan::parse(Some("0"), None, None, None).is_err());
+        assert!(BenchPlan::parse(None, Some("4096"), None, None).is_err());
+        assert!(BenchPlan::parse(None, Some(""), None, None).is_err());
+        // GENERIC unless FREEBSD_BOOT was given.
+        let g = Path::new("/g");
+        assert_eq!(bench_boot(&p, false, Some(g)).boot_dir.as_deref(), Some(g));
+        assert_eq!(bench_boot(&p, true, Some(g)).boot_dir, None);
+        assert_eq!(bench_boot(&p, false, None).boot_dir, None);
+        assert!(bench_boot(&p, false, None)
+            .phases
+            .starts_with("bench --reps 2 "));
+    }
 
     #[test]
     fn plans_boots() {
@@ -362,7 +547,7 @@ mod tests {
         ] {
             assert!(all.split(' ').any(|p| p == phase), "{phase} is in no boot");
         }
-        assert_eq!(names(&["bench"])[0].1, "bench");
+        assert!(names(&["bench"])[0].1.starts_with("bench --reps "));
         assert_eq!(names(&["test", "report", "basic"]).len(), 2);
         assert!(!names(&["intree"])[0].2, "the in-tree boot needs no module");
         assert_eq!(names(&["report", "oom-one"])[0].1, "report oom-one");

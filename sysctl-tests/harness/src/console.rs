@@ -71,7 +71,9 @@ pub fn parse(line: &str) -> Line {
         let w: Vec<&str> = rest.split_whitespace().collect();
         if let [seq, cmd, arg] = w[..] {
             if let (Ok(seq), Ok(arg)) = (seq.parse(), arg.parse()) {
-                if !cmd.is_empty() && cmd.bytes().all(|c| c.is_ascii_lowercase() || c == b'-') {
+                // Node names in `bench-cost-<node>` have underscores.
+                let word = |c: u8| c.is_ascii_lowercase() || c == b'-' || c == b'_';
+                if !cmd.is_empty() && cmd.bytes().all(word) {
                     return Line::Host {
                         seq,
                         cmd: cmd.to_string(),
@@ -168,6 +170,14 @@ mod tests {
                 seq: 1,
                 cmd: "host-actual".into(),
                 arg: 0
+            }
+        );
+        assert_eq!(
+            parse("HOST: 6 bench-cost-cpu_us 1695574"),
+            Line::Host {
+                seq: 6,
+                cmd: "bench-cost-cpu_us".into(),
+                arg: 1695574
             }
         );
         // Damaged or partial requests are ignored: the guest asks again.

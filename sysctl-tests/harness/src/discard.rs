@@ -194,10 +194,11 @@ mod tests {
     /// A small real run: touched pages are resident and go away.
     #[test]
     fn discards_a_small_mapping() {
-        let (r, drop) = run(8, true, Pages::Small).unwrap();
+        // 64 MiB: other tests run alongside in this process and may
+        // allocate or free a few MiB meanwhile (8 MiB was seen to drown).
+        let (r, drop) = run(64, true, Pages::Small).unwrap();
         assert!(r > 0.0);
-        // Other tests run alongside and may allocate a little meanwhile.
-        assert!(drop >= 4, "RSS fell by {drop} MiB only");
+        assert!(drop >= 32, "RSS fell by {drop} MiB only");
         let (u, _) = run(8, false, Pages::Small).unwrap();
         assert!(u > 0.0);
     }

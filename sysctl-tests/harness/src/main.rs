@@ -24,7 +24,11 @@
 //! default /opt/freebsd-boot), VTB_MODULE (our .ko, default
 //! target/kld/vtballoonrs.ko), VTB_INIT (the test program, default
 //! target/vtbtest), VTB_KVM=1 (KVM instead of TCG), VTB_WORK (default
-//! target/vmtest). On arm64: FREEBSD_BOOT_ARM64 (kernel/kernel, loader.efi,
+//! target/vmtest), VTB_CPUS (virtual CPUs, default 2). The bench runs on
+//! FREEBSD_BOOT_GENERIC (default /opt/freebsd-boot-generic) when that
+//! exists and FREEBSD_BOOT is not set; VTB_BENCH_REPS, VTB_BENCH_SIZES,
+//! VTB_BENCH_VARIANTS and VTB_BENCH_EXTRAS say what it runs
+//! ([`boots::BenchPlan`]). On arm64: FREEBSD_BOOT_ARM64 (kernel/kernel, loader.efi,
 //! optionally modules/virtio_balloon.ko; default /opt/freebsd-boot-arm64),
 //! VTB_MODULE_ARM64 (default target/kld-arm64/vtballoonrs.ko),
 //! VTB_INIT_ARM64 (default target/vtbtest-arm64), VTB_EFI_FIRMWARE (default
@@ -262,8 +266,12 @@ fn run_boot(inputs: &Inputs, boot: &Boot) -> BootResult {
     let mut res = BootResult::default();
     let log = inputs.work.join(&boot.name).join("console.log");
     println!(
-        "\n== boot {}: phases {} ({} MiB)",
-        boot.name, boot.phases, boot.mem_mib
+        "\n== boot {}: phases {} ({} MiB, {} vCPU, kernel {})",
+        boot.name,
+        boot.phases,
+        boot.mem_mib,
+        boot.cpus,
+        boot.boot_dir.as_deref().unwrap_or(&inputs.boot).display()
     );
     let outcome = boot_and_drive(inputs, boot, &mut res);
     res.secs = t0.elapsed().as_secs_f64();
@@ -382,7 +390,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
     let cfg = VmConfig {
         iso: &iso_path,
         mem_mib: boot.mem_mib,
-        cpus: 2,
+        cpus: boot.cpus,
         log: &log,
         kvm: inputs.kvm,
         balloon: &boot.balloon,
@@ -436,8 +444,8 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         ram: boot.mem_mib * MIB,
         rss_mark: 0,
         stats: None,
-        driver: "ours",
-        bench: Bench::default(),
+        driver: "ours".into(),
+        bench: Bench::for_boot(&boot.phases),
         kills: 0,
         balloon: boot.balloon.clone(),
         soak: Soak::new(boots::soak_secs()),

@@ -24,7 +24,8 @@ pub struct Run {
     pub ram: u64,
     pub rss_mark: u64,
     pub stats: Option<GuestStats>,
-    pub driver: &'static str,
+    /// The bench variant running now (`bench-driver`).
+    pub driver: String,
     pub bench: Bench,
     /// Processes the kernel killed so far (console lines).
     pub kills: u64,
@@ -329,18 +330,25 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
         }
         "rss-drop" => rss_drop(r, arg),
         "bench-driver" => {
-            r.driver = if arg == 0 { "ours" } else { "theirs" };
+            r.driver = r.bench.variant(arg);
             Ok(0)
         }
-        "bench-notify-us" => {
-            if let Some(row) = r.bench.rows.last_mut() {
-                row.notify_ms = Some(arg / 1000);
-            }
+        "bench-rep" => {
+            r.bench.rep = u32::try_from(arg).unwrap_or(u32::MAX);
             Ok(0)
+        }
+        c if c.starts_with("bench-cost-") => {
+            let field = c.trim_start_matches("bench-cost-").to_string();
+            match r.bench.rows.last_mut() {
+                Some(row) => {
+                    row.guest.push((field, arg));
+                    Ok(0)
+                }
+                None => Err("no timed operation yet".into()),
+            }
         }
         "bench-inflate" => bench_op(r, "inflate", arg),
         "bench-deflate" => bench_op(r, "deflate", arg),
-        "bench-resident" => bench_op(r, "resident", arg),
         "bench-lowmem" => {
             r.bench.lowmem_us.push(arg);
             println!(
@@ -355,7 +363,7 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
         }
         c if c.starts_with("bench-oom-") => {
             let field = c.trim_start_matches("bench-oom-").to_string();
-            r.bench.oom.push((r.driver, field, arg));
+            r.bench.oom.push((r.driver.clone(), field, arg));
             Ok(0)
         }
         "bench-idle-ms" => {
@@ -513,19 +521,15 @@ fn rss_drop(r: &mut Run, mib: u64) -> Result<u64, String> {
     }
 }
 
-/// Times one balloon change of `mib` with the loaded driver: from the QMP
-/// `balloon` command until `query-balloon` reports the target. `inflate`
-/// inflates an empty balloon by `mib`, `deflate` returns to an empty
-/// balloon, `resident` (memory the guest touched just before) inflates by
-/// `mib` from where the balloon is.
+/// Times one balloon change by `mib` from the current size with the loaded
+/// driver: from the QMP `balloon` command until `query-balloon` reports the
+/// target. `inflate` grows the balloon, `deflate` shrinks it.
 fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
-    let from = if what == "resident" {
-        qmp(r)?.actual()?
-    } else {
-        r.ram
-    };
+    let from = qmp(r)?.actual()?;
     let target = if what == "deflate" {
-        r.ram
+        from.checked_add(mib * MIB)
+            .filter(|&t| t <= r.ram)
+            .ok_or("deflate beyond an empty balloon")?
     } else {
         from.checked_sub(mib * MIB).ok_or("more than RAM")?
     };
@@ -543,21 +547,23 @@ fn bench_op(r: &mut Run, what: &'static str, mib: u64) -> Result<u64, String> {
     let cpu = r.vm.cpu_ms().since(cpu0);
     let rss_drop_mib = rss0.saturating_sub(r.vm.rss_bytes()) / MIB;
     println!(
-        "[{}] bench: {} {what} {mib} MiB: {secs:.2} s, {:.0} MiB/s, vCPU {} ms, QEMU other threads {} ms, RSS -{rss_drop_mib} MiB",
+        "[{}] bench: {} {what} {mib} MiB (rep {}): {secs:.2} s, {:.0} MiB/s, vCPU {} ms, QEMU other threads {} ms, RSS -{rss_drop_mib} MiB",
         r.name,
         r.driver,
+        r.bench.rep,
         mib as f64 / secs,
         cpu.vcpu,
         cpu.other
     );
     r.bench.rows.push(BenchRow {
-        driver: r.driver,
+        driver: r.driver.clone(),
         what,
         mib,
+        rep: r.bench.rep,
         secs,
         cpu,
         rss_drop_mib,
-        notify_ms: None,
+        guest: Vec::new(),
     });
     Ok((secs * 1000.0) as u64)
 }
