@@ -383,9 +383,13 @@ pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
                 }
                 boots
             }
+            // The amd64 GENERIC kernel the bench prefers is no arm64 kernel.
             Some(_) => plan(args, Arch::Amd64, transport)
                 .into_iter()
-                .map(|b| b.over(transport))
+                .map(|b| Boot {
+                    boot_dir: None,
+                    ..b.over(transport)
+                })
                 .collect(),
         };
     }
@@ -624,6 +628,8 @@ mod tests {
             .filter(|b| b.name != "report-hint")
             .all(|b| !b.balloon.contains("free-page-hint")
                 && (b.qemu_extra.is_empty() || b.name == "q35")));
+        let arm_bench = plan(&["bench".to_string()], Arch::Arm64, Transport::Pci);
+        assert_eq!(arm_bench[0].boot_dir, None, "no amd64 kernel for arm64");
         let alone = plan(&["hint-features".to_string()], Arch::Amd64, Transport::Pci);
         assert!(alone[0].balloon.contains("free-page-hint=on"));
         let mig = plan(&["hint-migrate".to_string()], Arch::Amd64, Transport::Pci);
