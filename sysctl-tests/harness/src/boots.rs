@@ -306,10 +306,8 @@ const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating";
 /// not hide the next scenario. `generic`: a GENERIC kernel's boot
 /// directory, where the pressure scenarios run a second time.
 pub fn test_boots(generic: Option<&Path>) -> Vec<Boot> {
-    let mut basic = Boot::new("basic", "tunable nodes jail resize stats", 2048, true, 900);
-    basic
-        .kenv
-        .push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
+    // Boot::new gives the tunable phase its loader variable.
+    let basic = Boot::new("basic", "tunable nodes jail resize stats", 2048, true, 900);
     let mut control = Boot::new("oom-control", "oom-control", 4096, true, 900);
     control.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
     // The host many users have: libvirt (directly, or under OpenStack),
