@@ -40,6 +40,7 @@ mod out;
 mod pressure;
 mod proto;
 mod report;
+mod rootport;
 mod soak;
 mod sys;
 mod sysctl;

@@ -62,6 +62,20 @@ impl Line {
         self.b(crate::proto::decimal(v, &mut d))
     }
 
+    /// `0x` and lower-case hex digits.
+    pub fn x(&mut self, v: u32) -> &mut Self {
+        let mut d = [0u8; 10];
+        d[0] = b'0';
+        d[1] = b'x';
+        let mut n = 2;
+        let digits = (32 - v.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            d[n] = b"0123456789abcdef"[((v >> (4 * i)) & 0xf) as usize];
+            n += 1;
+        }
+        self.b(&d[..n])
+    }
+
     pub fn end(&mut self) {
         self.len = self.len.min(self.buf.len() - 1);
         self.buf[self.len] = b'\n';

@@ -258,8 +258,22 @@ pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
             r.soak.figures.push((c.to_string(), arg));
             Ok(0)
         }
-        "unplug" => unplug(r, false),
-        "unplug-busy" => unplug(r, true),
+        "unplug" => unplug(r, false, wait_secs(arg)),
+        "unplug-busy" => unplug(r, true, wait_secs(arg)),
+        "unplug-wait" => {
+            // A device_del asked before and not answered then: the guest
+            // acts on it later (see unplug).
+            let start = Instant::now();
+            qmp(r)?.wait_event("DEVICE_DELETED", Duration::from_secs(wait_secs(arg)), |d| {
+                d.get("device").and_then(Value::as_str) == Some(BALLOON_ID)
+            })?;
+            let ms = start.elapsed().as_millis() as u64;
+            println!(
+                "[{}] host: DEVICE_DELETED {BALLOON_ID} after {ms} ms more",
+                r.name
+            );
+            Ok(ms)
+        }
         "plug" => {
             let dev = format!("virtio-balloon-pci,id={BALLOON_ID},{}", r.balloon);
             qmp(r)?.device_add(&device_add_args(&dev))?;
@@ -403,18 +417,30 @@ fn flip(r: &mut Run, secs: u64) -> Result<u64, String> {
     Ok(n)
 }
 
-/// `device_del` of the balloon, then waits for QEMU's DEVICE_DELETED (the
-/// guest powered the slot off). `busy`: meanwhile the target keeps moving
-/// between a quarter and three quarters of memory every 250 ms, so the
-/// device goes in the middle of a resize. Returns the milliseconds it took.
-fn unplug(r: &mut Run, busy: bool) -> Result<u64, String> {
+/// How long an unplug request waits for DEVICE_DELETED: `arg` seconds,
+/// 120 when 0.
+fn wait_secs(arg: u64) -> u64 {
+    if arg == 0 {
+        120
+    } else {
+        arg.min(600)
+    }
+}
+
+/// `device_del` of the balloon, then waits up to `wait_s` for QEMU's
+/// DEVICE_DELETED (the guest powered the slot off). `busy`: meanwhile the
+/// target keeps moving between a quarter and three quarters of memory
+/// every 250 ms, so the device goes in the middle of a resize. Returns the
+/// milliseconds it took. When the wait ends first, the request stays
+/// pending in QEMU: `unplug-wait` waits for it again.
+fn unplug(r: &mut Run, busy: bool, wait_s: u64) -> Result<u64, String> {
     let start = Instant::now();
     qmp(r)?.device_del(BALLOON_ID)?;
     let deleted = |d: &Value| d.get("device").and_then(Value::as_str) == Some(BALLOON_ID);
     let mut changes = 0u64;
     if busy {
         let pages = r.ram / PAGE;
-        while start.elapsed() < Duration::from_secs(120) {
+        while start.elapsed() < Duration::from_secs(wait_s) {
             if qmp(r)?
                 .events
                 .iter()
@@ -435,7 +461,8 @@ fn unplug(r: &mut Run, busy: bool) -> Result<u64, String> {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-    qmp(r)?.wait_event("DEVICE_DELETED", Duration::from_secs(120), deleted)?;
+    let left = Duration::from_secs(wait_s).saturating_sub(start.elapsed());
+    qmp(r)?.wait_event("DEVICE_DELETED", left, deleted)?;
     let ms = start.elapsed().as_millis() as u64;
     println!(
         "[{}] host: device_del {BALLOON_ID}: DEVICE_DELETED after {ms} ms{}",
