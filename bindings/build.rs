@@ -56,6 +56,8 @@ const KERNEL_FUNCTIONS: &[&str] = &[
     "swap_pager_status",
     "device_get_softc",
     "device_get_nameunit",
+    "device_get_name",
+    "getenv_string",
     "devctl_notify",
     "device_get_sysctl_tree",
     "virtio_negotiate_features",

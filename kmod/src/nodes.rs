@@ -67,6 +67,107 @@ impl Accepts {
     }
 }
 
+/// Why a setting's loader tunable was not taken (the setting keeps the
+/// value it had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a number as the kernel reads one: `strtoq` base 0 (`0x` hex,
+    /// leading `0` octal), an optional `k`, `m`, `g` or `t` suffix.
+    NotANumber,
+    /// A list (the kernel reads `1,2` or `1 2` as two ints); a setting is one.
+    NotOne,
+    /// A number outside what the setting takes, or beyond an int.
+    OutOfRange,
+}
+
+impl Refusal {
+    /// For the console line.
+    pub fn reason(self) -> &'static CStr {
+        match self {
+            Refusal::NotANumber => c"not a number",
+            Refusal::NotOne => c"more than one value",
+            Refusal::OutOfRange => c"out of range",
+        }
+    }
+}
+
+impl Accepts {
+    /// The setting value loader tunable `text` gives, read as the kernel's
+    /// `getenv_array()` reads an int node's tunable, or why it is refused.
+    /// The kernel itself drops text it cannot read without a word and
+    /// hands a list or an out-of-range number to the handler, which
+    /// refuses it: either way the setting keeps its value, and this tells
+    /// the driver what to say about it.
+    pub fn tunable(self, text: &[u8], memory_pages: u64) -> Result<u32, Refusal> {
+        let mut rest = text;
+        let mut value = None;
+        while !rest.is_empty() {
+            let (v, after) = tunable_number(rest).ok_or(Refusal::NotANumber)?;
+            if value.is_some() {
+                return Err(Refusal::NotOne);
+            }
+            value = Some(v);
+            rest = after;
+            while let [b' ' | b'\t' | b',', tail @ ..] = rest {
+                rest = tail;
+            }
+        }
+        let v = value.ok_or(Refusal::NotANumber)?;
+        let v = i64::try_from(v).map_err(|_| Refusal::OutOfRange)?;
+        self.check(v, memory_pages).ok_or(Refusal::OutOfRange)
+    }
+}
+
+/// One number of a tunable list and what follows it (`strtoq(ptr, &end, 0)`
+/// and the suffix, as `getenv_array()`); `None` where the kernel gives up.
+/// Wide enough that nothing a kenv value holds (128 bytes) wraps.
+fn tunable_number(text: &[u8]) -> Option<(i128, &[u8])> {
+    let mut s = text;
+    while let [b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r', tail @ ..] = s {
+        s = tail;
+    }
+    let negative = matches!(s, [b'-', ..]);
+    if let [b'-' | b'+', tail @ ..] = s {
+        s = tail;
+    }
+    let (base, digits) = match s {
+        [b'0', b'x' | b'X', d, ..] if d.is_ascii_hexdigit() => (16, &s[2..]),
+        [b'0', ..] => (8, s),
+        _ => (10, s),
+    };
+    let mut v: i128 = 0;
+    let mut n = 0;
+    for &b in digits {
+        let Some(d) = char::from(b).to_digit(base) else {
+            break;
+        };
+        // Saturates where strtoq clamps: far beyond any setting either way.
+        v = v
+            .saturating_mul(i128::from(base))
+            .saturating_add(i128::from(d));
+        n += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    let mut rest = &digits[n..];
+    let shift = match rest {
+        [b't' | b'T', ..] => 40,
+        [b'g' | b'G', ..] => 30,
+        [b'm' | b'M', ..] => 20,
+        [b'k' | b'K', ..] => 10,
+        _ => 0,
+    };
+    if shift != 0 {
+        rest = &rest[1..];
+    }
+    if !matches!(rest, [] | [b' ' | b'\t' | b',', ..]) {
+        return None;
+    }
+    let v = if negative { -v } else { v };
+    Some((v.saturating_mul(1 << shift), rest))
+}
+
 /// Which value a node shows (the glue maps each to its source).
 #[rustfmt::skip]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +330,47 @@ pub const NODES: &[Node] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loader_tunables_read_as_the_kernel_reads_them() {
+        let pages = 1 << 20;
+        let range = Accepts::Range {
+            min: 0,
+            max: 600_000,
+        };
+        assert_eq!(range.tunable(b"15000", pages), Ok(15_000));
+        assert_eq!(range.tunable(b" 0x10", pages), Ok(16));
+        assert_eq!(range.tunable(b"010", pages), Ok(8));
+        assert_eq!(range.tunable(b"0", pages), Ok(0));
+        assert_eq!(range.tunable(b"+4k", pages), Ok(4096));
+        assert_eq!(range.tunable(b"1M", pages), Err(Refusal::OutOfRange));
+        assert_eq!(range.tunable(b"abc", pages), Err(Refusal::NotANumber));
+        assert_eq!(range.tunable(b"", pages), Err(Refusal::NotANumber));
+        assert_eq!(range.tunable(b"12x", pages), Err(Refusal::NotANumber));
+        assert_eq!(range.tunable(b"0x", pages), Err(Refusal::NotANumber));
+        assert_eq!(range.tunable(b"08", pages), Err(Refusal::NotANumber));
+        assert_eq!(range.tunable(b"1,2", pages), Err(Refusal::NotOne));
+        assert_eq!(range.tunable(b"1 2", pages), Err(Refusal::NotOne));
+        assert_eq!(range.tunable(b"7,", pages), Ok(7));
+        assert_eq!(range.tunable(b"-5", pages), Err(Refusal::OutOfRange));
+        assert_eq!(
+            range.tunable(b"99999999999999999999999999", pages),
+            Err(Refusal::OutOfRange)
+        );
+        assert_eq!(
+            Accepts::Pages.tunable(b"1T", pages),
+            Err(Refusal::OutOfRange)
+        );
+        assert_eq!(Accepts::Pages.tunable(b"1m", pages), Ok(1 << 20));
+        assert_eq!(
+            Accepts::Flag.tunable(b"0x10", pages),
+            Err(Refusal::OutOfRange)
+        );
+        assert_eq!(
+            Accepts::PowerOfTwo { max: 256 }.tunable(b"3", pages),
+            Err(Refusal::OutOfRange)
+        );
+    }
 
     #[test]
     fn names_are_unique_and_every_node_is_described() {

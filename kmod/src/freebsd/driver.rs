@@ -577,6 +577,7 @@ fn attach(dev: Dev) -> Result<(), i32> {
     }
     let reporting = st.report.with(|side| side.reporter.is_some());
     sysctl::register(st, reporting);
+    sysctl::report_refused_tunables(st, reporting);
     // Last: from here the task may run (once newbus releases its lock).
     // SAFETY: initialized in State::new; drained in detach.
     unsafe { sys::taskqueue_enqueue(addr_of!(sys::taskqueue_thread).read(), st.start_task.get()) };

@@ -3,7 +3,7 @@
 //! State and writes settings after the table's check (EINVAL and no change
 //! otherwise).
 
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_int, c_void, CStr};
 use core::ptr::{addr_of_mut, null};
 use core::sync::atomic::Ordering;
 
@@ -173,6 +173,78 @@ pub fn register(st: &State, reporting: bool) {
         if oid.is_null() {
             log(st.dev, c"cannot add a sysctl node");
         }
+    }
+}
+
+/// Says on the console which of this device's settings had a loader
+/// tunable that was not taken, and the value the setting kept: the kernel
+/// drops text it cannot read as an int (`abc`, `1T`) without a word, and
+/// the handler refuses a list or a value out of range with only a bare
+/// errno in the kernel's line. Called after [`register`], which applied
+/// the tunables.
+pub fn report_refused_tunables(st: &State, reporting: bool) {
+    // SAFETY: our attached device's names, NUL-terminated strings that
+    // live as long as the device.
+    let (name, nameunit) = unsafe {
+        (
+            CStr::from_ptr(sys::device_get_name(st.dev.raw())),
+            CStr::from_ptr(sys::device_get_nameunit(st.dev.raw())),
+        )
+    };
+    let name = name.to_bytes();
+    let unit = nameunit.to_bytes().get(name.len()..).unwrap_or(b"0");
+    let memory = vm_counters().page_count;
+    for node in NODES.iter().filter(|n| reporting || !n.reporting) {
+        let Kind::Setting(accepts) = node.kind else {
+            continue;
+        };
+        // dev.<name>.<unit>.<leaf>: what the kernel looked the tunable up by.
+        let mut path = [0u8; 96];
+        let parts: [&[u8]; 6] = [b"dev.", name, b".", unit, b".", node.name.to_bytes()];
+        let mut n = 0;
+        for &b in parts.iter().flat_map(|p| p.iter()) {
+            if n + 1 < path.len() {
+                path[n] = b;
+                n += 1;
+            }
+        }
+        // KENV_MVALLEN (128) and the NUL.
+        let mut text = [0u8; 129];
+        // SAFETY: `path` is NUL-terminated (zeroed, written short of its
+        // end); getenv_string copies at most `text.len()` bytes, NUL
+        // included, into our buffer.
+        let found = unsafe {
+            sys::getenv_string(
+                path.as_ptr().cast(),
+                text.as_mut_ptr().cast(),
+                text.len() as c_int,
+            )
+        };
+        if found == 0 {
+            continue;
+        }
+        let len = text.iter().position(|&b| b == 0).unwrap_or(text.len() - 1);
+        let Err(why) = accepts.tunable(&text[..len], memory) else {
+            continue;
+        };
+        let mut buf = [0; 160];
+        let kept = match read(st, node.id, &mut buf) {
+            Value::Number(v) => v,
+            Value::Text(_) => continue,
+        };
+        // SAFETY: our device; every %s is a NUL-terminated string alive for
+        // the call, %ju a u64.
+        unsafe {
+            sys::device_printf(
+                st.dev.raw(),
+                c"loader tunable %s=\"%s\" refused (%s): %s stays %ju\n".as_ptr(),
+                path.as_ptr(),
+                text.as_ptr(),
+                why.reason().as_ptr(),
+                node.name.as_ptr(),
+                kept,
+            )
+        };
     }
 }
 
