@@ -4,6 +4,7 @@
 
 use crate::balloon::{host_agrees, pause_reporting, resize, resume_reporting};
 use crate::check::{ask_ok, concat, Ctx};
+use crate::kinfo::msgbuf_count;
 use crate::kld::OURS_DESC;
 use crate::nodes::{bad_values, ro_nodes, rw_nodes};
 use crate::out::Line;
@@ -222,8 +223,82 @@ pub fn phase_nodes(c: &mut Ctx) {
     );
 }
 
-/// Loader tunable set by the harness: dev.vtballoonrs.0.oom_batch_pages=4096.
+/// Bad loader tunables the harness sets wherever this phase runs (harness
+/// BAD_TUNABLES in boots.rs), the value each setting must keep (its
+/// default), and what the driver's console line gives as the reason.
+pub const BAD_TUNABLES: &[(&str, &str, u64, &str)] = &[
+    ("oom_watch_ms", "abc", 15_000, "not a number"),
+    ("oom_headroom_pages", "-5", 4_096, "out of range"),
+    ("oom_watch_interval_ms", "1,2", 10, "more than one value"),
+    ("inflate_run_pages", "3", 256, "out of range"),
+    ("debug", "7", 0, "out of range"),
+    ("kick_thread", "0x10", 1, "out of range"),
+    ("stats_linux_tags", "99999999999", 0, "out of range"),
+];
+
+/// The driver's console line for a refused tunable, up to the value kept:
+/// `loader tunable dev.vtballoonrs.0.<leaf>="<text>" refused (<why>): <leaf> stays `.
+fn refused_line<'a>(buf: &'a mut [u8; 200], leaf: &str, text: &str, why: &str) -> &'a [u8] {
+    let mut n = 0;
+    for part in [
+        "loader tunable dev.vtballoonrs.0.",
+        leaf,
+        "=\"",
+        text,
+        "\" refused (",
+        why,
+        "): ",
+        leaf,
+        " stays ",
+    ] {
+        for &b in part.as_bytes() {
+            if n < buf.len() {
+                buf[n] = b;
+                n += 1;
+            }
+        }
+    }
+    &buf[..n]
+}
+
+/// Loader tunables set by the harness: dev.vtballoonrs.0.oom_batch_pages=4096,
+/// and the bad ones in [`BAD_TUNABLES`] plus `floor_pages=1T`.
 pub fn phase_tunable(c: &mut Ctx) {
+    let mut kept: Option<&str> = None;
+    let mut silent: Option<&str> = None;
+    for (leaf, text, default, why) in BAD_TUNABLES {
+        if get(leaf) != Some(*default) {
+            kept = kept.or(Some(leaf));
+        }
+        let mut b = [0u8; 200];
+        if msgbuf_count(refused_line(&mut b, leaf, text, why)).unwrap_or(0) == 0 {
+            silent = silent.or(Some(leaf));
+        }
+    }
+    c.check(
+        "bad loader tunables are refused at load, the defaults stay",
+        kept.is_none(),
+        kept.unwrap_or(""),
+    );
+    c.check(
+        "and the driver says so on the console (which, why, the value kept)",
+        silent.is_none(),
+        silent.unwrap_or(""),
+    );
+    // The floor's default depends on memory: v_free_target + 2% (16 MiB at
+    // least), as pressure.rs computes it.
+    let page_count = get_u64(b"vm.stats.vm.v_page_count").unwrap_or(0);
+    let free_target = get_u64(b"vm.stats.vm.v_free_target").unwrap_or(0);
+    let page = get_u64(b"hw.pagesize").unwrap_or(4096).max(1);
+    let floor = get("floor_pages");
+    let mut b = [0u8; 200];
+    let said = msgbuf_count(refused_line(&mut b, "floor_pages", "1T", "out of range")).unwrap_or(0);
+    c.check_n(
+        "floor_pages=1T is refused, the default floor stays, the console says so",
+        floor == Some(free_target + (page_count / 50).max((16 << 20) / page)) && said > 0,
+        "floor_pages",
+        floor,
+    );
     let v = get("oom_batch_pages");
     let ok = c.check_n(
         "a loader tunable sets oom_batch_pages (RWTUN)",

@@ -55,8 +55,14 @@ impl Boot {
             .map(String::from)
             .collect();
         if phases.split(' ').any(|p| p == "tunable") {
-            // What the guest's `tunable` phase expects to find.
+            // What the guest's `tunable` phase expects to find: one good
+            // tunable, and bad ones the driver must refuse.
             kenv.push("dev.vtballoonrs.0.oom_batch_pages=4096".into());
+            kenv.extend(
+                BAD_TUNABLES
+                    .iter()
+                    .map(|t| format!("dev.vtballoonrs.0.{t}")),
+            );
         }
         Boot {
             name: name.into(),
@@ -123,6 +129,22 @@ impl Boot {
         self
     }
 }
+
+/// Loader tunables the driver must refuse at load, keeping its defaults
+/// and saying so on the console (the guest's `tunable` phase checks them:
+/// BAD_TUNABLES in guest/src/basic.rs). Text the kernel cannot read as an
+/// int, a negative, a list, a power of two that is not one, a flag that is
+/// not 0/1, a number beyond an int, and a floor of 1 TiB pages.
+pub const BAD_TUNABLES: &[&str] = &[
+    "oom_watch_ms=abc",
+    "oom_headroom_pages=-5",
+    "oom_watch_interval_ms=1,2",
+    "inflate_run_pages=3",
+    "debug=7",
+    "kick_thread=0x10",
+    "stats_linux_tags=99999999999",
+    "floor_pages=1T",
+];
 
 /// Legacy virtio-pci only (guest-endian transport, no VERSION_1).
 pub const BALLOON_LEGACY: &str = "disable-modern=on,deflate-on-oom=on,free-page-reporting=on";
