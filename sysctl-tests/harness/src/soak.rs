@@ -94,7 +94,23 @@ pub fn table(s: &Soak, seen: &Seen) -> Vec<String> {
             format!("{} ({})", g("children"), g("child-mib"))
         ),
         format!("{:<44} {:>12}", "pages inflated (4 KiB)", g("inflated")),
-        format!("{:<44} {:>12}", "pages deflated (4 KiB)", g("deflated")),
+        format!(
+            "{:<44} {:>12}",
+            "pages deflated (4 KiB; driver counters)",
+            g("deflated")
+        ),
+        format!(
+            "{:<44} {:>12}",
+            "  and given back at detach (unload, unplug)",
+            g("detach-pages")
+        ),
+        format!(
+            "{:<44} {:>12}",
+            "  deflated + given back at detach",
+            s.get("deflated")
+                .zip(s.get("detach-pages"))
+                .map_or("?".to_string(), |(d, k)| (d + k).to_string())
+        ),
         format!(
             "{:<44} {:>12}",
             "vm_lowmem events / pressure deflates",
