@@ -105,13 +105,24 @@ pub const BALLOON_ID: &str = "balloon0";
 pub const BALLOON_DEFAULT: &str = "deflate-on-oom=on,free-page-reporting=on";
 
 /// QEMU's arguments (without the binary).
+/// QEMU's `-accel`: KVM, TCG with a thread per vCPU, or what `VTB_ACCEL`
+/// says (e.g. `tcg,thread=single`, one thread for all vCPUs: to tell a
+/// fault of multi-threaded TCG from one of the guest).
+pub fn accel(kvm: bool, asked: Option<String>) -> String {
+    match asked.filter(|a| !a.is_empty()) {
+        Some(a) => a,
+        None if kvm => "kvm".into(),
+        None => "tcg,thread=multi".into(),
+    }
+}
+
 pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
-    let accel = if cfg.kvm { "kvm" } else { "tcg,thread=multi" };
+    let accel = accel(cfg.kvm, std::env::var("VTB_ACCEL").ok());
     let mut a: Vec<String> = [
         "-name",
         "vtbtest,debug-threads=on",
         "-accel",
-        accel,
+        &accel,
         "-display",
         "none",
         "-monitor",
@@ -393,6 +404,17 @@ mod tests {
         assert!(is_vcpu_thread("CPU 11/KVM"));
         assert!(!is_vcpu_thread("qemu-system-x86"));
         assert!(!is_vcpu_thread("worker"));
+    }
+
+    #[test]
+    fn accel_is_tcg_kvm_or_what_vtb_accel_says() {
+        assert_eq!(accel(false, None), "tcg,thread=multi");
+        assert_eq!(accel(true, None), "kvm");
+        assert_eq!(accel(false, Some(String::new())), "tcg,thread=multi");
+        assert_eq!(
+            accel(false, Some("tcg,thread=single".into())),
+            "tcg,thread=single"
+        );
     }
 
     #[test]
