@@ -42,6 +42,7 @@ pub struct Run {
 pub struct DestSpec {
     pub iso: std::path::PathBuf,
     pub mem_mib: u64,
+    pub ram_less_kib: u64,
     pub cpus: u32,
     pub kvm: bool,
     pub balloon: String,
@@ -99,6 +100,7 @@ fn migrate_dest(r: &mut Run) -> Result<u64, String> {
     let cfg = VmConfig {
         iso: &spec.iso,
         mem_mib: spec.mem_mib,
+        ram_less_kib: spec.ram_less_kib,
         cpus: spec.cpus,
         log: &log,
         kvm: spec.kvm,
