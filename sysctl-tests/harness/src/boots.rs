@@ -193,6 +193,17 @@ fn migrates(phase: &str) -> bool {
     phase == "hint-migrate" || phase.starts_with("migrate-")
 }
 
+/// The name of a boot of the phases named: them joined by `-`, or for many
+/// the first and a count, so that the sockets in its work directory stay
+/// within a unix socket path's 107 bytes.
+fn boot_name(phases: &[&str]) -> String {
+    let joined = phases.join("-");
+    match phases {
+        [first, rest @ ..] if joined.len() > 40 => format!("{first}-and-{}-more", rest.len()),
+        _ => joined,
+    }
+}
+
 /// `VTB_CPUS`: the guest's virtual CPUs (1 to 8), 2 unless set.
 fn env_cpus() -> u32 {
     std::env::var("VTB_CPUS")
@@ -447,7 +458,7 @@ pub fn plan(args: &[String], arch: Arch, transport: Transport) -> Vec<Boot> {
             } else {
                 2048
             };
-            let mut boot = Boot::new(&name.join("-"), &phases, mem, needs, 2400);
+            let mut boot = Boot::new(&boot_name(&name), &phases, mem, needs, 2400);
             if args.iter().any(|a| a == "oom-control") {
                 boot.balloon = "deflate-on-oom=off,free-page-reporting=on".into();
             }
@@ -586,6 +597,10 @@ mod tests {
             .filter(|b| b.name != "oom-control")
             .all(|b| b.balloon.contains("deflate-on-oom=on")));
         assert_eq!(names(&["--no-host", "nodes"])[0].0, "no-host-nodes");
+        assert_eq!(
+            names(&["migrate-churn-off", "migrate-churn", "hint-migrate"])[0].0,
+            "migrate-churn-off-and-2-more"
+        );
         // The transports each boot asks for.
         let by = |n: &str| boots.iter().find(|b| b.name == n).unwrap();
         assert!(by("hostile").balloon.starts_with("disable-modern=on,"));
