@@ -26,6 +26,12 @@ fn has(feats: &[u8], name: &[u8]) -> bool {
 /// numbered as QEMU numbers them (reporting is queue 4), and never
 /// PAGE_POISON.
 pub fn phase_hint_features(c: &mut Ctx) {
+    c.check_n(
+        "hinting is on by default (hint_enabled = 1)",
+        get("hint_enabled") == Some(1),
+        "hint_enabled",
+        get("hint_enabled"),
+    );
     let mut f = [0u8; 200];
     let feats = features(&mut f);
     Line::new().s("# features: ").b(feats).end();
