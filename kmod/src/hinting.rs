@@ -152,9 +152,12 @@
 //!   nothing anyway, and a reported block is one the hinter cannot hint.
 //!   The reporter also pauses from the host's first round id to DONE (a
 //!   migration under way; bounded by `hold_max_ms` if DONE never comes):
-//!   QEMU discards reported pages even during precopy, and a FreeBSD guest
-//!   reporting during a live migration was seen corrupted on the destination
-//!   on this machine (see the branch's report; cause not found yet). Memory
+//!   QEMU discards reported pages even during precopy (safe: a page
+//!   discarded after it was sent is free, and a later write is tracked),
+//!   but a block the reporter holds is one the hinter cannot hint, and a
+//!   discard in the middle of a round only costs the host. (Guests seen
+//!   corrupted after migrations on this machine were QEMU 7.2's lost TCG
+//!   writes, with either driver: see the VM harness, boots.rs.) Memory
 //!   reported before the migration is already discarded on the host and
 //!   migrates as zero pages, cheaply, hinted or not; after DONE the blocks
 //!   the hinter gives back are reported again as usual.

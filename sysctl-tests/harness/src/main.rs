@@ -390,6 +390,7 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
     let cfg = VmConfig {
         iso: &iso_path,
         mem_mib: boot.mem_mib,
+        ram_less_kib: boot.ram_less_kib,
         cpus: boot.cpus,
         log: &log,
         kvm: inputs.kvm,
@@ -452,7 +453,8 @@ fn boot_and_drive(inputs: &Inputs, boot: &Boot, res: &mut BootResult) -> Result<
         dest: (boot.host == HostKind::Qemu).then(|| requests::DestSpec {
             iso: iso_path.clone(),
             mem_mib: boot.mem_mib,
-            cpus: 2,
+            ram_less_kib: boot.ram_less_kib,
+            cpus: boot.cpus,
             kvm: inputs.kvm,
             balloon: boot.balloon.clone(),
             extra: boot.qemu_extra.clone(),

@@ -42,6 +42,7 @@ pub struct Run {
 pub struct DestSpec {
     pub iso: std::path::PathBuf,
     pub mem_mib: u64,
+    pub ram_less_kib: u64,
     pub cpus: u32,
     pub kvm: bool,
     pub balloon: String,
@@ -73,9 +74,9 @@ fn print_migrated(r: &Run, what: &str, m: &Migrated) {
 /// Migrates the guest to `exec:cat > /dev/null` (a file that keeps
 /// nothing: only QEMU's figures matter) and resumes it on the source.
 /// The RAM bytes sent, in MiB.
-fn migrate_null(r: &mut Run) -> Result<u64, String> {
+fn migrate_null(r: &mut Run, mib_s: u64) -> Result<u64, String> {
     let target = Target::File("/dev/null".into());
-    let m = migrate::migrate(qmp(r)?, &target, MIGRATE_TIMEOUT)?;
+    let m = migrate::migrate(qmp(r)?, &target, mib_s, MIGRATE_TIMEOUT)?;
     print_migrated(r, "to /dev/null", &m);
     // The source ends in postmigrate; it may run on.
     qmp(r)?.execute("cont", None)?;
@@ -86,7 +87,7 @@ fn migrate_null(r: &mut Run) -> Result<u64, String> {
 /// guest there and makes it the boot's VM (console, QMP): the guest goes on
 /// on the destination, which runs as soon as the migration completed. The
 /// RAM bytes sent, in MiB.
-fn migrate_dest(r: &mut Run) -> Result<u64, String> {
+fn migrate_dest(r: &mut Run, mib_s: u64) -> Result<u64, String> {
     let spec = r.dest.as_ref().ok_or("no destination for this boot")?;
     let work = spec.work.join("dest");
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
@@ -99,6 +100,7 @@ fn migrate_dest(r: &mut Run) -> Result<u64, String> {
     let cfg = VmConfig {
         iso: &spec.iso,
         mem_mib: spec.mem_mib,
+        ram_less_kib: spec.ram_less_kib,
         cpus: spec.cpus,
         log: &log,
         kvm: spec.kvm,
@@ -115,7 +117,7 @@ fn migrate_dest(r: &mut Run) -> Result<u64, String> {
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let m = migrate::migrate(qmp(r)?, &target, MIGRATE_TIMEOUT)?;
+    let m = migrate::migrate(qmp(r)?, &target, mib_s, MIGRATE_TIMEOUT)?;
     print_migrated(r, "to a second QEMU", &m);
     let incoming = migrate::wait_done(
         || dq.execute("query-migrate", None),
@@ -232,8 +234,8 @@ pub fn stopped(r: &mut Run) -> Option<String> {
 pub fn host(r: &mut Run, cmd: &str, arg: u64) -> Result<u64, String> {
     match cmd {
         "set-target" => set_target(r, arg).map(|()| 0),
-        "migrate-null" => migrate_null(r),
-        "migrate-dest" => migrate_dest(r),
+        "migrate-null" => migrate_null(r, arg),
+        "migrate-dest" => migrate_dest(r, arg),
         "rapid" => {
             for mib in [64u64, 512, 32, 768, 0, 384, 96] {
                 set_target(r, mib * MIB / PAGE)?;

@@ -86,6 +86,8 @@ impl Machine {
 pub struct VmConfig<'a> {
     pub iso: &'a Path,
     pub mem_mib: u64,
+    /// KiB less than `mem_mib` (a migrating boot, see boots.rs).
+    pub ram_less_kib: u64,
     pub cpus: u32,
     pub log: &'a Path,
     pub kvm: bool,
@@ -105,13 +107,33 @@ pub const BALLOON_ID: &str = "balloon0";
 pub const BALLOON_DEFAULT: &str = "deflate-on-oom=on,free-page-reporting=on";
 
 /// QEMU's arguments (without the binary).
+/// QEMU's `-accel`: KVM, TCG with a thread per vCPU, or what `VTB_ACCEL`
+/// says (e.g. `tcg,thread=single`, one thread for all vCPUs: to tell a
+/// fault of multi-threaded TCG from one of the guest).
+pub fn accel(kvm: bool, asked: Option<String>) -> String {
+    match asked.filter(|a| !a.is_empty()) {
+        Some(a) => a,
+        None if kvm => "kvm".into(),
+        None => "tcg,thread=multi".into(),
+    }
+}
+
+/// QEMU's `-m`: MiB, or KiB when a few KiB less.
+pub fn ram_arg(mib: u64, less_kib: u64) -> String {
+    if less_kib == 0 {
+        mib.to_string()
+    } else {
+        format!("{}k", mib * 1024 - less_kib)
+    }
+}
+
 pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
-    let accel = if cfg.kvm { "kvm" } else { "tcg,thread=multi" };
+    let accel = accel(cfg.kvm, std::env::var("VTB_ACCEL").ok());
     let mut a: Vec<String> = [
         "-name",
         "vtbtest,debug-threads=on",
         "-accel",
-        accel,
+        &accel,
         "-display",
         "none",
         "-monitor",
@@ -144,7 +166,7 @@ pub fn qemu_args(cfg: &VmConfig<'_>, qmp: &Path) -> Vec<String> {
         ),
     ]);
     a.extend(["-smp".into(), cfg.cpus.to_string()]);
-    a.extend(["-m".into(), cfg.mem_mib.to_string()]);
+    a.extend(["-m".into(), ram_arg(cfg.mem_mib, cfg.ram_less_kib)]);
     match cfg.machine {
         Machine::Amd64 => a.extend(["-cdrom".into(), cfg.iso.display().to_string()]),
         Machine::Arm64(_) => a.extend([
@@ -396,10 +418,28 @@ mod tests {
     }
 
     #[test]
+    fn ram_is_mib_or_a_few_kib_less() {
+        assert_eq!(ram_arg(2048, 0), "2048");
+        assert_eq!(ram_arg(2048, 8), "2097144k");
+    }
+
+    #[test]
+    fn accel_is_tcg_kvm_or_what_vtb_accel_says() {
+        assert_eq!(accel(false, None), "tcg,thread=multi");
+        assert_eq!(accel(true, None), "kvm");
+        assert_eq!(accel(false, Some(String::new())), "tcg,thread=multi");
+        assert_eq!(
+            accel(false, Some("tcg,thread=single".into())),
+            "tcg,thread=single"
+        );
+    }
+
+    #[test]
     fn qemu_gets_the_balloon_and_qmp() {
         let cfg = VmConfig {
             iso: Path::new("/w/boot.iso"),
             mem_mib: 2048,
+            ram_less_kib: 0,
             cpus: 2,
             log: Path::new("/w/console.log"),
             kvm: false,
@@ -440,6 +480,7 @@ mod tests {
         let cfg = |transport| VmConfig {
             iso: Path::new("/w/boot.iso"),
             mem_mib: 2048,
+            ram_less_kib: 0,
             cpus: 2,
             log: Path::new("/w/console.log"),
             kvm: false,
