@@ -23,7 +23,6 @@ const KERNEL_FUNCTIONS: &[&str] = &[
     "panic",
     "binuptime",
     "getbinuptime",
-    "cputick2usec",
     "pause_sbt",
     "wakeup",
     "sx_init_flags",
@@ -86,7 +85,6 @@ const KERNEL_FUNCTIONS: &[&str] = &[
 /// Kernel globals the glue reads.
 const KERNEL_VARS: &[&str] = &[
     "hz",
-    "cpu_ticks",
     "tick_sbt",
     "Maxmem",
     "mp_ncpus",

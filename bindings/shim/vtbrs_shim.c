@@ -16,6 +16,11 @@
 #include <sys/callout.h>
 #include <sys/taskqueue.h>
 
+#include <machine/cpu.h>
+#if defined(__aarch64__)
+#include <machine/armreg.h>
+#endif
+
 #include <dev/virtio/virtio.h>
 
 #include "virtio_if.h"
@@ -82,3 +87,33 @@ void vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg) { TASK_
 void vtbrs_callout_init(struct callout *c, struct mtx *m) { callout_init_mtx(c, m, 0); }
 void vtbrs_callout_reset(struct callout *c, int ticks, void (*fn)(void *), void *arg) { callout_reset(c, ticks, fn, arg); }
 lwpid_t vtbrs_curthread_tid(void) { return (curthread->td_tid); }
+
+/*
+ * The counter the driver times its own work with. amd64: cpu_ticks(), the
+ * TSC (tsc.c calls set_cputicker()), at cpu_tickrate(). arm64 never calls
+ * set_cputicker(), so cpu_ticks() there is kern_tc.c's tc_cpu_ticks(): the
+ * 32-bit timecounter widened by a per-CPU count of the wraps that CPU saw
+ * (every 68 s at QEMU's 62.5 MHz); a CPU that misses one is off by 2^32
+ * for good, and a start read on one CPU and an end on another are
+ * nonsense. The generic timer's virtual count, get_cyclecount(), is 64
+ * bits and the same on every CPU, at CNTFRQ_EL0.
+ */
+uint64_t
+vtbrs_cycles(void)
+{
+#if defined(__aarch64__)
+	return (get_cyclecount());
+#else
+	return (cpu_ticks());
+#endif
+}
+
+uint64_t
+vtbrs_cycles_per_second(void)
+{
+#if defined(__aarch64__)
+	return (READ_SPECIALREG(cntfrq_el0));
+#else
+	return (cpu_tickrate());
+#endif
+}

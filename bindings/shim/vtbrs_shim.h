@@ -39,6 +39,8 @@ void	vtbrs_task_init(struct task *t, void (*fn)(void *, int), void *arg);
 void	vtbrs_callout_init(struct callout *c, struct mtx *m);
 void	vtbrs_callout_reset(struct callout *c, int ticks, void (*fn)(void *), void *arg);
 lwpid_t	vtbrs_curthread_tid(void);
+uint64_t vtbrs_cycles(void);
+uint64_t vtbrs_cycles_per_second(void);
 
 /* Implemented in Rust: the newbus and virtio methods. */
 int	vtbrs_rs_attach(device_t dev);

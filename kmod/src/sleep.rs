@@ -96,6 +96,18 @@ pub fn report_sleep_ms(enabled: bool, pause_ms: u32) -> u32 {
     }
 }
 
+/// `cycles` of a counter running at `per_second` in microseconds, rounded
+/// down; 0 for a counter of unknown rate. Divides before multiplying, as
+/// the kernel's cputick2usec() does, so a sum of days of cycles at GHz
+/// rates does not overflow.
+pub fn cycles_to_us(cycles: u64, per_second: u64) -> u64 {
+    if per_second == 0 {
+        return 0;
+    }
+    (cycles / per_second).saturating_mul(1_000_000)
+        + (cycles % per_second).saturating_mul(1_000_000) / per_second
+}
+
 /// A duration in kernel ticks at `hz` ticks a second, rounded up: at least
 /// one tick (a callout or sleep of 0 ticks means something else), at most
 /// `i32::MAX`.
@@ -239,6 +251,25 @@ mod tests {
         assert_eq!(report_sleep_ms(true, 2_000), 2_000);
         assert_eq!(report_sleep_ms(true, 0), 1);
         assert_eq!(report_sleep_ms(false, 2_000), 0);
+    }
+
+    #[test]
+    fn cycles_convert_at_both_arches_rates() {
+        // arm64 under QEMU 7.2: the generic timer at 62.5 MHz.
+        assert_eq!(cycles_to_us(62_500_000, 62_500_000), 1_000_000);
+        assert_eq!(cycles_to_us(625, 62_500_000), 10);
+        assert_eq!(cycles_to_us(62, 62_500_000), 0, "under a microsecond");
+        // A 1 GHz timer (newer QEMU virt machines) and a 3 GHz TSC.
+        assert_eq!(cycles_to_us(1_500, 1_000_000_000), 1);
+        assert_eq!(
+            cycles_to_us(3_000_000_000 * 5 + 3_000, 3_000_000_000),
+            5_000_001
+        );
+        // A day of TSC cycles: no overflow, exact.
+        let day = 86_400 * 3_000_000_000u64;
+        assert_eq!(cycles_to_us(day, 3_000_000_000), 86_400_000_000);
+        assert_eq!(cycles_to_us(u64::MAX, 1), u64::MAX, "saturates");
+        assert_eq!(cycles_to_us(12_345, 0), 0, "unknown rate");
     }
 
     #[test]

@@ -264,7 +264,9 @@ impl State {
             inflate_run: AtomicU32::new(tun.inflate_run_pages),
             inflight: AtomicU32::new(tun.inflight_buffers as u32),
             linux_tags: AtomicBool::new(false),
-            kick_thread: AtomicBool::new(true),
+            // Off by default: measured under TCG it costs more guest work
+            // than it saves (README, "Defaults").
+            kick_thread: AtomicBool::new(false),
             report_enabled: AtomicBool::new(true),
             // On, as in Linux: the host asks for hints only when it offers
             // FREE_PAGE_HINT, and only while it migrates the guest.
@@ -738,12 +740,16 @@ fn start(st: &State) {
         stats.start(kdev, vm).unwrap_or(PushTimer::Off)
     });
     st.set_push_timer(timer);
-    let kick = st.kick_thread.load(Ordering::Relaxed);
+    // With one CPU a kick thread could only take turns with the balloon
+    // thread: notify in place. The node then shows what the device uses.
+    let kick = st.kick_thread.load(Ordering::Relaxed) && Kick::has_other_cpu();
     // SAFETY: once, before the balloon thread and lowmem handler can post;
     // detach stops it before the State goes.
-    if kick && !unsafe { st.kick.start(c"vtballoonrs kick") } {
+    let started = kick && unsafe { st.kick.start(c"vtballoonrs kick") };
+    if kick && !started {
         log(dev, c"no kick taskqueue: notifying from the balloon thread");
     }
+    st.kick_thread.store(started, Ordering::Relaxed);
     st.config_pending.store(true, Ordering::Release);
     let reporting = st.features.contains(Features::REPORTING);
     let hinting = st.features.contains(Features::FREE_PAGE_HINT);

@@ -116,21 +116,24 @@ pub fn now_us() -> u64 {
     (bt.sec as u64) * 1_000_000 + frac(&bt, 1_000_000)
 }
 
-/// The CPU's tick counter (`cpu_ticks`, the TSC on amd64): what the
-/// kernel times threads with, and cheap to read. The timecounter is not:
-/// under QEMU's TCG it is the emulated HPET, and every read is a device
-/// access that waits for QEMU's big lock, which a vCPU inside a balloon
-/// notification holds for the host's whole work on the buffer.
+/// The counter the driver times its own work with (the shim's
+/// `vtbrs_cycles`): the TSC on amd64 (`cpu_ticks`), the generic timer's
+/// virtual count on arm64, where `cpu_ticks` is the timecounter widened
+/// per CPU and differs between CPUs. Cheap to read; the timecounter is not
+/// on amd64: under QEMU's TCG it is the emulated HPET, and every read is a
+/// device access that waits for QEMU's big lock, which a vCPU inside a
+/// balloon notification holds for the host's whole work on the buffer.
 pub fn ticks() -> u64 {
-    // SAFETY: set at boot (before any module loads) to a function that only
-    // reads a counter.
-    unsafe { addr_of!(sys::cpu_ticks).read().map_or(0, |f| f()) }
+    // SAFETY: reads a CPU counter; no side effects.
+    unsafe { sys::vtbrs_cycles() }
 }
 
 /// Microseconds in `ticks` of [`ticks`].
 pub fn ticks_to_us(ticks: u64) -> u64 {
-    // SAFETY: a conversion with the kernel's tick rate; no side effects.
-    unsafe { sys::cputick2usec(ticks) }
+    // SAFETY: reads the counter's rate (a kernel variable or a CPU
+    // register); no side effects.
+    let per_second = unsafe { sys::vtbrs_cycles_per_second() };
+    crate::sleep::cycles_to_us(ticks, per_second)
 }
 
 /// Monotonic milliseconds since boot, as of the last tick (cheap).

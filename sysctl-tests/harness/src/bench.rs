@@ -66,6 +66,8 @@ pub struct Bench {
     pub report_wakeups: Option<u64>,
     /// The pressure scenario per driver (`bench-oom-*`): driver, field, value.
     pub oom: Vec<(String, String, u64)>,
+    /// The boot ran the figures after the rows (not `--extras 0`).
+    pub extras: bool,
 }
 
 impl Bench {
@@ -74,15 +76,19 @@ impl Bench {
     pub fn for_boot(phases: &str) -> Bench {
         let mut words = phases.split_whitespace();
         let mut variants = vec!["ours".to_string(), "theirs".to_string()];
+        let mut extras = true;
         while let Some(w) = words.next() {
             if w == "--variants" {
                 if let Some(v) = words.next() {
                     variants = v.split(',').map(String::from).collect();
                 }
+            } else if w == "--extras" {
+                extras = words.next() != Some("0");
             }
         }
         Bench {
             variants,
+            extras,
             ..Bench::default()
         }
     }
@@ -303,9 +309,15 @@ fn bench_report(b: &Bench, host: Option<&HostDiscard>) -> Vec<String> {
         None => out.push("host discard rate: not measured".into()),
     }
     out.extend(resident_lines(rows, &ops, host));
-    out.push(lowmem_line(&b.lowmem_us, &b.lowmem_call_us));
-    out.push(idle_line(b));
-    out.extend(oom_lines(&b.oom));
+    if b.extras {
+        out.push(lowmem_line(&b.lowmem_us, &b.lowmem_call_us));
+        out.push(idle_line(b));
+        out.extend(oom_lines(&b.oom));
+    } else {
+        out.push(
+            "lowmem latency, idle wakeups, pressure: not measured (VTB_BENCH_EXTRAS=0)".into(),
+        );
+    }
     out
 }
 
@@ -584,7 +596,9 @@ fn median_u64(v: &[u64]) -> Option<u64> {
 fn lowmem_line(us: &[u64], call_us: &[u64]) -> String {
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
     let Some(m) = median_u64(us) else {
-        return "lowmem deflate of 256 pages: no figures (the driver has no lowmem_last_us)".into();
+        return "lowmem deflate of 256 pages: no figures (the guest sent none: the driver has no \
+                lowmem_last_us, or the step failed; see the console)"
+            .into();
     };
     let mut l = format!(
         "lowmem deflate of 256 pages: median {m} µs of guest time (reference figure < 1000); runs: {} µs",
@@ -602,7 +616,8 @@ fn lowmem_line(us: &[u64], call_us: &[u64]) -> String {
 /// Wakeups per second of our threads while idle.
 fn idle_line(b: &Bench) -> String {
     let Some(ms) = b.idle_ms.filter(|&ms| ms > 0) else {
-        return "balloon thread idle wakeups/s: no figures (the driver has no thread_wakeups)"
+        return "balloon thread idle wakeups/s: no figures (the guest sent none: the driver has no \
+                thread_wakeups, or the step failed; see the console)"
             .into();
     };
     let per_s = |n: Option<u64>| {
@@ -691,7 +706,9 @@ mod tests {
         assert_eq!(b.variants, ["ours", "theirs", "ours+kick_thread=0"]);
         assert_eq!(b.variant(2), "ours+kick_thread=0");
         assert_eq!(b.variant(7), "variant7");
+        assert!(!b.extras);
         assert_eq!(Bench::for_boot("basic").variants, ["ours", "theirs"]);
+        assert!(Bench::for_boot("bench --reps 2").extras);
     }
 
     /// Ours at 1 GiB/s with a full breakdown, the in-tree driver at half
@@ -754,6 +771,7 @@ mod tests {
             variants: vec!["ours".into(), "theirs".into()],
             rows,
             lowmem_us: vec![400],
+            extras: true,
             ..Bench::default()
         };
         let out = super::bench_report(&b, Some(&host()));
@@ -802,6 +820,12 @@ mod tests {
             .any(|l| l.starts_with("balloon thread idle wakeups/s: no figures")));
         let none = super::bench_report(&b, None);
         assert!(none.iter().any(|l| l == "host discard rate: not measured"));
+        // Extras off: said once, not as missing figures.
+        let off = super::bench_report(&Bench { extras: false, ..b }, None);
+        assert!(off
+            .iter()
+            .any(|l| l.contains("not measured (VTB_BENCH_EXTRAS=0)")));
+        assert!(!off.iter().any(|l| l.contains("no figures")));
         let thp = HostDiscard {
             resident_thp: Some(900.0),
             ..host()
