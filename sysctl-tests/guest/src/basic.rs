@@ -232,7 +232,7 @@ pub const BAD_TUNABLES: &[(&str, &str, u64, &str)] = &[
     ("oom_watch_interval_ms", "1,2", 10, "more than one value"),
     ("inflate_run_pages", "3", 256, "out of range"),
     ("debug", "7", 0, "out of range"),
-    ("kick_thread", "0x10", 1, "out of range"),
+    ("kick_thread", "0x10", 0, "out of range"),
     ("stats_linux_tags", "99999999999", 0, "out of range"),
 ];
 
