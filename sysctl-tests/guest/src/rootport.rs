@@ -101,21 +101,25 @@ pub struct RootPort {
     cap: u32,
 }
 
+/// A device name (`pci1`, `pcib2`) copied out of a sysctl buffer, at most
+/// 16 bytes, and its length.
+fn device_name(s: &[u8]) -> ([u8; 16], usize) {
+    let mut name = [0u8; 16];
+    let n = s.len().min(16);
+    name[..n].copy_from_slice(&s[..n]);
+    (name, n)
+}
+
 impl RootPort {
     /// The bridge above `virtio_pci0`'s bus (virtio_pci0 → pciN → pcibM).
     pub fn of_balloon() -> Option<RootPort> {
         let mut b = [0u8; 64];
         let bus = get_str(b"dev.virtio_pci.0.%parent", &mut b)?;
-        let mut bus_name = [0u8; 16];
-        let bl = bus.len().min(16);
-        bus_name[..bl].copy_from_slice(&bus[..bl]);
+        let (bus_name, bl) = device_name(bus);
         let mut nb = [0u8; 64];
         let node = node_of(&bus_name[..bl], b"%parent", &mut nb)?;
         let mut pb = [0u8; 64];
-        let port = get_str(node, &mut pb)?;
-        let mut name = [0u8; 16];
-        let name_len = port.len().min(16);
-        name[..name_len].copy_from_slice(&port[..name_len]);
+        let (name, name_len) = device_name(get_str(node, &mut pb)?);
         let mut lb = [0u8; 64];
         let node = node_of(&name[..name_len], b"%location", &mut lb)?;
         let mut loc = [0u8; 160];
