@@ -186,8 +186,7 @@ pub fn phase_hint_migrate(c: &mut Ctx) {
     let hinted_all = get("hint_pages").unwrap_or(0);
     c.check_n(
         "every hinted page came back, on DONE or under pressure",
-        get("hint_done_pages").unwrap_or(0) + get("hint_pressure_pages").unwrap_or(0)
-            == hinted_all,
+        get("hint_done_pages").unwrap_or(0) + get("hint_pressure_pages").unwrap_or(0) == hinted_all,
         "done + pressure pages differ from hinted",
         get("hint_done_pages"),
     );

@@ -44,8 +44,8 @@ mod rootport;
 mod soak;
 mod sys;
 mod sysctl;
-mod transport;
 mod threads;
+mod transport;
 
 use check::Ctx;
 use host::Host;

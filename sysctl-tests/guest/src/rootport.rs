@@ -149,7 +149,11 @@ impl RootPort {
     }
 
     pub fn regs(&self) -> Option<SlotRegs> {
-        let r = |reg, w| sys::pci_config(self.sel, reg, w, None).ok().map(|v| v as u32);
+        let r = |reg, w| {
+            sys::pci_config(self.sel, reg, w, None)
+                .ok()
+                .map(|v| v as u32)
+        };
         Some(SlotRegs {
             command: r(PCIR_COMMAND, 2)?,
             control: r(self.cap + PCIER_SLOT_CTL, 2)?,

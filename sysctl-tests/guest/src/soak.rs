@@ -460,4 +460,3 @@ pub fn phase_soak(c: &mut Ctx) {
         let _ = c.host.ask(name, v, 30);
     }
 }
-

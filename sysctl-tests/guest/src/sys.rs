@@ -476,7 +476,6 @@ pub fn jail(path: &[u8], name: &[u8]) -> Res {
     unsafe { syscall6(SYS_JAIL, [&j as *const Jail as u64, 0, 0, 0, 0, 0]) }
 }
 
-
 /// One PCI config register of device `sel` (domain, bus, slot, function)
 /// through /dev/pci: read when `write` is None, written otherwise.
 pub fn pci_config(sel: [u32; 4], reg: u32, width: u32, write: Option<u32>) -> Res {
