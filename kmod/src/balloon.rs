@@ -32,6 +32,12 @@ use crate::protocol::{pfn_of_phys, Features, Queue, PFNS_PER_BUFFER, PFN_SHIFT};
 /// Most PFN buffers ever in flight at once.
 pub const MAX_INFLIGHT: usize = 8;
 
+/// Buffers completed between writes of config `actual` while a resize
+/// goes on; it is also written whenever nothing is left in flight. Each
+/// write traps to the host (under QEMU with its big lock), and the host
+/// only reads it for reports: one write per 16 MiB keeps them current.
+pub const ACTUAL_WRITE_BUFFERS: u32 = 16;
+
 /// Knobs of the sizing logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tunables {
@@ -182,6 +188,13 @@ pub struct Balloon<C = Owned<BalloonCounters>> {
     /// Order of the next contiguous run to try; lowered when the VM has no
     /// free run that large, raised again at the next config change.
     run_order: u32,
+    /// The host's target as last read from config; `None` after a config
+    /// change. Read once per change, not per step: a config read traps to
+    /// the host, and under QEMU it waits for the big lock, which a vCPU
+    /// notifying the host holds for the host's whole work on a buffer.
+    host_target: Option<u32>,
+    /// Buffers completed since config `actual` was last written.
+    unwritten_buffers: u32,
     slots: [SlotInfo; MAX_INFLIGHT],
     limit: InflateLimit,
     counters: C,
@@ -212,6 +225,8 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             backoff_ms: 0,
             no_growth: false,
             run_order: tun.inflate_run_pages.ilog2(),
+            host_target: None,
+            unwritten_buffers: 0,
             slots: [SlotInfo::FREE; MAX_INFLIGHT],
             limit: InflateLimit::None,
             counters,
@@ -222,6 +237,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     pub fn config_changed(&mut self) {
         self.counters.config_changes.inc();
         self.wantsize = true;
+        self.host_target = None;
         self.no_growth = false;
         self.run_order = self.tun.inflate_run_pages.ilog2();
     }
@@ -288,7 +304,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         let acked = self.take_ready(dev);
         let mut short_of_memory = false;
         if self.wantsize {
-            let host = dev.num_pages();
+            let host = *self.host_target.get_or_insert_with(|| dev.num_pages());
             self.counters.target_pages.set(u64::from(host));
             let planned =
                 i64::from(self.actual) + i64::from(self.inflight_in) - i64::from(self.inflight_out);
@@ -839,7 +855,11 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         }
         self.slots[token] = SlotInfo::FREE;
         self.counters.actual_pages.set(u64::from(self.actual));
-        dev.set_actual(self.actual);
+        self.unwritten_buffers += 1;
+        if self.inflight() == 0 || self.unwritten_buffers >= ACTUAL_WRITE_BUFFERS {
+            self.unwritten_buffers = 0;
+            dev.set_actual(self.actual);
+        }
     }
 }
 

@@ -49,6 +49,46 @@ fn setup_with(
 }
 
 #[test]
+fn reads_the_host_target_once_per_config_change_not_per_buffer() {
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 3000);
+    let steps = run(&mut b, &w, &mut dev, &mut mem);
+    assert!(steps.len() > 10, "many steps: {}", steps.len());
+    assert_eq!(b.actual(), 3000);
+    assert_eq!(w.borrow().target_reads, 1, "read at attach only");
+    // A change the host made without telling is not followed...
+    w.borrow_mut().num_pages = 1000;
+    b.config_changed();
+    assert_eq!(b.step(&mut dev, &mut mem), Step::More);
+    w.borrow_mut().num_pages = 500;
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(w.borrow().target_reads, 2);
+    assert_eq!(b.actual(), 1000, "the target as read after the change");
+    // ...until its interrupt comes.
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 500);
+    assert_eq!(w.borrow().target_reads, 3);
+    clean(&w);
+}
+
+#[test]
+fn writes_config_actual_every_16_buffers_and_when_nothing_is_in_flight() {
+    // 40 buffers of 256 pages each way: written after buffers 16, 32 and
+    // the last (nothing in flight).
+    let (w, mut dev, mut mem, mut b) = setup(MTH, 16384, 40 * 256);
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(b.actual(), 40 * 256);
+    assert_eq!(w.borrow().actual, 40 * 256, "the last value written");
+    assert_eq!(w.borrow().actual_writes, 3);
+    w.borrow_mut().num_pages = 0;
+    b.config_changed();
+    run(&mut b, &w, &mut dev, &mut mem);
+    assert_eq!(w.borrow().actual, 0);
+    assert_eq!(w.borrow().actual_writes, 6);
+    clean(&w);
+}
+
+#[test]
 fn inflates_to_the_host_target_at_attach_in_buffers_of_at_most_256() {
     let (w, mut dev, mut mem, mut b) = setup(MTH, 4096, 1000);
     let steps = run(&mut b, &w, &mut dev, &mut mem);

@@ -95,7 +95,11 @@ pub struct World {
     pub features: Features,
     pub driver_ok: bool,
     pub num_pages: u32,
+    /// Reads of `num_pages` (each one a trap to the host).
+    pub target_reads: u64,
     pub actual: u32,
+    /// Writes of `actual` (each one a trap to the host).
+    pub actual_writes: u64,
     pub push_interval_ms: u32,
     pub ack: Ack,
     pub now_ms: u64,
@@ -201,6 +205,8 @@ impl World {
             fail_allocs: 0,
             reserve: 0,
             alloc_calls: 0,
+            target_reads: 0,
+            actual_writes: 0,
             fail_posts: 0,
             max_outstanding: 0,
             discarded: BTreeSet::new(),
@@ -590,10 +596,13 @@ impl SimDevice {
 
 impl Device for SimDevice {
     fn num_pages(&mut self) -> u32 {
-        self.w.borrow().num_pages
+        let mut w = self.w.borrow_mut();
+        w.target_reads += 1;
+        w.num_pages
     }
 
     fn set_actual(&mut self, actual: u32) {
+        self.w.borrow_mut().actual_writes += 1;
         self.w.borrow_mut().actual = actual;
     }
 
