@@ -5,7 +5,15 @@
 //!   change (or once at attach). After a deflate done for memory pressure
 //!   the balloon may shrink but not grow until the host speaks again: the
 //!   thread does not re-inflate, and a lower target (set before or during
-//!   the pressure) is still followed down.
+//!   the pressure) is still followed down. A `vm_lowmem` event that finds
+//!   the guest not short (the page daemon reacting to how fast free memory
+//!   fell, as right after an inflate) is not pressure: its batch goes back,
+//!   and the balloon returns to the host's target once the watch has
+//!   passed, whether the event came during the inflate or after it.
+//! - The host's target is read from config once per config change, and
+//!   config `actual` is written every [`ACTUAL_WRITE_BUFFERS`] completed
+//!   buffers and whenever nothing is left in flight: each config access
+//!   traps to the host.
 //! - Several PFN buffers may be in flight at once (up to [`MAX_INFLIGHT`]);
 //!   only one direction is in flight at a time.
 //! - A page leaves the balloon (is freed to the VM) only after the host
@@ -367,7 +375,9 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
     /// is still followed); an event that finds free memory at the pressure
     /// goal (FreeBSD's page daemon also reacts to how fast free memory falls,
     /// as it does right after a fast inflate) gets its batch but stops
-    /// nothing: the floor keeps the balloon off what the guest needs.
+    /// nothing: the balloon goes back to the host's target once the watch
+    /// has passed (the floor keeps it off what the guest needs), also when
+    /// the target had been reached before the event.
     #[allow(clippy::too_many_arguments)]
     pub fn relieve<D: Device, M: Memory>(
         &mut self,
@@ -442,6 +452,16 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         if freed > 0 {
             self.counters.lowmem_pages.add(u64::from(freed));
             self.counters.oom_deflates.inc();
+            if !hold {
+                // Not a shortage: the batch is made up once the inflate
+                // limit allows (after the watch, as far as the floor lets
+                // it), whether the event came during an inflate or after
+                // the target was reached. Without this an event right
+                // after an inflate left the balloon one batch short of a
+                // target the host had set, until the host spoke again. The
+                // target is the one last read: the host has not spoken.
+                self.wantsize = true;
+            }
         }
         freed
     }

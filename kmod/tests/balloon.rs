@@ -206,6 +206,9 @@ fn lowmem_event(b: &mut Balloon, w: &Shared, dev: &mut SimDevice, mem: &mut SimM
 fn lowmem_deflates_a_bounded_batch_and_the_thread_does_not_undo_it() {
     let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 2000);
     run(&mut b, &w, &mut dev, &mut mem);
+    // The guest is short: 6192 pages free, the goal is the free target
+    // plus the headroom (4096), 6396; 204 short, the batch is more.
+    w.borrow_mut().free_target = 2300;
     let freed = lowmem_event(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(freed, 256);
     assert_eq!(b.actual(), 1744);
@@ -222,6 +225,46 @@ fn lowmem_deflates_a_bounded_batch_and_the_thread_does_not_undo_it() {
     b.config_changed();
     run(&mut b, &w, &mut dev, &mut mem);
     assert_eq!(b.actual(), 2000);
+    clean(&w);
+}
+
+#[test]
+fn a_lowmem_event_finding_the_guest_not_short_after_the_target_was_reached_is_made_up() {
+    // The page daemon raises vm_lowmem on a fast fall of free memory too,
+    // as right after the balloon reached a high target: with free memory
+    // above the goal the batch goes back, and once the watch has passed
+    // the balloon is at the host's target again, read before the event
+    // (the host did not speak: no config read). Before, it stayed one
+    // batch short until the host's next config change (the hostile boot's
+    // oom-retarget: 1507 of 1508 MiB).
+    let (w, mut dev, mut mem, mut b) = setup(MTH | OOM, 8192, 2000);
+    run(&mut b, &w, &mut dev, &mut mem);
+    let reads = w.borrow().target_reads;
+    assert_eq!(lowmem_event(&mut b, &w, &mut dev, &mut mem), 256);
+    assert_eq!(b.actual(), 1744);
+    assert_eq!(w.borrow().actual, 1744, "the host is told at once");
+    // While the watch runs: nothing.
+    b.set_inflate_limit(InflateLimit::Pressure);
+    let inflates = w.borrow().inflate_buffers;
+    assert!(matches!(b.step(&mut dev, &mut mem), Step::Backoff { .. }));
+    assert_eq!(w.borrow().inflate_buffers, inflates);
+    // After it: the target again.
+    b.set_inflate_limit(InflateLimit::None);
+    assert_eq!(
+        run(&mut b, &w, &mut dev, &mut mem).last(),
+        Some(&Step::Idle)
+    );
+    assert_eq!(b.actual(), 2000);
+    assert_eq!(w.borrow().actual, 2000);
+    assert_eq!(w.borrow().target_reads, reads, "the target as read before");
+    // An event after a shortage since the host spoke changes nothing of
+    // that: the balloon does not grow back.
+    w.borrow_mut().free_target = 2300;
+    assert_eq!(lowmem_event(&mut b, &w, &mut dev, &mut mem), 256);
+    w.borrow_mut().free_target = 0;
+    assert_eq!(lowmem_event(&mut b, &w, &mut dev, &mut mem), 256);
+    assert_eq!(run(&mut b, &w, &mut dev, &mut mem), [Step::Idle]);
+    assert_eq!(b.actual(), 1488);
     clean(&w);
 }
 

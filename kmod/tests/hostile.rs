@@ -238,6 +238,92 @@ fn a_higher_target_set_during_the_watch_is_followed_once_the_pressure_has_passed
     clean(&w);
 }
 
+/// The hostile boot's oom-retarget, step by step: the balloon at 3/4 of
+/// memory, a child takes more than is free (vm_lowmem, the guest short),
+/// the host lowers its target during the watch (followed), raises it again
+/// during the watch (nothing while it runs), the child exits, the watch
+/// ends: the raised target is reached; then the page daemon raises
+/// vm_lowmem once more on the fast fall of free memory that inflate made,
+/// with the guest not short: its batch goes back, and after that watch the
+/// balloon is at the target again, the host told so. In CI the driver
+/// stopped here 1 MiB (this batch) short: 1507 of 1508 MiB.
+#[test]
+fn oom_retarget_ends_at_the_raised_target_after_an_event_on_the_inflate() {
+    let (w, mut dev, mut mem) = sim(MTH | OOM, 16_384);
+    w.borrow_mut().free_target = 200;
+    w.borrow_mut().num_pages = 12_000;
+    let mut b = Balloon::new(MTH | OOM, Tunables::default());
+    let tun = OomTunables::default();
+    let mut p = Pressure::new();
+    run_for(&mut b, &w, &mut dev, &mut mem, 1_000);
+    assert_eq!(b.actual(), 12_000);
+    let event = |b: &mut Balloon, p: &mut Pressure, dev: &mut SimDevice, mem: &mut SimMemory| {
+        let vm = w.borrow().vm();
+        let now = w.borrow().now_ms;
+        assert!(!p.watching_at(now));
+        let short = p.short(&tun, &vm);
+        (
+            b.relieve(p, &tun, Relief::LowmemEvent, dev, mem, &vm, now),
+            short,
+        )
+    };
+    // The child: 4000 of the 4384 free pages.
+    assert_eq!(w.borrow_mut().workload_alloc(4_000), 4_000);
+    let (freed, short) = event(&mut b, &mut p, &mut dev, &mut mem);
+    assert!(short && freed > 0, "{freed}");
+    // A lower target during the watch is followed.
+    w.borrow_mut().num_pages = 3_000;
+    b.config_changed();
+    b.set_inflate_limit(InflateLimit::Pressure);
+    run_for(&mut b, &w, &mut dev, &mut mem, 1_000);
+    assert_eq!(b.actual(), 3_000);
+    // A raise during the watch waits.
+    w.borrow_mut().num_pages = 12_000;
+    b.config_changed();
+    assert!(matches!(b.step(&mut dev, &mut mem), Step::Backoff { .. }));
+    assert_eq!(b.actual(), 3_000);
+    // The child exits; the watch passes.
+    w.borrow_mut().workload_free();
+    w.borrow_mut().now_ms += u64::from(tun.watch_ms);
+    let (vm, now) = (w.borrow().vm(), w.borrow().now_ms);
+    assert_eq!(
+        b.relieve(&mut p, &tun, Relief::Watch, &mut dev, &mut mem, &vm, now),
+        0
+    );
+    assert!(!p.watching_at(now));
+    b.set_inflate_limit(InflateLimit::None);
+    assert_eq!(
+        run_for(&mut b, &w, &mut dev, &mut mem, 1_000).last(),
+        Some(&Step::Idle)
+    );
+    assert_eq!(b.actual(), 12_000);
+    // The page daemon on the fall: free memory is above the goal.
+    let (freed, short) = event(&mut b, &mut p, &mut dev, &mut mem);
+    assert_eq!((freed, short), (256, false));
+    assert_eq!(w.borrow().actual, 12_000 - 256);
+    b.set_inflate_limit(InflateLimit::Pressure);
+    assert!(matches!(b.step(&mut dev, &mut mem), Step::Backoff { .. }));
+    w.borrow_mut().now_ms += u64::from(tun.watch_ms);
+    let (vm, now) = (w.borrow().vm(), w.borrow().now_ms);
+    assert_eq!(
+        b.relieve(&mut p, &tun, Relief::Watch, &mut dev, &mut mem, &vm, now),
+        0
+    );
+    b.set_inflate_limit(InflateLimit::None);
+    assert_eq!(
+        run_for(&mut b, &w, &mut dev, &mut mem, 1_000).last(),
+        Some(&Step::Idle)
+    );
+    assert_eq!(b.actual(), 12_000, "exactly the host's target");
+    consistent(&w, &b);
+    // One read of the target per config change (and at attach).
+    assert_eq!(
+        w.borrow().target_reads,
+        b.counters().config_changes.get() + 1
+    );
+    clean(&w);
+}
+
 #[test]
 fn a_device_that_goes_away_mid_inflate_is_detached_in_bounded_time() {
     let (w, mut dev, mut mem) = sim(MTH | OOM, 8192);
