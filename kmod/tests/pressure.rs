@@ -41,6 +41,7 @@ struct Outcome {
     before: u32,
     after: u32,
     events: u64,
+    guard_events: u64,
     deflates: u64,
 }
 
@@ -177,6 +178,7 @@ fn run_from(
         before,
         after: b.actual(),
         events: b.counters().lowmem_events.get().max(lowmem_events),
+        guard_events: b.counters().guard_events.get(),
         deflates: b.counters().oom_deflates.get(),
     }
 }
@@ -280,6 +282,10 @@ fn a_just_loaded_driver_guards_the_span_the_kernel_raises_no_event() {
     );
     assert!(!o.killed, "killed after getting {} of {want} pages", o.got);
     assert_eq!(o.got, want);
+    assert_eq!(
+        o.guard_events, 1,
+        "the look after attach took the first shortage"
+    );
     let needed = want - (initially_free(balloon) - FREE_TARGET as usize);
     let given = (o.before - o.after) as usize;
     let margin = FREE_TARGET as usize + tun.headroom_pages as usize + 2 * 10 * 50 + 1024;
@@ -303,4 +309,5 @@ fn the_guard_takes_nothing_from_a_process_that_fits() {
     );
     assert!(!o.killed);
     assert_eq!(o.after, o.before);
+    assert_eq!(o.guard_events, 0);
 }

@@ -120,6 +120,8 @@ pub struct Data {
     pub floor_pages: AtomicU64,
     /// The pressure watch runs (for sysctl).
     pub oom_watching: AtomicBool,
+    /// The look at free memory after attach runs (crate::pressure).
+    pub oom_guarding: AtomicBool,
     pub inflate_run: AtomicU32,
     /// PFN buffers in flight.
     pub inflight: AtomicU32,
@@ -261,6 +263,7 @@ impl State {
             oom_interval_ms: AtomicU32::new(oom.interval_ms),
             floor_pages: AtomicU64::new(floor_default_pages(&vm_counters())),
             oom_watching: AtomicBool::new(false),
+            oom_guarding: AtomicBool::new(false),
             inflate_run: AtomicU32::new(tun.inflate_run_pages),
             inflight: AtomicU32::new(tun.inflight_buffers as u32),
             linux_tags: AtomicBool::new(false),
@@ -964,6 +967,8 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         st.notify(notices);
         policy.stepped(step, look);
         st.oom_watching.store(watching, Ordering::Relaxed);
+        st.oom_guarding
+            .store(!watching && look.is_some(), Ordering::Relaxed);
         match step {
             Step::Backoff { ms } => st.diag(
                 c"inflate: guest short of memory or at the floor, backing off ms",
