@@ -409,7 +409,15 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                 }
                 pressure.lowmem(tun, now_ms, vm, ballooned)
             }
-            Relief::Watch => pressure.tick(tun, now_ms, vm, ballooned),
+            Relief::Watch => {
+                // Not watching yet: the guard after attach (crate::pressure).
+                let guard = !pressure.watching_at(now_ms);
+                let pages = pressure.tick(tun, now_ms, vm, ballooned);
+                if guard && pages > 0 {
+                    self.counters.guard_events.inc();
+                }
+                pages
+            }
         };
         if pages == 0 {
             return 0;

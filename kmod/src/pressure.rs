@@ -31,6 +31,17 @@
 //!   span in which the kernel cannot raise another event); while nothing is
 //!   short for that long, or once the balloon is empty, the watch ends and
 //!   no timer runs.
+//! - **A new instance guards the span it may have missed.** The rate
+//!   limit is system-wide: when the kernel's last event went to the
+//!   instance this one replaces (a kldunload and kldload, a re-plugged
+//!   device), no event comes for up to `vm.lowmem_period`, and a process
+//!   that needs the balloon's memory then is killed first (the soak found
+//!   it: every kill came within seconds of a kldload). So for one watch
+//!   span after attach ([`Pressure::attached`]) the driver looks at free
+//!   memory as the watch does and takes free memory below the page
+//!   daemon's target, where the page daemon raises `vm_lowmem`, for the
+//!   event: it deflates as for one and starts the watch. The balloon
+//!   inflates meanwhile as it would.
 //! - **What was not needed stays ballooned.** Each deflate is sized to the
 //!   shortage, so after the pressure the balloon holds everything the guest
 //!   did not need, less the page daemon's target, the headroom and at most
@@ -114,6 +125,9 @@ pub struct Pressure {
     given_since: u64,
     /// Guest pages consumed per second, fast up, halving down.
     rate_pps: u64,
+    /// After attach, until this time: free memory below the page daemon's
+    /// target counts as the `vm_lowmem` event the kernel may not raise.
+    guard_until_ms: u64,
 }
 
 impl Pressure {
@@ -124,6 +138,16 @@ impl Pressure {
             last_ms: 0,
             given_since: 0,
             rate_pps: 0,
+            guard_until_ms: 0,
+        }
+    }
+
+    /// The driver attached at `now_ms`: for one watch span it looks at free
+    /// memory and answers a shortage as a `vm_lowmem` event (the kernel's
+    /// last one may have gone to the instance this one replaces).
+    pub fn attached(&mut self, tun: &OomTunables, now_ms: u64) {
+        if tun.watch_ms != 0 {
+            self.guard_until_ms = now_ms + u64::from(tun.watch_ms);
         }
     }
 
@@ -146,9 +170,12 @@ impl Pressure {
         want.min(ballooned)
     }
 
-    /// A look at free memory while watching: the guest pages to give back
-    /// now (0 if none is short, or the watch is over).
+    /// A look at free memory while watching or guarding: the guest pages
+    /// to give back now (0 if none is short, or the watch is over).
     pub fn tick(&mut self, tun: &OomTunables, now_ms: u64, vm: &VmCounters, ballooned: u64) -> u64 {
+        if !self.watching_at(now_ms) && self.guarding_at(now_ms) {
+            return self.guard_look(tun, now_ms, vm, ballooned);
+        }
         if !self.watching_at(now_ms) || ballooned == 0 {
             self.stop();
             return 0;
@@ -163,6 +190,23 @@ impl Pressure {
             self.extend(tun, now_ms, ballooned);
         }
         want
+    }
+
+    /// A look during the guard after attach: below the page daemon's target
+    /// the kernel would raise `vm_lowmem` now but for its rate limit, so
+    /// this is that event (once: the watch it starts takes over).
+    fn guard_look(
+        &mut self,
+        tun: &OomTunables,
+        now_ms: u64,
+        vm: &VmCounters,
+        ballooned: u64,
+    ) -> u64 {
+        if ballooned == 0 || vm.free >= vm.free_target {
+            return 0;
+        }
+        self.guard_until_ms = 0;
+        self.lowmem(tun, now_ms, vm, ballooned)
     }
 
     /// True when free memory is below what a deflate would restore (the
@@ -180,9 +224,20 @@ impl Pressure {
         self.given_since = self.given_since.saturating_add(pages);
     }
 
-    /// Milliseconds until the next look, or `None` when not watching.
+    /// Milliseconds until the next look, or `None` when neither watching
+    /// nor guarding.
     pub fn next_look_ms(&self, tun: &OomTunables, now_ms: u64) -> Option<u32> {
-        self.watching_at(now_ms).then_some(tun.interval_ms.max(1))
+        self.looking_at(now_ms).then_some(tun.interval_ms.max(1))
+    }
+
+    /// True while the balloon thread looks at free memory: the watch, or
+    /// the guard after attach.
+    pub fn looking_at(&self, now_ms: u64) -> bool {
+        self.watching_at(now_ms) || self.guarding_at(now_ms)
+    }
+
+    fn guarding_at(&self, now_ms: u64) -> bool {
+        now_ms < self.guard_until_ms
     }
 
     /// True while the watch runs: the balloon must not inflate.
@@ -371,6 +426,49 @@ mod tests {
         p.lowmem(&tun, 30_000, &vm(5_000), 500_000);
         assert_eq!(p.tick(&tun, 30_010, &vm(1_000), 0), 0);
         assert!(!p.watching_at(30_011));
+    }
+
+    #[test]
+    fn after_attach_a_shortage_counts_as_the_missed_event() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.attached(&tun, 1000);
+        // Looking, not watching: the balloon may inflate.
+        assert_eq!(p.next_look_ms(&tun, 1001), Some(10));
+        assert!(!p.watching_at(1001));
+        // At or above the page daemon's target: nothing.
+        assert_eq!(p.tick(&tun, 1010, &vm(23_000), 500_000), 0);
+        // An empty balloon: nothing, and the guard goes on.
+        assert_eq!(p.tick(&tun, 1020, &vm(5_000), 0), 0);
+        assert!(p.looking_at(1030));
+        // Below it: what a vm_lowmem event would get, and the watch starts.
+        assert_eq!(
+            p.tick(&tun, 1030, &vm(5_000), 500_000),
+            23_000 + 4096 - 5_000
+        );
+        assert!(p.watching_at(1031));
+        assert!(!p.watching_at(16_030));
+        assert!(
+            !p.looking_at(16_030),
+            "the guard ended with the first event"
+        );
+    }
+
+    #[test]
+    fn the_guard_ends_after_one_watch_span_or_with_no_watch() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.attached(&tun, 1000);
+        assert!(p.looking_at(15_999));
+        assert!(!p.looking_at(16_000));
+        assert_eq!(p.tick(&tun, 16_000, &vm(1_000), 500_000), 0);
+        let events_only = OomTunables {
+            watch_ms: 0,
+            ..Default::default()
+        };
+        let mut q = Pressure::new();
+        q.attached(&events_only, 1000);
+        assert_eq!(q.next_look_ms(&events_only, 1001), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! The model (FreeBSD 14.2 `sys/vm/vm_pageout.c`, `uma_core.c`), one step a
 //! millisecond:
 //! - a process takes `rate` pages a millisecond until it has what it wants;
-//!   it stalls while free memory is at the kernel's reserve;
+//!   it stalls while free memory is at `v_free_severe` (page faults wait
+//!   while the domain is severe, `vm_fault.c`), so free memory does not go
+//!   below it by the process alone;
 //! - the page daemon runs every 100 ms while free memory is below 90% of
 //!   `v_free_target`. A pass first raises `vm_lowmem` if none was raised in
 //!   the last `vm.lowmem_period` (10 s), and counts what the handler freed
@@ -15,7 +17,9 @@
 //!   swap), so a pass that still has a shortage makes no progress; after
 //!   `vm.pageout_oom_seq` (12) such passes in a row the process is killed;
 //! - the driver acts on the events and, between them, on its own watch
-//!   (the balloon thread in the kernel).
+//!   (the balloon thread in the kernel);
+//! - the instance may be new (kldunload and kldload): the kernel raised its
+//!   last event for the one before, just now, and raises none for 10 s.
 
 mod sim;
 
@@ -37,6 +41,7 @@ struct Outcome {
     before: u32,
     after: u32,
     events: u64,
+    guard_events: u64,
     deflates: u64,
 }
 
@@ -64,9 +69,32 @@ enum Driver {
     FixedBatch(u32),
 }
 
+/// Whether the driver was just loaded, its predecessor having had the
+/// kernel's last `vm_lowmem` event at time 0.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    /// Loaded long ago: the kernel may raise an event at once.
+    Settled,
+    /// Just loaded, as the driver attaches ([`Pressure::attached`]).
+    Reloaded,
+    /// Just loaded, without the guard after attach (what the soak found).
+    ReloadedUnguarded,
+}
+
 /// Runs one process wanting `want` pages at `rate` pages/ms for at most
 /// `ms` milliseconds.
 fn run(driver: Driver, balloon_pages: u32, want: usize, rate: usize, ms: u64) -> Outcome {
+    run_from(Start::Settled, driver, balloon_pages, want, rate, ms)
+}
+
+fn run_from(
+    start: Start,
+    driver: Driver,
+    balloon_pages: u32,
+    want: usize,
+    rate: usize,
+    ms: u64,
+) -> Outcome {
     let (tun, fixed) = match driver {
         Driver::Ours(t) => (t, None),
         Driver::FixedBatch(n) => (OomTunables::default(), Some(n)),
@@ -76,7 +104,10 @@ fn run(driver: Driver, balloon_pages: u32, want: usize, rate: usize, ms: u64) ->
     let before = b.actual();
     let mut p = Pressure::new();
     let mut got = 0;
-    let mut last_lowmem: Option<u64> = None;
+    let mut last_lowmem: Option<u64> = (start != Start::Settled).then_some(0);
+    if start == Start::Reloaded {
+        p.attached(tun, 0);
+    }
     let mut last_kmem = 0u64;
     let mut no_progress = 0;
     let mut next_look: Option<u64> = None;
@@ -84,9 +115,9 @@ fn run(driver: Driver, balloon_pages: u32, want: usize, rate: usize, ms: u64) ->
     let mut lowmem_events = 0;
     for now in 1..=ms {
         w.borrow_mut().now_ms = now;
-        // The process, down to the reserve.
-        let reserve = (FREE_TARGET / 16) as usize;
-        let room = w.borrow().free_pages().saturating_sub(reserve);
+        // The process, down to the severe level.
+        let severe = (w.borrow().vm().free_min / 2) as usize;
+        let room = w.borrow().free_pages().saturating_sub(severe);
         got += w
             .borrow_mut()
             .workload_alloc(rate.min(want - got).min(room));
@@ -147,6 +178,7 @@ fn run(driver: Driver, balloon_pages: u32, want: usize, rate: usize, ms: u64) ->
         before,
         after: b.actual(),
         events: b.counters().lowmem_events.get().max(lowmem_events),
+        guard_events: b.counters().guard_events.get(),
         deflates: b.counters().oom_deflates.get(),
     }
 }
@@ -222,4 +254,60 @@ fn a_process_that_fits_in_free_memory_takes_nothing_from_the_balloon() {
     assert!(!o.killed);
     assert_eq!(o.after, o.before);
     assert_eq!(o.events, 0);
+}
+
+#[test]
+fn a_just_loaded_driver_guards_the_span_the_kernel_raises_no_event() {
+    let tun = OomTunables::default();
+    let balloon = (PAGES * 3 / 4) as u32;
+    let want = PAGES / 2;
+    // Without the guard the process is killed before the kernel may raise
+    // another event (the soak's kills, right after a kldload).
+    let o = run_from(
+        Start::ReloadedUnguarded,
+        Driver::Ours(tun),
+        balloon,
+        want,
+        50,
+        60_000,
+    );
+    assert!(o.killed, "the model must show the failure the guard is for");
+    let o = run_from(
+        Start::Reloaded,
+        Driver::Ours(tun),
+        balloon,
+        want,
+        50,
+        60_000,
+    );
+    assert!(!o.killed, "killed after getting {} of {want} pages", o.got);
+    assert_eq!(o.got, want);
+    assert_eq!(
+        o.guard_events, 1,
+        "the look after attach took the first shortage"
+    );
+    let needed = want - (initially_free(balloon) - FREE_TARGET as usize);
+    let given = (o.before - o.after) as usize;
+    let margin = FREE_TARGET as usize + tun.headroom_pages as usize + 2 * 10 * 50 + 1024;
+    assert!(
+        (needed..=needed + margin).contains(&given),
+        "gave {given}, needed {needed} (+{margin})"
+    );
+}
+
+#[test]
+fn the_guard_takes_nothing_from_a_process_that_fits() {
+    let tun = OomTunables::default();
+    let balloon = (PAGES / 2) as u32;
+    let o = run_from(
+        Start::Reloaded,
+        Driver::Ours(tun),
+        balloon,
+        PAGES / 4,
+        50,
+        20_000,
+    );
+    assert!(!o.killed);
+    assert_eq!(o.after, o.before);
+    assert_eq!(o.guard_events, 0);
 }

@@ -120,6 +120,8 @@ pub struct Data {
     pub floor_pages: AtomicU64,
     /// The pressure watch runs (for sysctl).
     pub oom_watching: AtomicBool,
+    /// The look at free memory after attach runs (crate::pressure).
+    pub oom_guarding: AtomicBool,
     pub inflate_run: AtomicU32,
     /// PFN buffers in flight.
     pub inflight: AtomicU32,
@@ -261,6 +263,7 @@ impl State {
             oom_interval_ms: AtomicU32::new(oom.interval_ms),
             floor_pages: AtomicU64::new(floor_default_pages(&vm_counters())),
             oom_watching: AtomicBool::new(false),
+            oom_guarding: AtomicBool::new(false),
             inflate_run: AtomicU32::new(tun.inflate_run_pages),
             inflight: AtomicU32::new(tun.inflight_buffers as u32),
             linux_tags: AtomicBool::new(false),
@@ -750,6 +753,12 @@ fn start(st: &State) {
         log(dev, c"no kick taskqueue: notifying from the balloon thread");
     }
     st.kick_thread.store(started, Ordering::Relaxed);
+    if st.features.contains(Features::DEFLATE_ON_OOM) {
+        // Before the balloon thread starts: its first step looks already.
+        let oom = st.oom_tunables();
+        st.balloon
+            .with(|side| side.pressure.attached(&oom, now_ms()));
+    }
     st.config_pending.store(true, Ordering::Release);
     let reporting = st.features.contains(Features::REPORTING);
     let hinting = st.features.contains(Features::FREE_PAGE_HINT);
@@ -908,10 +917,11 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         let Next::Step { config } = next else { break };
         let oom = st.oom_tunables();
         let floor = st.floor_pages.load(Ordering::Relaxed);
-        let (step, look, notices) = st.balloon.with(|side| {
+        let (step, look, watching, notices) = st.balloon.with(|side| {
             let now = now_ms();
             let vm = vm_counters();
-            if side.pressure.watching_at(now) {
+            // The watch, or the guard after attach.
+            if side.pressure.looking_at(now) {
                 let mut urgent = KernelDevice {
                     urgent: true,
                     ..st.balloon_device(&mut side.bufs)
@@ -948,13 +958,17 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             let t0 = ticks();
             let step = side.balloon.step(&mut dev, &mut side.mem);
             st.clocks.step_us.add(ticks().saturating_sub(t0));
-            let look = side.pressure.next_look_ms(&oom, now_ms());
-            let notices = side.notices.due(now_ms(), &st.snapshot(), look.is_none());
-            (step, look, notices)
+            let later = now_ms();
+            let look = side.pressure.next_look_ms(&oom, later);
+            let watching = side.pressure.watching_at(later);
+            let notices = side.notices.due(later, &st.snapshot(), !watching);
+            (step, look, watching, notices)
         });
         st.notify(notices);
         policy.stepped(step, look);
-        st.oom_watching.store(look.is_some(), Ordering::Relaxed);
+        st.oom_watching.store(watching, Ordering::Relaxed);
+        st.oom_guarding
+            .store(!watching && look.is_some(), Ordering::Relaxed);
         match step {
             Step::Backoff { ms } => st.diag(
                 c"inflate: guest short of memory or at the floor, backing off ms",

@@ -51,7 +51,14 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
         Id::OomWatchMs => u64::from(st.oom_watch_ms.load(Ordering::Relaxed)),
         Id::OomWatchIntervalMs => u64::from(st.oom_interval_ms.load(Ordering::Relaxed)),
         Id::FloorPages => st.floor_pages.load(Ordering::Relaxed),
-        Id::OomWatching => u64::from(st.oom_watching.load(Ordering::Relaxed)),
+        Id::OomWatching => match (
+            st.oom_watching.load(Ordering::Relaxed),
+            st.oom_guarding.load(Ordering::Relaxed),
+        ) {
+            (true, _) => 1,
+            (false, true) => 2,
+            (false, false) => 0,
+        },
         Id::InflateRunPages => u64::from(st.inflate_run.load(Ordering::Relaxed)),
         Id::InflightBuffers => u64::from(st.inflight.load(Ordering::Relaxed)),
         Id::AllocRuns => b.alloc_runs.get(),
@@ -70,6 +77,7 @@ fn read<'a>(st: &'a State, id: Id, buf: &'a mut [u8; 160]) -> Value<'a> {
         Id::InflatedPages => b.inflated_pages.get(),
         Id::DeflatedPages => b.deflated_pages.get(),
         Id::LowmemEvents => b.lowmem_events.get(),
+        Id::GuardEvents => b.guard_events.get(),
         Id::LowmemPages => b.lowmem_pages.get(),
         Id::OomDeflates => b.oom_deflates.get(),
         Id::FloorRefusedPages => b.floor_refused_pages.get(),

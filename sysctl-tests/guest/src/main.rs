@@ -81,6 +81,7 @@ const PHASES: &[Phase] = &[
     phase("oom-many", pressure::phase_oom_many, true, true),
     phase("oom-sequence", pressure::phase_oom_sequence, true, true),
     phase("oom-inflating", pressure::phase_oom_inflating, true, true),
+    phase("oom-reload", pressure::phase_oom_reload, true, true),
     phase("oom-control", pressure::phase_oom_control, true, true),
     phase("oom-intree", pressure::phase_oom_intree, false, true),
     phase("report", report::phase_report, true, true),

@@ -10,17 +10,23 @@
 //! - oom-many: three children at once, 700 MiB each;
 //! - oom-sequence: a child touches 1.5 GiB and exits, a second follows;
 //! - oom-inflating: the child starts while the balloon still inflates;
+//! - oom-reload: a child makes the page daemon raise vm_lowmem, the driver
+//!   is reloaded at once and the host asks for 95% of memory; a child then
+//!   takes what the guest can give (the soak's kills: the kernel raises no
+//!   vm_lowmem for `vm.lowmem_period` after the one the old instance got);
 //! - oom-control: the same as oom-one on a device without DEFLATE_ON_OOM
 //!   (`deflate-on-oom=off`): the kill is expected;
 //! - oom-intree: oom-one with the in-tree driver, as a reference.
 
 use crate::balloon::resize;
 use crate::check::{concat, Ctx};
-use crate::kld::{ensure_none, load_theirs, unload, THEIRS};
+use crate::kld::{ensure_none, load_theirs, unload, OURS_DESC, THEIRS};
 use crate::out::Line;
 use crate::proto::Reply;
 use crate::sys;
-use crate::sysctl::{get, get_u64, mib_of, page_size, wait_for, MIB, PAGE, PAGES_PER_MIB};
+use crate::sysctl::{
+    get, get_u64, mib_of, page_size, wait_exists, wait_for, MIB, PAGE, PAGES_PER_MIB,
+};
 
 /// Most children in one scenario.
 const MAX_CHILDREN: usize = 4;
@@ -109,6 +115,8 @@ pub struct Outcome {
     /// The kernel's "was killed" lines during the scenario (host's count).
     console_kills: Option<u64>,
     events: u64,
+    /// Shortages the driver's look after attach took for an event.
+    guard_events: u64,
     deflates: u64,
     /// From the children's start to the last one finishing.
     ms: u64,
@@ -170,6 +178,7 @@ pub fn run_children(c: &mut Ctx, driver: Driver, mibs: &[u64], one_by_one: bool)
     };
     o.lowest_mib = o.before_mib;
     let events0 = get("lowmem_events").unwrap_or(0);
+    let guard0 = get("oom_guard_events").unwrap_or(0);
     let deflates0 = get("oom_deflates").unwrap_or(0);
     let t0 = sys::now_ms();
     let groups: &[&[u64]] = if one_by_one {
@@ -220,6 +229,7 @@ pub fn run_children(c: &mut Ctx, driver: Driver, mibs: &[u64], one_by_one: bool)
     o.after_mib = balloon_mib(c, driver);
     o.lowest_mib = o.lowest_mib.min(o.after_mib);
     o.events = get("lowmem_events").unwrap_or(0) - events0;
+    o.guard_events = get("oom_guard_events").unwrap_or(0) - guard0;
     o.deflates = get("oom_deflates").unwrap_or(0) - deflates0;
     o.console_kills = match (o.console_kills, console_kills(c)) {
         (Some(a), Some(b)) => Some(b - a),
@@ -261,7 +271,9 @@ pub fn report(name: &str, o: &Outcome) {
         .s(name)
         .s(": vm_lowmem events ")
         .u(o.events)
-        .s(", pressure deflates ")
+        .s(" (+")
+        .u(o.guard_events)
+        .s(" after attach), pressure deflates ")
         .u(o.deflates)
         .s("; gave back ")
         .u(o.given_mib())
@@ -340,9 +352,9 @@ fn checks(c: &mut Ctx, scenario: &str, o: &Outcome) {
             named(
                 &mut b,
                 scenario,
-                "vm_lowmem events and pressure deflates counted",
+                "vm_lowmem events (or the look after attach) and pressure deflates counted",
             ),
-            o.events >= 1 && o.deflates >= 1,
+            o.events + o.guard_events >= 1 && o.deflates >= 1,
             "events",
             Some(o.events),
         );
@@ -539,6 +551,74 @@ pub fn phase_oom_inflating(c: &mut Ctx) {
         Some(actual),
     );
     back_to_zero(c, s);
+}
+
+pub fn phase_oom_reload(c: &mut Ctx) {
+    let s = "oom-reload";
+    let mut b = [0u8; 120];
+    for round in 0..2 {
+        if !inflated(c, s) {
+            break;
+        }
+        // The page daemon raises vm_lowmem for this instance...
+        let first = run_children(c, Driver::Ours, &[1024], false);
+        report("oom-reload first", &first);
+        // ...and the next one starts within vm.lowmem_period of it.
+        let back = unload(c.ours)
+            && matches!(sys::kldload(c.ours), Ok(_) | Err(sys::EEXIST))
+            && wait_exists(OURS_DESC, 30);
+        if !c.check(
+            named(&mut b, s, "the driver reloads"),
+            back,
+            "no dev.vtballoonrs.0",
+        ) {
+            return;
+        }
+        // Round 0: the child starts while the balloon inflates; round 1:
+        // once the floor has stopped it.
+        let ram = get_u64(b"hw.physmem").unwrap_or(0) / PAGE;
+        let _ = c.host.ask("set-target", ram * 95 / 100, 30);
+        let _ = wait_for("actual_pages", 10, |v| v > 0);
+        if round == 1 {
+            // The floor holds the rest back once the balloon stops growing.
+            let mut last = u64::MAX;
+            let deadline = sys::now_ms() + 120_000;
+            while sys::now_ms() < deadline {
+                let now = get("actual_pages").unwrap_or(0);
+                if now == last && get("floor_refused_pages").unwrap_or(0) > 0 {
+                    break;
+                }
+                last = now;
+                sys::sleep_ms(500);
+            }
+        }
+        // What the guest can give, as the soak sizes its children.
+        let have = free_mib() + get("actual_pages").unwrap_or(0) / PAGES_PER_MIB;
+        let mib = have.saturating_sub(free_target_mib() + 256) / 4 * 4;
+        let o = run_children(c, Driver::Ours, &[mib], false);
+        report(
+            if round == 0 {
+                "oom-reload inflating"
+            } else {
+                "oom-reload at the floor"
+            },
+            &o,
+        );
+        c.check_n(
+            named(&mut b, s, "nobody killed while the balloon held pages"),
+            o.nobody_killed() || o.lowest_mib == 0,
+            "killed",
+            Some(o.killed + o.console_kills.unwrap_or(0)),
+        );
+        c.check_n(
+            named(&mut b, s, "the child got all the memory it asked for"),
+            o.got_mib == o.want_mib,
+            "MiB touched",
+            Some(o.got_mib),
+        );
+        let _ = wait_for("oom_watching", 60, |v| v == 0);
+        back_to_zero(c, s);
+    }
 }
 
 pub fn phase_oom_control(c: &mut Ctx) {

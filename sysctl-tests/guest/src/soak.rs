@@ -329,7 +329,9 @@ pub fn phase_soak(c: &mut Ctx) {
             }
             checked_target = u64::MAX;
             reached_since = None;
-            next_unload = now + unload_every;
+            // On a grid from the start, so a slow cycle or the unplug does
+            // not cost cycles: late ones follow at least 2 s apart.
+            next_unload = (next_unload + unload_every).max(sys::now_ms() + 2_000);
         }
         // The hot-unplug and re-plug.
         if running && unplug_at.is_some_and(|t| now >= t) {

@@ -363,7 +363,7 @@ pub fn bench_boot(plan: &BenchPlan, boot_set: bool, generic: Option<&Path>) -> B
 }
 
 /// The deflate-on-OOM scenarios with the driver's and FreeBSD's defaults.
-const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating";
+const OOM_PHASES: &str = "oom-one oom-many oom-sequence oom-inflating oom-reload";
 
 /// The boots of `vmharness test`, each a fresh guest so one failure does
 /// not hide the next scenario. `generic`: a GENERIC kernel's boot
@@ -603,6 +603,7 @@ mod tests {
             "oom-many",
             "oom-sequence",
             "oom-inflating",
+            "oom-reload",
             "oom-control",
             "oom-intree",
             "report",
