@@ -959,7 +959,8 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             let step = side.balloon.step(&mut dev, &mut side.mem);
             st.clocks.step_us.add(ticks().saturating_sub(t0));
             let later = now_ms();
-            let look = side.pressure.next_look_ms(&oom, later);
+            let ballooned = u64::from(side.balloon.actual());
+            let look = side.pressure.next_look_ms(&oom, later, ballooned);
             let watching = side.pressure.watching_at(later);
             let notices = side.notices.due(later, &st.snapshot(), !watching);
             (step, look, watching, notices)
