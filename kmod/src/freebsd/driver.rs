@@ -120,7 +120,7 @@ pub struct Data {
     pub floor_pages: AtomicU64,
     /// The pressure watch runs (for sysctl).
     pub oom_watching: AtomicBool,
-    /// The look at free memory after attach runs (crate::pressure).
+    /// The guard looks at free memory (crate::pressure).
     pub oom_guarding: AtomicBool,
     pub inflate_run: AtomicU32,
     /// PFN buffers in flight.
@@ -920,7 +920,7 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         let (step, look, watching, notices) = st.balloon.with(|side| {
             let now = now_ms();
             let vm = vm_counters();
-            // The watch, or the guard after attach.
+            // The watch, or the guard (after attach or an event).
             if side.pressure.looking_at(now) {
                 let mut urgent = KernelDevice {
                     urgent: true,
