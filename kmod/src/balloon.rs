@@ -410,7 +410,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                 pressure.lowmem(tun, now_ms, vm, ballooned)
             }
             Relief::Watch => {
-                // Not watching yet: the guard after attach (crate::pressure).
+                // Not watching: the guard (crate::pressure).
                 let guard = !pressure.watching_at(now_ms);
                 let pages = pressure.tick(tun, now_ms, vm, ballooned);
                 if guard && pages > 0 {

@@ -100,7 +100,7 @@ pub struct BalloonCounters {
     pub deflated_pages: Counter,
     /// vm_lowmem events handled.
     pub lowmem_events: Counter,
-    /// Shortages the look after attach took for a vm_lowmem event the
+    /// Shortages the guard (after attach or an event) took for a vm_lowmem event the
     /// kernel's rate limit held back.
     pub guard_events: Counter,
     /// 4 KiB units given back because of memory pressure (vm_lowmem events

@@ -31,17 +31,20 @@
 //!   span in which the kernel cannot raise another event); while nothing is
 //!   short for that long, or once the balloon is empty, the watch ends and
 //!   no timer runs.
-//! - **A new instance guards the span it may have missed.** The rate
-//!   limit is system-wide: when the kernel's last event went to the
-//!   instance this one replaces (a kldunload and kldload, a re-plugged
-//!   device), no event comes for up to `vm.lowmem_period`, and a process
-//!   that needs the balloon's memory then is killed first (the soak found
-//!   it: every kill came within seconds of a kldload). So for one watch
-//!   span after attach ([`Pressure::attached`]) the driver looks at free
-//!   memory as the watch does and takes free memory below the page
-//!   daemon's target, where the page daemon raises `vm_lowmem`, for the
-//!   event: it deflates as for one and starts the watch. The balloon
-//!   inflates meanwhile as it would.
+//! - **The guard: the spans in which no event can come.** The rate limit
+//!   is system-wide: when the kernel's last event went to the instance this
+//!   one replaces (a kldunload and kldload, a re-plugged device), no event
+//!   comes for up to `vm.lowmem_period`; and when an event emptied the
+//!   balloon, its watch ends at once, but the kernel raises no other event
+//!   for as long if the host then asks for memory again. A process that
+//!   needs the balloon's memory in such a span is killed first (the soak
+//!   found both: kills right after a kldload, and right after a target
+//!   raise that followed a pressure deflate of a small balloon). So for one
+//!   watch span after attach ([`Pressure::attached`]) and after every event
+//!   the driver looks at free memory as the watch does and takes free
+//!   memory below the page daemon's target, where the page daemon raises
+//!   `vm_lowmem`, for the event: it deflates as for one and starts the
+//!   watch. The balloon inflates meanwhile as it would.
 //! - **What was not needed stays ballooned.** Each deflate is sized to the
 //!   shortage, so after the pressure the balloon holds everything the guest
 //!   did not need, less the page daemon's target, the headroom and at most
@@ -146,8 +149,13 @@ impl Pressure {
     /// memory and answers a shortage as a `vm_lowmem` event (the kernel's
     /// last one may have gone to the instance this one replaces).
     pub fn attached(&mut self, tun: &OomTunables, now_ms: u64) {
+        self.guard(tun, now_ms);
+    }
+
+    /// The kernel may raise no event for one watch span from `now_ms`.
+    fn guard(&mut self, tun: &OomTunables, now_ms: u64) {
         if tun.watch_ms != 0 {
-            self.guard_until_ms = now_ms + u64::from(tun.watch_ms);
+            self.guard_until_ms = self.guard_until_ms.max(now_ms + u64::from(tun.watch_ms));
         }
     }
 
@@ -167,16 +175,21 @@ impl Pressure {
             .saturating_sub(vm.free)
             .max(u64::from(tun.min_batch_pages));
         self.extend(tun, now_ms, ballooned);
+        self.guard(tun, now_ms);
         want.min(ballooned)
     }
 
     /// A look at free memory while watching or guarding: the guest pages
     /// to give back now (0 if none is short, or the watch is over).
     pub fn tick(&mut self, tun: &OomTunables, now_ms: u64, vm: &VmCounters, ballooned: u64) -> u64 {
-        if !self.watching_at(now_ms) && self.guarding_at(now_ms) {
-            return self.guard_look(tun, now_ms, vm, ballooned);
+        if ballooned == 0 {
+            // Nothing to give: the watch ends, the guard goes on.
+            self.until_ms = 0;
         }
-        if !self.watching_at(now_ms) || ballooned == 0 {
+        if !self.watching_at(now_ms) {
+            if self.guarding_at(now_ms) {
+                return self.guard_look(tun, now_ms, vm, ballooned);
+            }
             self.stop();
             return 0;
         }
@@ -192,9 +205,9 @@ impl Pressure {
         want
     }
 
-    /// A look during the guard after attach: below the page daemon's target
-    /// the kernel would raise `vm_lowmem` now but for its rate limit, so
-    /// this is that event (once: the watch it starts takes over).
+    /// A look during the guard: below the page daemon's target the kernel
+    /// would raise `vm_lowmem` now but for its rate limit, so this is that
+    /// event (it starts the watch).
     fn guard_look(
         &mut self,
         tun: &OomTunables,
@@ -205,7 +218,6 @@ impl Pressure {
         if ballooned == 0 || vm.free >= vm.free_target {
             return 0;
         }
-        self.guard_until_ms = 0;
         self.lowmem(tun, now_ms, vm, ballooned)
     }
 
@@ -225,9 +237,10 @@ impl Pressure {
     }
 
     /// Milliseconds until the next look, or `None` when neither watching
-    /// nor guarding.
-    pub fn next_look_ms(&self, tun: &OomTunables, now_ms: u64) -> Option<u32> {
-        self.looking_at(now_ms).then_some(tun.interval_ms.max(1))
+    /// nor guarding a balloon that holds pages (`ballooned`).
+    pub fn next_look_ms(&self, tun: &OomTunables, now_ms: u64, ballooned: u64) -> Option<u32> {
+        let guard = self.guarding_at(now_ms) && ballooned > 0;
+        (self.watching_at(now_ms) || guard).then_some(tun.interval_ms.max(1))
     }
 
     /// True while the balloon thread looks at free memory: the watch, or
@@ -355,7 +368,7 @@ mod tests {
         let mut p = Pressure::new();
         assert_eq!(p.lowmem(&tun, 1000, &vm(0), 0), 0);
         assert!(!p.watching_at(1001));
-        assert_eq!(p.next_look_ms(&tun, 1001), None);
+        assert_eq!(p.next_look_ms(&tun, 1001, 0), None);
     }
 
     #[test]
@@ -415,13 +428,13 @@ mod tests {
         let tun = OomTunables::default();
         let mut p = Pressure::new();
         p.lowmem(&tun, 1000, &vm(5_000), 500_000);
-        assert_eq!(p.next_look_ms(&tun, 2000), Some(10));
+        assert_eq!(p.next_look_ms(&tun, 2000, 500_000), Some(10));
         // A deflate at 5 s extends it to 20 s.
         assert!(p.tick(&tun, 5_000, &vm(1_000), 500_000) > 0);
         assert!(p.watching_at(19_999));
         assert!(!p.watching_at(20_000));
         assert_eq!(p.tick(&tun, 20_000, &vm(1_000), 500_000), 0);
-        assert_eq!(p.next_look_ms(&tun, 20_000), None);
+        assert_eq!(p.next_look_ms(&tun, 20_000, 500_000), None);
         // Balloon emptied: the watch stops at once.
         p.lowmem(&tun, 30_000, &vm(5_000), 500_000);
         assert_eq!(p.tick(&tun, 30_010, &vm(1_000), 0), 0);
@@ -434,7 +447,7 @@ mod tests {
         let mut p = Pressure::new();
         p.attached(&tun, 1000);
         // Looking, not watching: the balloon may inflate.
-        assert_eq!(p.next_look_ms(&tun, 1001), Some(10));
+        assert_eq!(p.next_look_ms(&tun, 1001, 500_000), Some(10));
         assert!(!p.watching_at(1001));
         // At or above the page daemon's target: nothing.
         assert_eq!(p.tick(&tun, 1010, &vm(23_000), 500_000), 0);
@@ -448,10 +461,31 @@ mod tests {
         );
         assert!(p.watching_at(1031));
         assert!(!p.watching_at(16_030));
-        assert!(
-            !p.looking_at(16_030),
-            "the guard ended with the first event"
+        assert!(!p.looking_at(16_030), "one watch span after the event");
+    }
+
+    #[test]
+    fn an_event_that_empties_the_balloon_ends_the_watch_not_the_guard() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        // A small balloon: the event takes it all.
+        assert_eq!(p.lowmem(&tun, 1000, &vm(5_000), 1_000), 1_000);
+        assert_eq!(p.tick(&tun, 1010, &vm(6_000), 0), 0);
+        assert!(!p.watching_at(1011), "nothing left to watch for");
+        // The host asks again within the kernel's silent span: a shortage
+        // then is the event the kernel holds back.
+        assert!(p.looking_at(5_000));
+        assert_eq!(p.tick(&tun, 5_000, &vm(23_000), 200_000), 0);
+        assert_eq!(
+            p.tick(&tun, 5_010, &vm(10_000), 200_000),
+            23_000 + 4096 - 10_000
         );
+        assert!(p.watching_at(5_011));
+        // Without a shortage the guard ends a watch span after the event.
+        let mut q = Pressure::new();
+        q.lowmem(&tun, 1000, &vm(5_000), 1_000);
+        q.tick(&tun, 1010, &vm(6_000), 0);
+        assert!(!q.looking_at(16_000));
     }
 
     #[test]
@@ -468,7 +502,7 @@ mod tests {
         };
         let mut q = Pressure::new();
         q.attached(&events_only, 1000);
-        assert_eq!(q.next_look_ms(&events_only, 1001), None);
+        assert_eq!(q.next_look_ms(&events_only, 1001, 500_000), None);
     }
 
     #[test]

@@ -156,9 +156,15 @@ fn run_from(
             Some(_) => {
                 let vm = w.borrow().vm();
                 b.relieve(&mut p, tun, Relief::Watch, &mut dev, &mut mem, &vm, now);
-                next_look = p.next_look_ms(tun, now).map(|d| now + u64::from(d));
+                next_look = p
+                    .next_look_ms(tun, now, u64::from(b.actual()))
+                    .map(|d| now + u64::from(d));
             }
-            None => next_look = p.next_look_ms(tun, now).map(|d| now + u64::from(d)),
+            None => {
+                next_look = p
+                    .next_look_ms(tun, now, u64::from(b.actual()))
+                    .map(|d| now + u64::from(d))
+            }
         }
         if got == want && next_look.is_none() {
             break;

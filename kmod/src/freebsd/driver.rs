@@ -120,7 +120,7 @@ pub struct Data {
     pub floor_pages: AtomicU64,
     /// The pressure watch runs (for sysctl).
     pub oom_watching: AtomicBool,
-    /// The look at free memory after attach runs (crate::pressure).
+    /// The guard looks at free memory (crate::pressure).
     pub oom_guarding: AtomicBool,
     pub inflate_run: AtomicU32,
     /// PFN buffers in flight.
@@ -920,7 +920,7 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
         let (step, look, watching, notices) = st.balloon.with(|side| {
             let now = now_ms();
             let vm = vm_counters();
-            // The watch, or the guard after attach.
+            // The watch, or the guard (after attach or an event).
             if side.pressure.looking_at(now) {
                 let mut urgent = KernelDevice {
                     urgent: true,
@@ -959,7 +959,8 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
             let step = side.balloon.step(&mut dev, &mut side.mem);
             st.clocks.step_us.add(ticks().saturating_sub(t0));
             let later = now_ms();
-            let look = side.pressure.next_look_ms(&oom, later);
+            let ballooned = u64::from(side.balloon.actual());
+            let look = side.pressure.next_look_ms(&oom, later, ballooned);
             let watching = side.pressure.watching_at(later);
             let notices = side.notices.due(later, &st.snapshot(), !watching);
             (step, look, watching, notices)

@@ -451,7 +451,7 @@ pub fn phase_resize(c: &mut Ctx) {
 /// thread sleeps without a timer, so `thread_wakeups` stays put.
 fn thread_stays_asleep(c: &mut Ctx) {
     const NAME: &str = "the balloon thread does not wake while the target is reached (5 s)";
-    // The look at free memory after attach (oom_watching 2) ends first;
+    // The guard (oom_watching 2, after attach) ends first;
     // the last acks may still wake it once right after actual_pages moved.
     let _ = wait_for("oom_watching", 60, |v| v == 0);
     sys::sleep_ms(1_000);

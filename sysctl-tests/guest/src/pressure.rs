@@ -115,7 +115,7 @@ pub struct Outcome {
     /// The kernel's "was killed" lines during the scenario (host's count).
     console_kills: Option<u64>,
     events: u64,
-    /// Shortages the driver's look after attach took for an event.
+    /// Shortages the driver's guard took for an event.
     guard_events: u64,
     deflates: u64,
     /// From the children's start to the last one finishing.
@@ -273,7 +273,7 @@ pub fn report(name: &str, o: &Outcome) {
         .u(o.events)
         .s(" (+")
         .u(o.guard_events)
-        .s(" after attach), pressure deflates ")
+        .s(" by the guard), pressure deflates ")
         .u(o.deflates)
         .s("; gave back ")
         .u(o.given_mib())
@@ -352,7 +352,7 @@ fn checks(c: &mut Ctx, scenario: &str, o: &Outcome) {
             named(
                 &mut b,
                 scenario,
-                "vm_lowmem events (or the look after attach) and pressure deflates counted",
+                "vm_lowmem events (or the guard) and pressure deflates counted",
             ),
             o.events + o.guard_events >= 1 && o.deflates >= 1,
             "events",
