@@ -71,9 +71,13 @@ pub fn parse(line: &str) -> Line {
         let w: Vec<&str> = rest.split_whitespace().collect();
         if let [seq, cmd, arg] = w[..] {
             if let (Ok(seq), Ok(arg)) = (seq.parse(), arg.parse()) {
-                // Node names in `bench-cost-<node>` have underscores.
-                let word = |c: u8| c.is_ascii_lowercase() || c == b'-' || c == b'_';
-                if !cmd.is_empty() && cmd.bytes().all(word) {
+                // Node names in `bench-cost-<node>` have underscores, and
+                // `bench-oom-given-x100` a number.
+                let word =
+                    |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
+                if cmd.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
+                    && cmd.bytes().all(word)
+                {
                     return Line::Host {
                         seq,
                         cmd: cmd.to_string(),
@@ -180,6 +184,15 @@ mod tests {
                 arg: 1695574
             }
         );
+        // The bench's pressure figures: a number in the name.
+        assert_eq!(
+            parse("HOST: 450 bench-oom-given-x100 101"),
+            Line::Host {
+                seq: 450,
+                cmd: "bench-oom-given-x100".into(),
+                arg: 101
+            }
+        );
         // Damaged or partial requests are ignored: the guest asks again.
         for bad in [
             "HOST: set-target 5",
@@ -188,6 +201,7 @@ mod tests {
             "HOST: x set-target 5",
             "HOST: 3 Set_Target 5",
             "HOST: 3 set-target -1",
+            "HOST: 3 9-target 5",
         ] {
             assert_eq!(parse(bad), Line::Other, "{bad}");
         }
