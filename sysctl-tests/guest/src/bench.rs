@@ -379,7 +379,10 @@ fn bench_ours_at_rest(c: &mut Ctx) {
 fn bench_idle(c: &mut Ctx) {
     const NAME: &str = "bench vtballoonrs idle wakeups";
     const WINDOW_MS: u64 = 10_000;
-    // The last acks may wake the thread once more right after the target.
+    // The pressure guard after the previous row's events ends first
+    // (oom_watching 2: it looks at free memory every 10 ms for 15 s); the
+    // last acks may wake the thread once more right after the target.
+    let _ = crate::sysctl::wait_for("oom_watching", 60, |v| v == 0);
     sys::sleep_ms(1_000);
     let (Some(t0), r0) = (get("thread_wakeups"), get("report_wakeups")) else {
         c.skip(NAME, "no thread_wakeups node (older driver)");
