@@ -195,6 +195,21 @@ fn initially_free(balloon_pages: u32) -> usize {
     PAGES - balloon_pages as usize
 }
 
+/// The process of `want` pages at 50 pages/ms got it all, and the balloon
+/// gave back what was needed, less a bounded margin: the free target, the
+/// headroom, two intervals of consumption, rounding.
+fn assert_gave_what_was_needed(o: &Outcome, tun: &OomTunables, balloon: u32, want: usize) {
+    assert!(!o.killed, "killed after getting {} of {want} pages", o.got);
+    assert_eq!(o.got, want);
+    let needed = want - (initially_free(balloon) - FREE_TARGET as usize);
+    let given = (o.before - o.after) as usize;
+    let margin = FREE_TARGET as usize + tun.headroom_pages as usize + 2 * 10 * 50 + 1024;
+    assert!(
+        (needed..=needed + margin).contains(&given),
+        "gave {given}, needed {needed} (+{margin})"
+    );
+}
+
 #[test]
 fn a_process_needing_the_balloons_memory_survives_with_defaults() {
     let tun = OomTunables::default();
@@ -202,18 +217,7 @@ fn a_process_needing_the_balloons_memory_survives_with_defaults() {
     let want = PAGES / 2;
     // 50 pages/ms: 200 MiB/s, faster than a process faults under TCG.
     let o = run(Driver::Ours(tun), balloon, want, 50, 60_000);
-    assert!(!o.killed, "killed after getting {} of {want} pages", o.got);
-    assert_eq!(o.got, want);
-    let needed = want - (initially_free(balloon) - FREE_TARGET as usize);
-    let given = (o.before - o.after) as usize;
-    assert!(given >= needed, "gave {given}, needed {needed}");
-    // What was not needed stays ballooned, less a bounded margin: the free
-    // target, the headroom, two intervals of consumption, rounding.
-    let margin = FREE_TARGET as usize + tun.headroom_pages as usize + 2 * 10 * 50 + 1024;
-    assert!(
-        given <= needed + margin,
-        "gave {given}, needed {needed} (+{margin})"
-    );
+    assert_gave_what_was_needed(&o, &tun, balloon, want);
     assert!(o.events >= 1);
     assert!(o.deflates > o.events, "the watch kept up between events");
 }
@@ -267,38 +271,16 @@ fn a_just_loaded_driver_guards_the_span_the_kernel_raises_no_event() {
     let tun = OomTunables::default();
     let balloon = (PAGES * 3 / 4) as u32;
     let want = PAGES / 2;
+    let run = |start| run_from(start, Driver::Ours(tun), balloon, want, 50, 60_000);
     // Without the guard the process is killed before the kernel may raise
     // another event (the soak's kills, right after a kldload).
-    let o = run_from(
-        Start::ReloadedUnguarded,
-        Driver::Ours(tun),
-        balloon,
-        want,
-        50,
-        60_000,
-    );
-    assert!(o.killed, "the model must show the failure the guard is for");
-    let o = run_from(
-        Start::Reloaded,
-        Driver::Ours(tun),
-        balloon,
-        want,
-        50,
-        60_000,
-    );
-    assert!(!o.killed, "killed after getting {} of {want} pages", o.got);
-    assert_eq!(o.got, want);
-    assert_eq!(
-        o.guard_events, 1,
-        "the look after attach took the first shortage"
-    );
-    let needed = want - (initially_free(balloon) - FREE_TARGET as usize);
-    let given = (o.before - o.after) as usize;
-    let margin = FREE_TARGET as usize + tun.headroom_pages as usize + 2 * 10 * 50 + 1024;
     assert!(
-        (needed..=needed + margin).contains(&given),
-        "gave {given}, needed {needed} (+{margin})"
+        run(Start::ReloadedUnguarded).killed,
+        "the model must show the failure the guard is for"
     );
+    let o = run(Start::Reloaded);
+    assert_gave_what_was_needed(&o, &tun, balloon, want);
+    assert_eq!(o.guard_events, 1, "the guard took the first shortage");
 }
 
 #[test]
