@@ -41,6 +41,7 @@ mod pressure;
 mod proto;
 mod report;
 mod rootport;
+mod sampler;
 mod soak;
 mod sys;
 mod sysctl;

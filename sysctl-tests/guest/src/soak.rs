@@ -198,6 +198,7 @@ pub fn phase_soak(c: &mut Ctx) {
     // Found while the balloon is there (the unplug half way needs it).
     let port = crate::rootport::RootPort::of_balloon();
     let failed0 = c.failed;
+    let recorder = crate::sampler::Sampler::start();
     let page = page_size();
     let free_target = get_u64(b"vm.stats.vm.v_free_target").unwrap_or(0) * page;
 
@@ -229,6 +230,9 @@ pub fn phase_soak(c: &mut Ctx) {
                 kills = k;
                 if killed {
                     f.kills += 1;
+                    if let Some(r) = recorder.as_ref() {
+                        r.dump("a child was killed", 4_000);
+                    }
                     if ch.balloon_low > 0 {
                         f.kills_held += 1;
                         c.check_n(
@@ -379,6 +383,9 @@ pub fn phase_soak(c: &mut Ctx) {
         sys::sleep_ms(100);
     }
     // The end: an empty balloon, the last unload, free memory as it was.
+    if let Some(r) = recorder {
+        r.stop();
+    }
     let _ = ask(c, "set-target", 0);
     let _ = crate::sysctl::wait_for("actual_pages", 300, |v| v == 0);
     take_counters(&mut f);

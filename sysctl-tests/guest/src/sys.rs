@@ -593,3 +593,27 @@ pub fn poweroff() -> ! {
     let _ = unsafe { syscall6(SYS_REBOOT, [RB_POWEROFF, 0, 0, 0, 0, 0]) };
     exit(0)
 }
+
+/// procctl(2) PROC_SPROTECT on this process: the page daemon's OOM killer
+/// passes it over.
+pub fn protect_me() -> Res {
+    const SYS_PROCCTL: u64 = 544;
+    const P_PID: u64 = 0;
+    const PROC_SPROTECT: u64 = 1;
+    const PPROT_SET: i32 = 1;
+    let flags = PPROT_SET;
+    // SAFETY: `flags` is an int that outlives the call, as PROC_SPROTECT reads.
+    unsafe {
+        syscall6(
+            SYS_PROCCTL,
+            [
+                P_PID,
+                getpid(),
+                PROC_SPROTECT,
+                &flags as *const i32 as u64,
+                0,
+                0,
+            ],
+        )
+    }
+}
