@@ -15,6 +15,13 @@
 #include <sys/proc.h>
 #include <sys/callout.h>
 #include <sys/taskqueue.h>
+#include <sys/pidctrl.h>
+
+#include <vm/vm.h>
+#include <vm/vm_param.h>
+#include <vm/vm_page.h>
+#include <vm/vm_phys.h>
+#include <vm/vm_pagequeue.h>
 
 #include <machine/cpu.h>
 #if defined(__aarch64__)
@@ -106,6 +113,54 @@ vtbrs_cycles(void)
 #else
 	return (cpu_ticks());
 #endif
+}
+
+/*
+ * Pages the page daemon's controller asks for in the interval under way,
+ * over all domains (none once the interval has passed). A pass that frees
+ * less than it asked for counts toward an OOM kill. The fields are private
+ * to vm_pageout.c, hence C; racy reads of plain ints, as its sysctls read
+ * them. The deficit of failed allocations is left out: deflating does not
+ * cancel it in the page daemon's arithmetic, and a stale one (it is
+ * cleared only by a pass that looks for pages) would look like pressure.
+ */
+u_int
+vtbrs_pageout_request(void)
+{
+	struct vm_domain *vmd;
+	u_int n;
+	int i, out;
+
+	n = 0;
+	for (i = 0; i < vm_ndomains; i++) {
+		vmd = VM_DOMAIN(i);
+		out = atomic_load_int(&vmd->vmd_pid.pc_output);
+		if ((u_int)ticks - (u_int)atomic_load_int(&vmd->vmd_pid.pc_ticks) <
+		    (u_int)vmd->vmd_pid.pc_interval && out > 0)
+			n += out;
+	}
+	return (n);
+}
+
+/*
+ * Takes back the page a failed non-sleeping allocation of ours added to the
+ * page daemon's deficit (vm_domain_alloc_fail), in every domain it may have
+ * tried, never below zero (see forget_if_failed in memory.rs).
+ */
+void
+vtbrs_forget_failed_alloc(void)
+{
+	struct vm_domain *vmd;
+	u_int old;
+	int i;
+
+	for (i = 0; i < vm_ndomains; i++) {
+		vmd = VM_DOMAIN(i);
+		old = atomic_load_int(&vmd->vmd_pageout_deficit);
+		while (old > 0 && atomic_fcmpset_int(&vmd->vmd_pageout_deficit,
+		    &old, old - 1) == 0)
+			;
+	}
 }
 
 uint64_t

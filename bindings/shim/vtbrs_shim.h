@@ -41,6 +41,8 @@ void	vtbrs_callout_reset(struct callout *c, int ticks, void (*fn)(void *), void 
 lwpid_t	vtbrs_curthread_tid(void);
 uint64_t vtbrs_cycles(void);
 uint64_t vtbrs_cycles_per_second(void);
+u_int	vtbrs_pageout_request(void);
+void	vtbrs_forget_failed_alloc(void);
 
 /* Implemented in Rust: the newbus and virtio methods. */
 int	vtbrs_rs_attach(device_t dev);

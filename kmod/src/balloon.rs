@@ -94,6 +94,10 @@ pub enum InflateLimit {
     Floor(u64),
     /// Memory pressure is being watched: nothing until it has passed.
     Pressure,
+    /// Near the floor the inflate is paced ([`crate::pressure::InflatePace`]):
+    /// at most `pages` more guest pages now, the rest after `retry_ms`. Not a
+    /// refusal: nothing is counted and the backoff does not grow.
+    Paced { pages: u64, retry_ms: u32 },
 }
 
 /// Why the balloon gives memory back to a guest under pressure.
@@ -311,6 +315,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         // lists) the returned pages.
         let acked = self.take_ready(dev);
         let mut short_of_memory = false;
+        let mut paced_ms = None;
         if self.wantsize {
             let host = *self.host_target.get_or_insert_with(|| dev.num_pages());
             self.counters.target_pages.set(u64::from(host));
@@ -335,7 +340,10 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                 // The limit holds the rest back: wait for memory only once
                 // the allowance is used up, not while taking what it allows.
                 if allowed < want && took == 0 && self.inflight_in == 0 {
-                    short_of_memory = true;
+                    match self.limit {
+                        InflateLimit::Paced { retry_ms, .. } => paced_ms = Some(retry_ms),
+                        _ => short_of_memory = true,
+                    }
                 }
             } else if target < planned && self.inflight_in == 0 {
                 if let Err(e) = self.post_deflates(dev, mem, (planned - target) as u32) {
@@ -359,6 +367,9 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             return Step::Backoff {
                 ms: self.next_backoff(),
             };
+        }
+        if let Some(ms) = paced_ms {
+            return Step::Backoff { ms };
         }
         if self.needs_work() {
             Step::More
@@ -521,11 +532,14 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         self.inflight_in + self.inflight_out
     }
 
-    /// The floor's allowance shrinks by what was just taken.
+    /// The floor's or the pace's allowance shrinks by what was just taken.
     fn use_allowance<M: Memory>(&mut self, mem: &M, units: u32) {
-        if let InflateLimit::Floor(pages) = self.limit {
-            let taken = u64::from(units) / units_per_page(mem) as u64;
-            self.limit = InflateLimit::Floor(pages.saturating_sub(taken));
+        let taken = u64::from(units) / units_per_page(mem) as u64;
+        match &mut self.limit {
+            InflateLimit::Floor(pages) | InflateLimit::Paced { pages, .. } => {
+                *pages = pages.saturating_sub(taken);
+            }
+            InflateLimit::None | InflateLimit::Pressure => {}
         }
     }
 
@@ -536,10 +550,15 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         let allowed = match self.limit {
             InflateLimit::None => return want,
             InflateLimit::Pressure => 0,
-            InflateLimit::Floor(pages) => {
+            InflateLimit::Floor(pages) | InflateLimit::Paced { pages, .. } => {
                 pages.saturating_mul(per_page).min(u64::from(want)) as u32
             }
         };
+        if let InflateLimit::Paced { .. } = self.limit {
+            // The floor lets the balloon take more than the pace: it
+            // refuses nothing now.
+            self.counters.floor_refused_pages.set(0);
+        }
         if let InflateLimit::Floor(_) = self.limit {
             let refused = want - allowed;
             if refused > 0 && self.counters.floor_refused_pages.get() == 0 {

@@ -132,6 +132,10 @@ pub struct VmCounters {
     pub pd_scanned: u64,
     /// Pages freed by the page daemon (`v_dfree`).
     pub pd_freed: u64,
+    /// Pages the page daemon's controller asks for in the interval under
+    /// way (0 once it has passed). Each of its passes that frees none of
+    /// them counts toward an OOM kill.
+    pub pd_request: u64,
 }
 
 /// Free blocks of contiguous guest memory, for free page reporting.

@@ -41,10 +41,18 @@
 //!   found both: kills right after a kldload, and right after a target
 //!   raise that followed a pressure deflate of a small balloon). So for one
 //!   watch span after attach ([`Pressure::attached`]) and after every event
-//!   the driver looks at free memory as the watch does and takes free
-//!   memory below the page daemon's target, where the page daemon raises
-//!   `vm_lowmem`, for the event: it deflates as for one and starts the
+//!   the driver looks at free memory as the watch does and takes what the
+//!   watch would deflate for (just above where the page daemon raises
+//!   `vm_lowmem`) for the event: it deflates as for one and starts the
 //!   watch. The balloon inflates meanwhile as it would.
+//! - **What the page daemon asks for, it gets.** The page daemon kills
+//!   after `vm.pageout_oom_seq` passes that asked for pages and freed none;
+//!   a pass that asks for nothing leaves that count as it is, so with
+//!   nothing reclaimable it goes on across bursts. The event, the watch and
+//!   the guard give at least what its controller asks for in the interval
+//!   under way ([`VmCounters::pd_request`]), and the inflate is paced near
+//!   the page daemon's target ([`InflatePace`]) so that it does not wind
+//!   the controller up.
 //! - **What was not needed stays ballooned.** Each deflate is sized to the
 //!   shortage, so after the pressure the balloon holds everything the guest
 //!   did not need, less the page daemon's target, the headroom and at most
@@ -61,6 +69,7 @@
 //! host asks.
 
 use crate::avail::available_pages;
+use crate::balloon::InflateLimit;
 use crate::platform::VmCounters;
 
 /// Knobs of the pressure policy, in guest pages and milliseconds.
@@ -173,7 +182,8 @@ impl Pressure {
         let want = self
             .goal(tun, vm)
             .saturating_sub(vm.free)
-            .max(u64::from(tun.min_batch_pages));
+            .max(u64::from(tun.min_batch_pages))
+            .max(vm.pd_request);
         self.extend(tun, now_ms, ballooned);
         self.guard(tun, now_ms);
         want.min(ballooned)
@@ -194,20 +204,25 @@ impl Pressure {
             return 0;
         }
         self.sample(now_ms, vm.free);
-        let low = vm.free_target + u64::from(tun.headroom_pages) / 2;
-        if vm.free >= low {
+        if !below_low_water(tun, vm) {
             return 0;
         }
-        let want = self.goal(tun, vm).saturating_sub(vm.free).min(ballooned);
+        let want = self
+            .goal(tun, vm)
+            .saturating_sub(vm.free)
+            .max(vm.pd_request)
+            .min(ballooned);
         if want > 0 {
             self.extend(tun, now_ms, ballooned);
         }
         want
     }
 
-    /// A look during the guard: below the page daemon's target the kernel
-    /// would raise `vm_lowmem` now but for its rate limit, so this is that
-    /// event (it starts the watch).
+    /// A look during the guard: free memory where the watch would deflate
+    /// (just above the page daemon's target, where the kernel raises
+    /// `vm_lowmem` but for its rate limit) counts as that event (it starts
+    /// the watch). Waiting for the target itself let one page-daemon pass
+    /// see a shortage first.
     fn guard_look(
         &mut self,
         tun: &OomTunables,
@@ -215,7 +230,7 @@ impl Pressure {
         vm: &VmCounters,
         ballooned: u64,
     ) -> u64 {
-        if ballooned == 0 || vm.free >= vm.free_target {
+        if ballooned == 0 || !below_low_water(tun, vm) {
             return 0;
         }
         self.lowmem(tun, now_ms, vm, ballooned)
@@ -301,6 +316,16 @@ impl Pressure {
     }
 }
 
+/// True when the watch and the guard deflate: free memory below the page
+/// daemon's target plus half the headroom, or the page daemon asking for
+/// pages. With nothing it can reclaim (no swap, anonymous memory) every
+/// pass that asks counts toward an OOM kill, and the count goes on across
+/// bursts until a pass frees a page: giving what it asks for at once keeps
+/// a burst to one such pass.
+fn below_low_water(tun: &OomTunables, vm: &VmCounters) -> bool {
+    vm.free < vm.free_target + u64::from(tun.headroom_pages) / 2 || vm.pd_request > 0
+}
+
 /// Least memory the default floor keeps beyond the page daemon's target.
 pub const FLOOR_MIN_BYTES: u64 = 16 << 20;
 
@@ -325,6 +350,103 @@ pub fn inflate_allowance(vm: &VmCounters, floor_pages: u64, watching: bool) -> u
         return u64::MAX;
     }
     available_pages(vm).saturating_sub(floor_pages)
+}
+
+/// The inflate limit for the balloon's next step: nothing while the watch
+/// runs, no limit without a floor (`floor_pages` 0), otherwise the floor's
+/// allowance, or the pace's where that is less.
+pub fn inflate_limit(
+    pace: &mut InflatePace,
+    now_ms: u64,
+    vm: &VmCounters,
+    floor_pages: u64,
+    watching: bool,
+    ballooned: u64,
+) -> InflateLimit {
+    if watching {
+        return InflateLimit::Pressure;
+    }
+    if floor_pages == 0 {
+        return InflateLimit::None;
+    }
+    let floor = inflate_allowance(vm, floor_pages, false);
+    let paced = pace.allowance(now_ms, vm, ballooned);
+    if paced.pages < floor {
+        InflateLimit::Paced {
+            pages: paced.pages,
+            retry_ms: paced.retry_ms,
+        }
+    } else {
+        InflateLimit::Floor(floor)
+    }
+}
+
+/// Paces the inflate as it nears the floor, so the balloon never makes the
+/// page daemon see a shortage that is not there.
+///
+/// FreeBSD's page daemon sizes each pass with a PID controller (setpoint
+/// `v_free_target`, recomputed every 100 ms; `pidctrl_daemon`). Within one
+/// interval it adds every fall of free memory since its last call to the
+/// integral, and the derivative is the fall over the interval: a balloon
+/// that takes a few hundred MiB at once winds the controller up, which then
+/// asks for pages for a second or more while free memory is well above its
+/// target. With nothing reclaimable (no swap, anonymous memory, the rest in
+/// the balloon) each such pass frees nothing, and the page daemon counts
+/// those passes (`vmd_oom_seq`) until one frees a page: a count that goes
+/// on across bursts, so after a few reloads and raises the 12th failed pass
+/// (`vm.pageout_oom_seq`) kills the largest process while the balloon holds
+/// memory and free memory is above the target. The soak found it.
+///
+/// So within each [`Self::WINDOW_MS`] the balloon takes at most a fifth of
+/// what free memory has above the page daemon's target: far from it the
+/// inflate runs at full speed, near it the controller's proportional term
+/// (a third of the margin left) outweighs what the fall adds (integral a
+/// quarter, derivative an eighth), even when two windows fall in one of
+/// its intervals, with room for the guest's own allocations.
+#[derive(Debug, Default)]
+pub struct InflatePace {
+    window_end_ms: u64,
+    budget: u64,
+    start_ballooned: u64,
+}
+
+/// What the pace allows now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paced {
+    /// Guest pages the balloon may take until the window ends.
+    pub pages: u64,
+    /// Milliseconds until the next window (at least 1).
+    pub retry_ms: u32,
+}
+
+impl InflatePace {
+    pub const WINDOW_MS: u64 = 100;
+    /// A window's budget: this share of free memory above the target.
+    pub const SHARE_DIVISOR: u64 = 5;
+
+    pub const fn new() -> Self {
+        InflatePace {
+            window_end_ms: 0,
+            budget: 0,
+            start_ballooned: 0,
+        }
+    }
+
+    /// What the balloon, now holding `ballooned` guest pages, may take in
+    /// the current window; a new window starts when the last one ended or
+    /// the balloon shrank meanwhile.
+    pub fn allowance(&mut self, now_ms: u64, vm: &VmCounters, ballooned: u64) -> Paced {
+        if now_ms >= self.window_end_ms || ballooned < self.start_ballooned {
+            self.window_end_ms = now_ms + Self::WINDOW_MS;
+            self.budget = vm.free.saturating_sub(vm.free_target) / Self::SHARE_DIVISOR;
+            self.start_ballooned = ballooned;
+        }
+        let taken = ballooned - self.start_ballooned;
+        Paced {
+            pages: self.budget.saturating_sub(taken),
+            retry_ms: (self.window_end_ms - now_ms).clamp(1, Self::WINDOW_MS) as u32,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -449,8 +571,9 @@ mod tests {
         // Looking, not watching: the balloon may inflate.
         assert_eq!(p.next_look_ms(&tun, 1001, 500_000), Some(10));
         assert!(!p.watching_at(1001));
-        // At or above the page daemon's target: nothing.
-        assert_eq!(p.tick(&tun, 1010, &vm(23_000), 500_000), 0);
+        // At or above the watch's low water (the page daemon's target and
+        // half the headroom): nothing.
+        assert_eq!(p.tick(&tun, 1010, &vm(23_000 + 2048), 500_000), 0);
         // An empty balloon: nothing, and the guard goes on.
         assert_eq!(p.tick(&tun, 1020, &vm(5_000), 0), 0);
         assert!(p.looking_at(1030));
@@ -475,7 +598,7 @@ mod tests {
         // The host asks again within the kernel's silent span: a shortage
         // then is the event the kernel holds back.
         assert!(p.looking_at(5_000));
-        assert_eq!(p.tick(&tun, 5_000, &vm(23_000), 200_000), 0);
+        assert_eq!(p.tick(&tun, 5_000, &vm(23_000 + 2048), 200_000), 0);
         assert_eq!(
             p.tick(&tun, 5_010, &vm(10_000), 200_000),
             23_000 + 4096 - 10_000
@@ -486,6 +609,83 @@ mod tests {
         q.lowmem(&tun, 1000, &vm(5_000), 1_000);
         q.tick(&tun, 1010, &vm(6_000), 0);
         assert!(!q.looking_at(16_000));
+    }
+
+    #[test]
+    fn the_guard_deflates_above_the_target_where_the_watch_would() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.attached(&tun, 1000);
+        // Above the page daemon's target, below the low water: the guard
+        // does not wait for the controller to see a shortage first.
+        assert_eq!(p.tick(&tun, 1010, &vm(23_000 + 1000), 500_000), 4096 - 1000);
+        assert!(p.watching_at(1011));
+    }
+
+    #[test]
+    fn what_the_page_daemon_asks_for_is_given_on_an_event_in_the_watch_and_in_the_guard() {
+        let tun = OomTunables::default();
+        let asking = |free: u64, request: u64| VmCounters {
+            pd_request: request,
+            ..vm(free)
+        };
+        // An event: the page daemon's request when it is more than the
+        // goal needs, so the pass that raised the event frees all it asked
+        // for (and its count of failed passes starts again).
+        let mut p = Pressure::new();
+        assert_eq!(
+            p.lowmem(&tun, 1000, &asking(100_000, 9_000), 500_000),
+            9_000
+        );
+        // The watch: well above the low water, but the page daemon asks.
+        assert_eq!(p.tick(&tun, 1010, &asking(100_000, 0), 500_000), 0);
+        assert_eq!(p.tick(&tun, 1020, &asking(100_000, 7_000), 500_000), 7_000);
+        // Never more than the balloon holds.
+        assert_eq!(p.tick(&tun, 1030, &asking(100_000, 7_000), 3_000), 3_000);
+        // The guard after attach: a request is the event the kernel holds
+        // back.
+        let mut g = Pressure::new();
+        g.attached(&tun, 1000);
+        assert_eq!(g.tick(&tun, 1010, &asking(100_000, 0), 500_000), 0);
+        assert_eq!(g.tick(&tun, 1020, &asking(100_000, 5_000), 500_000), 5_000);
+        assert!(g.watching_at(1021));
+    }
+
+    #[test]
+    fn the_pace_takes_a_fifth_of_the_margin_above_the_target_per_window() {
+        let mut pace = InflatePace::new();
+        // 100_000 pages above the target: 20_000 in this window.
+        let a = pace.allowance(1000, &vm(123_000), 50_000);
+        assert_eq!(
+            a,
+            Paced {
+                pages: 20_000,
+                retry_ms: 100
+            }
+        );
+        // What the balloon took counts against the window; free memory
+        // read meanwhile does not resize it.
+        let b = pace.allowance(1040, &vm(110_000), 62_000);
+        assert_eq!(
+            b,
+            Paced {
+                pages: 8_000,
+                retry_ms: 60
+            }
+        );
+        assert_eq!(pace.allowance(1099, &vm(103_000), 70_000).pages, 0);
+        // The next window: a fifth of what is left above the target.
+        assert_eq!(pace.allowance(1100, &vm(103_000), 70_000).pages, 16_000);
+    }
+
+    #[test]
+    fn the_pace_starts_a_new_window_when_the_balloon_shrank_and_gives_nothing_below_the_target() {
+        let mut pace = InflatePace::new();
+        assert_eq!(pace.allowance(1000, &vm(73_000), 50_000).pages, 10_000);
+        // A deflate (pressure, a lower target) since: a fresh window.
+        assert_eq!(pace.allowance(1010, &vm(83_000), 40_000).pages, 12_000);
+        let mut low = InflatePace::new();
+        assert_eq!(low.allowance(1000, &vm(20_000), 50_000).pages, 0);
     }
 
     #[test]

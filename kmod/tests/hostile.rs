@@ -108,6 +108,49 @@ fn a_target_beyond_guest_memory_stops_at_the_floor_and_says_so() {
 }
 
 #[test]
+fn a_paced_inflate_waits_out_each_window_without_counting_a_refusal() {
+    let (w, mut dev, mut mem) = sim(MTH | OOM, 4096);
+    w.borrow_mut().num_pages = 2_000;
+    let mut b = Balloon::new(MTH | OOM, Tunables::default());
+    let mut waits = Vec::new();
+    for window in 1..=4u64 {
+        // What the balloon thread sets before each step: 500 pages per
+        // window, the rest after the window's 40 ms.
+        b.set_inflate_limit(InflateLimit::Paced {
+            pages: 500,
+            retry_ms: 40,
+        });
+        loop {
+            match b.step(&mut dev, &mut mem) {
+                Step::More => {}
+                s => {
+                    waits.push(s);
+                    break;
+                }
+            }
+        }
+        assert_eq!(u64::from(b.actual()), (500 * window).min(2_000));
+        w.borrow_mut().now_ms += 40;
+    }
+    // Three windows ran out (the same wait each time, not a growing
+    // backoff); the fourth reached the target.
+    assert_eq!(
+        waits,
+        [
+            Step::Backoff { ms: 40 },
+            Step::Backoff { ms: 40 },
+            Step::Backoff { ms: 40 },
+            Step::Idle
+        ]
+    );
+    assert_eq!(w.borrow().actual, 2_000);
+    assert_eq!(b.counters().floor_refused_pages.get(), 0);
+    assert_eq!(b.counters().floor_stops.get(), 0);
+    consistent(&w, &b);
+    clean(&w);
+}
+
+#[test]
 fn a_target_flipping_between_empty_and_full_settles_on_the_last() {
     let (w, mut dev, mut mem) = sim(MTH | OOM, 8192);
     let mut b = Balloon::new(MTH | OOM, Tunables::default());

@@ -27,12 +27,12 @@ use super::kick::Kick;
 use super::memory::{max_phys, vm_counters, KernelBlocks, KernelHeld, KernelMemory, VmPage, Words};
 use super::sync::{wakeup, MtxCell, Mutex, StateRef, SxCell};
 use super::{sys, sysctl};
-use crate::balloon::{Balloon, InflateLimit, Relief, Step, Tunables};
+use crate::balloon::{Balloon, Relief, Step, Tunables};
 use crate::counters::{BalloonClocks, BalloonCounters, Counter, Gauge, RateLimit, StatsCounters};
 use crate::events::{Event, Notice, Notices, Snapshot};
 use crate::hinting::{self, config_for_balloon, HintCounters, Hinter};
 use crate::platform::VmCounters;
-use crate::pressure::{floor_default_pages, inflate_allowance, OomTunables, Pressure};
+use crate::pressure::{floor_default_pages, inflate_limit, InflatePace, OomTunables, Pressure};
 use crate::protocol::{
     config_offset, feature_names, hint_cmd, negotiated, Features, HintCmd, Queue, REQUESTED,
 };
@@ -43,6 +43,8 @@ use crate::stats::{PushTimer, Stats};
 pub struct BalloonSide {
     pub balloon: Balloon<StateRef<BalloonCounters>>,
     pub pressure: Pressure,
+    /// Paces the inflate near the floor.
+    pub pace: InflatePace,
     /// devd notices decided from the balloon's counters.
     pub notices: Notices,
     pub bufs: PfnBuffers,
@@ -298,6 +300,7 @@ impl State {
                 BalloonSide {
                     balloon,
                     pressure: Pressure::new(),
+                    pace: InflatePace::new(),
                     notices: Notices::new(),
                     bufs: pfn,
                     mem: KernelMemory::new(StateRef::new(&data.clocks)),
@@ -939,13 +942,14 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
                     st.diag(c"pressure watch: deflated pages", u64::from(freed));
                 }
             }
-            let limit = if side.pressure.watching_at(now) {
-                InflateLimit::Pressure
-            } else if floor == 0 {
-                InflateLimit::None
-            } else {
-                InflateLimit::Floor(inflate_allowance(&vm, floor, false))
-            };
+            let limit = inflate_limit(
+                &mut side.pace,
+                now,
+                &vm,
+                floor,
+                side.pressure.watching_at(now),
+                u64::from(side.balloon.actual()),
+            );
             side.balloon.set_inflate_limit(limit);
             side.balloon
                 .set_inflate_run(st.inflate_run.load(Ordering::Relaxed));

@@ -89,7 +89,7 @@ fn alloc_contig(order: u32, window: core::ops::Range<u64>) -> Option<VmPage> {
     let n = 1u64 << order;
     let req = sys::VM_ALLOC_NOWAIT | sys::VM_ALLOC_NORECLAIM | sys::VM_ALLOC_NODUMP;
     // SAFETY: a non-sleeping allocation, callable from any thread context.
-    VmPage::new(unsafe {
+    let run = VmPage::new(unsafe {
         sys::vm_page_alloc_noobj_contig(
             req as i32,
             n,
@@ -99,7 +99,22 @@ fn alloc_contig(order: u32, window: core::ops::Range<u64>) -> Option<VmPage> {
             0,
             sys::VTBRS_MEMATTR_DEFAULT as sys::vm_memattr_t,
         )
-    })
+    });
+    forget_if_failed(run)
+}
+
+/// A failed allocation of ours told the page daemon that a process waits
+/// for a page (`vm_domain_alloc_fail` adds to its deficit); none does: the
+/// balloon and the reporter take only memory that is free and try again
+/// later. Left there, the deficit is added to the next pass that looks
+/// for pages, and with nothing reclaimable that pass counts toward an OOM
+/// kill however much the balloon gave back.
+fn forget_if_failed(page: Option<VmPage>) -> Option<VmPage> {
+    if page.is_none() {
+        // SAFETY: reads and updates the page daemon's deficit atomically.
+        unsafe { sys::vtbrs_forget_failed_alloc() };
+    }
+    page
 }
 
 /// Gives `n` held pages from `first` on back to the VM.
@@ -149,7 +164,7 @@ impl Memory for KernelMemory {
             |c| &c.alloc_us,
             // SAFETY: a non-sleeping allocation, callable from any thread
             // context.
-            || VmPage::new(unsafe { sys::vm_page_alloc_noobj(req as i32) }),
+            || forget_if_failed(VmPage::new(unsafe { sys::vm_page_alloc_noobj(req as i32) })),
         )
     }
 
@@ -271,6 +286,7 @@ pub fn vm_counters() -> VmCounters {
             freed_total: count(addr_of!((*cnt).v_tfree)),
             pd_scanned: count(addr_of!((*cnt).v_pdpages)),
             pd_freed: count(addr_of!((*cnt).v_dfree)),
+            pd_request: u64::from(sys::vtbrs_pageout_request()),
         }
     }
 }
