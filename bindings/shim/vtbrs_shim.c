@@ -1,7 +1,9 @@
 /*
  * vtballoon-rs: C side of the kld (see vtbrs_shim.h). Only module
- * metadata, the kobj method table and one-line wrappers of macros and
- * static inlines live here; the driver itself is Rust (kmod/src/freebsd).
+ * metadata, the kobj method table, one-line wrappers of macros and static
+ * inlines, and two small functions on the page daemon's per-domain state
+ * (whose layout only the kernel headers know) live here; the driver
+ * itself is Rust (kmod/src/freebsd).
  */
 #include <sys/param.h>
 #include <sys/systm.h>
