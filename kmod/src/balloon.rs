@@ -96,7 +96,8 @@ pub enum InflateLimit {
     Pressure,
     /// Near the floor the inflate is paced ([`crate::pressure::InflatePace`]):
     /// at most `pages` more guest pages now, the rest after `retry_ms`. Not a
-    /// refusal: nothing is counted and the backoff does not grow.
+    /// refusal: the floor's counters are left as they are and the backoff
+    /// does not grow.
     Paced { pages: u64, retry_ms: u32 },
 }
 
@@ -554,11 +555,6 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
                 pages.saturating_mul(per_page).min(u64::from(want)) as u32
             }
         };
-        if let InflateLimit::Paced { .. } = self.limit {
-            // The floor lets the balloon take more than the pace: it
-            // refuses nothing now.
-            self.counters.floor_refused_pages.set(0);
-        }
         if let InflateLimit::Floor(_) = self.limit {
             let refused = want - allowed;
             if refused > 0 && self.counters.floor_refused_pages.get() == 0 {
