@@ -1,7 +1,7 @@
 /*
  * vtballoon-rs: C side of the kld (see vtbrs_shim.h). Only module
  * metadata, the kobj method table, one-line wrappers of macros and static
- * inlines, and two small functions on the page daemon's per-domain state
+ * inlines, and small functions on the page daemon's per-domain state
  * (whose layout only the kernel headers know) live here; the driver
  * itself is Rust (kmod/src/freebsd).
  */
@@ -119,50 +119,92 @@ vtbrs_cycles(void)
 
 /*
  * Pages the page daemon's controller asks for in the interval under way,
- * over all domains (none once the interval has passed). A pass that frees
- * less than it asked for counts toward an OOM kill. The fields are private
- * to vm_pageout.c, hence C; racy reads of plain ints, as its sysctls read
- * them. The deficit of failed allocations is left out: deflating does not
- * cancel it in the page daemon's arithmetic, and a stale one (it is
- * cleared only by a pass that looks for pages) would look like pressure.
+ * over all domains (none once the interval has passed), and in *stamp the
+ * interval's start (ticks), so a caller answers each interval once. A pass
+ * that frees none of what it asked for counts toward an OOM kill. The
+ * fields are private to vm_pageout.c, hence C; racy reads of plain ints,
+ * as its sysctls read them. The deficit of failed allocations is left
+ * out: deflating does not cancel it in the page daemon's arithmetic, and
+ * a stale one (it is cleared only by a pass that looks for pages) would
+ * look like pressure.
  */
 u_int
-vtbrs_pageout_request(void)
+vtbrs_pageout_request(u_int *stamp)
 {
 	struct vm_domain *vmd;
-	u_int n;
+	u_int n, start;
 	int i, out;
 
 	n = 0;
+	*stamp = 0;
 	for (i = 0; i < vm_ndomains; i++) {
 		vmd = VM_DOMAIN(i);
 		out = atomic_load_int(&vmd->vmd_pid.pc_output);
-		if ((u_int)ticks - (u_int)atomic_load_int(&vmd->vmd_pid.pc_ticks) <
-		    (u_int)vmd->vmd_pid.pc_interval && out > 0)
+		start = atomic_load_int(&vmd->vmd_pid.pc_ticks);
+		if ((u_int)ticks - start < (u_int)vmd->vmd_pid.pc_interval &&
+		    out > 0) {
 			n += out;
+			*stamp = MAX(*stamp, start);
+		}
 	}
 	return (n);
 }
 
 /*
- * Takes back the page a failed non-sleeping allocation of ours added to the
- * page daemon's deficit (vm_domain_alloc_fail), in every domain it may have
- * tried, never below zero (see forget_if_failed in memory.rs).
+ * A failed allocation of ours tells the page daemon that a thread waits
+ * for a page (vm_domain_alloc_fail adds one to the domain's deficit, once
+ * per failed non-sleeping call of the _domain functions); none does: the
+ * balloon, the reporter and the hinter take only memory that is free and
+ * try again later. Left there, the deficit is added to the page daemon's
+ * next pass that looks for pages, and with nothing reclaimable that pass
+ * counts toward an OOM kill however much the balloon gave back. So these
+ * allocate domain by domain, from the current CPU's, and take back the one
+ * page each failure added, never below zero.
  */
-void
-vtbrs_forget_failed_alloc(void)
+static void
+vtbrs_forget_failure(int domain)
 {
 	struct vm_domain *vmd;
 	u_int old;
-	int i;
+
+	vmd = VM_DOMAIN(domain);
+	old = atomic_load_int(&vmd->vmd_pageout_deficit);
+	while (old > 0 && atomic_fcmpset_int(&vmd->vmd_pageout_deficit, &old,
+	    old - 1) == 0)
+		;
+}
+
+vm_page_t
+vtbrs_alloc_page_quiet(int req)
+{
+	vm_page_t m;
+	int d, i;
 
 	for (i = 0; i < vm_ndomains; i++) {
-		vmd = VM_DOMAIN(i);
-		old = atomic_load_int(&vmd->vmd_pageout_deficit);
-		while (old > 0 && atomic_fcmpset_int(&vmd->vmd_pageout_deficit,
-		    &old, old - 1) == 0)
-			;
+		d = (PCPU_GET(domain) + i) % vm_ndomains;
+		if ((m = vm_page_alloc_noobj_domain(d, req)) != NULL)
+			return (m);
+		vtbrs_forget_failure(d);
 	}
+	return (NULL);
+}
+
+vm_page_t
+vtbrs_alloc_contig_quiet(int req, u_long npages, vm_paddr_t low,
+    vm_paddr_t high, u_long alignment, vm_paddr_t boundary)
+{
+	vm_page_t m;
+	int d, i;
+
+	for (i = 0; i < vm_ndomains; i++) {
+		d = (PCPU_GET(domain) + i) % vm_ndomains;
+		m = vm_page_alloc_noobj_contig_domain(d, req, npages, low, high,
+		    alignment, boundary, VM_MEMATTR_DEFAULT);
+		if (m != NULL)
+			return (m);
+		vtbrs_forget_failure(d);
+	}
+	return (NULL);
 }
 
 uint64_t

@@ -41,8 +41,10 @@ void	vtbrs_callout_reset(struct callout *c, int ticks, void (*fn)(void *), void 
 lwpid_t	vtbrs_curthread_tid(void);
 uint64_t vtbrs_cycles(void);
 uint64_t vtbrs_cycles_per_second(void);
-u_int	vtbrs_pageout_request(void);
-void	vtbrs_forget_failed_alloc(void);
+u_int	vtbrs_pageout_request(u_int *stamp);
+vm_page_t vtbrs_alloc_page_quiet(int req);
+vm_page_t vtbrs_alloc_contig_quiet(int req, u_long npages, vm_paddr_t low,
+	    vm_paddr_t high, u_long alignment, vm_paddr_t boundary);
 
 /* Implemented in Rust: the newbus and virtio methods. */
 int	vtbrs_rs_attach(device_t dev);

@@ -265,6 +265,12 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
         self.actual
     }
 
+    /// Guest pages the balloon holds, inflates in flight included (they
+    /// are the host's already): what the inflate limits count.
+    pub fn held_pages<M: Memory>(&self, mem: &M) -> u64 {
+        u64::from(self.actual + self.inflight_in) / units_per_page(mem) as u64
+    }
+
     /// True while a resize requested by the host is pending.
     pub fn wantsize(&self) -> bool {
         self.wantsize
@@ -405,8 +411,7 @@ impl<C: Deref<Target = BalloonCounters>> Balloon<C> {
             return 0;
         }
         let per_page = units_per_page(mem) as u64;
-        // Inflates in flight are the host's already: count them as ballooned.
-        let ballooned = u64::from(self.actual + self.inflight_in) / per_page;
+        let ballooned = self.held_pages(mem);
         let short = match cause {
             Relief::LowmemEvent => pressure.short(tun, vm),
             // The watch deflates only below its low mark.

@@ -136,6 +136,9 @@ pub struct VmCounters {
     /// way (0 once it has passed). Each of its passes that frees none of
     /// them counts toward an OOM kill.
     pub pd_request: u64,
+    /// When that interval started (kernel ticks): the same request is seen
+    /// at every look within it.
+    pub pd_stamp: u64,
 }
 
 /// Free blocks of contiguous guest memory, for free page reporting.

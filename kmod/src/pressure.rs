@@ -140,6 +140,15 @@ pub struct Pressure {
     /// After attach, until this time: free memory below the page daemon's
     /// target counts as the `vm_lowmem` event the kernel may not raise.
     guard_until_ms: u64,
+    /// The page daemon's interval whose request was answered (its start,
+    /// [`VmCounters::pd_stamp`]) and how much was given for it: a request
+    /// stays the same at every look within its interval.
+    req_stamp: u64,
+    req_given: u64,
+    /// Pages the page daemon had freed (`v_dfree`) at the last look: while
+    /// that moves its passes free pages, and each such pass starts its
+    /// count toward a kill again.
+    last_pd_freed: u64,
 }
 
 impl Pressure {
@@ -151,6 +160,9 @@ impl Pressure {
             given_since: 0,
             rate_pps: 0,
             guard_until_ms: 0,
+            req_stamp: 0,
+            req_given: 0,
+            last_pd_freed: 0,
         }
     }
 
@@ -183,10 +195,12 @@ impl Pressure {
             .goal(tun, vm)
             .saturating_sub(vm.free)
             .max(u64::from(tun.min_batch_pages))
-            .max(vm.pd_request);
+            .max(self.unanswered(vm))
+            .min(ballooned);
+        self.answered(want);
         self.extend(tun, now_ms, ballooned);
         self.guard(tun, now_ms);
-        want.min(ballooned)
+        want
     }
 
     /// A look at free memory while watching or guarding: the guest pages
@@ -204,14 +218,16 @@ impl Pressure {
             return 0;
         }
         self.sample(now_ms, vm.free);
-        if !below_low_water(tun, vm) {
+        let request = self.failing_request(vm);
+        if !below_low_water(tun, vm) && request == 0 {
             return 0;
         }
         let want = self
             .goal(tun, vm)
             .saturating_sub(vm.free)
-            .max(vm.pd_request)
+            .max(request)
             .min(ballooned);
+        self.answered(want);
         if want > 0 {
             self.extend(tun, now_ms, ballooned);
         }
@@ -230,10 +246,39 @@ impl Pressure {
         vm: &VmCounters,
         ballooned: u64,
     ) -> u64 {
-        if ballooned == 0 || !below_low_water(tun, vm) {
+        let request = self.failing_request(vm);
+        if ballooned == 0 || (!below_low_water(tun, vm) && request == 0) {
             return 0;
         }
         self.lowmem(tun, now_ms, vm, ballooned)
+    }
+
+    /// What the page daemon's controller asks for in the interval under
+    /// way that no deflate gave yet.
+    fn unanswered(&mut self, vm: &VmCounters) -> u64 {
+        if vm.pd_stamp != self.req_stamp {
+            self.req_stamp = vm.pd_stamp;
+            self.req_given = 0;
+        }
+        vm.pd_request.saturating_sub(self.req_given)
+    }
+
+    /// [`Self::unanswered`], for a look between events: none while the page
+    /// daemon frees pages (each pass that does starts its count again, and
+    /// the guest's caches are the page daemon's to give, not the balloon's).
+    fn failing_request(&mut self, vm: &VmCounters) -> u64 {
+        let freeing = vm.pd_freed != self.last_pd_freed;
+        self.last_pd_freed = vm.pd_freed;
+        if freeing {
+            0
+        } else {
+            self.unanswered(vm)
+        }
+    }
+
+    /// `pages` given back count against the request of the interval.
+    fn answered(&mut self, pages: u64) {
+        self.req_given = self.req_given.saturating_add(pages);
     }
 
     /// True when free memory is below what a deflate would restore (the
@@ -316,14 +361,15 @@ impl Pressure {
     }
 }
 
-/// True when the watch and the guard deflate: free memory below the page
-/// daemon's target plus half the headroom, or the page daemon asking for
-/// pages. With nothing it can reclaim (no swap, anonymous memory) every
-/// pass that asks counts toward an OOM kill, and the count goes on across
-/// bursts until a pass frees a page: giving what it asks for at once keeps
-/// a burst to one such pass.
+/// True when free memory is below the page daemon's target plus half the
+/// headroom: the watch and the guard deflate then, and also when the page
+/// daemon asks for pages its passes do not find (with nothing it can
+/// reclaim, no swap and anonymous memory, every pass that asks counts
+/// toward an OOM kill, and the count goes on across bursts until a pass
+/// frees a page: giving what it asks for at once keeps a burst to one such
+/// pass).
 fn below_low_water(tun: &OomTunables, vm: &VmCounters) -> bool {
-    vm.free < vm.free_target + u64::from(tun.headroom_pages) / 2 || vm.pd_request > 0
+    vm.free < vm.free_target + u64::from(tun.headroom_pages) / 2
 }
 
 /// Least memory the default floor keeps beyond the page daemon's target.
@@ -398,11 +444,15 @@ pub fn inflate_limit(
 /// memory and free memory is above the target. The soak found it.
 ///
 /// So within each [`Self::WINDOW_MS`] the balloon takes at most a fifth of
-/// what free memory has above the page daemon's target: far from it the
+/// what available memory (free and reclaimable, as the floor counts it,
+/// [`crate::avail`]) has above the page daemon's target: far from it the
 /// inflate runs at full speed, near it the controller's proportional term
 /// (a third of the margin left) outweighs what the fall adds (integral a
 /// quarter, derivative an eighth), even when two windows fall in one of
-/// its intervals, with room for the guest's own allocations.
+/// its intervals, with room for the guest's own allocations. Reclaimable
+/// pages count because a pass that reclaims one counts toward no kill: a
+/// guest whose free memory the page daemon holds at its target from its
+/// caches is not held back.
 #[derive(Debug, Default)]
 pub struct InflatePace {
     window_end_ms: u64,
@@ -421,7 +471,7 @@ pub struct Paced {
 
 impl InflatePace {
     pub const WINDOW_MS: u64 = 100;
-    /// A window's budget: this share of free memory above the target.
+    /// A window's budget: this share of available memory above the target.
     pub const SHARE_DIVISOR: u64 = 5;
 
     pub const fn new() -> Self {
@@ -438,7 +488,7 @@ impl InflatePace {
     pub fn allowance(&mut self, now_ms: u64, vm: &VmCounters, ballooned: u64) -> Paced {
         if now_ms >= self.window_end_ms || ballooned < self.start_ballooned {
             self.window_end_ms = now_ms + Self::WINDOW_MS;
-            self.budget = vm.free.saturating_sub(vm.free_target) / Self::SHARE_DIVISOR;
+            self.budget = available_pages(vm).saturating_sub(vm.free_target) / Self::SHARE_DIVISOR;
             self.start_ballooned = ballooned;
         }
         let taken = ballooned - self.start_ballooned;
@@ -622,40 +672,82 @@ mod tests {
         assert!(p.watching_at(1011));
     }
 
-    #[test]
-    fn what_the_page_daemon_asks_for_is_given_on_an_event_in_the_watch_and_in_the_guard() {
-        let tun = OomTunables::default();
-        let asking = |free: u64, request: u64| VmCounters {
+    /// `vm(free)` with the page daemon asking for `request` pages in the
+    /// interval that started at `stamp`, having freed `freed` pages so far.
+    fn asking(free: u64, request: u64, stamp: u64, freed: u64) -> VmCounters {
+        VmCounters {
             pd_request: request,
+            pd_stamp: stamp,
+            pd_freed: freed,
             ..vm(free)
-        };
-        // An event: the page daemon's request when it is more than the
-        // goal needs, so the pass that raised the event frees all it asked
-        // for (and its count of failed passes starts again).
+        }
+    }
+
+    #[test]
+    fn an_event_gives_what_the_page_daemon_asks_for() {
+        let tun = OomTunables::default();
         let mut p = Pressure::new();
-        assert_eq!(
-            p.lowmem(&tun, 1000, &asking(100_000, 9_000), 500_000),
-            9_000
-        );
-        // The watch: well above the low water, but the page daemon asks.
-        assert_eq!(p.tick(&tun, 1010, &asking(100_000, 0), 500_000), 0);
-        assert_eq!(p.tick(&tun, 1020, &asking(100_000, 7_000), 500_000), 7_000);
+        // More than the goal needs: the pass that raised the event has
+        // nothing left to look for (its count toward a kill starts again).
+        let want = p.lowmem(&tun, 1000, &asking(100_000, 9_000, 500, 0), 500_000);
+        assert_eq!(want, 9_000);
         // Never more than the balloon holds.
-        assert_eq!(p.tick(&tun, 1030, &asking(100_000, 7_000), 3_000), 3_000);
-        // The guard after attach: a request is the event the kernel holds
-        // back.
+        let mut q = Pressure::new();
+        let small = q.lowmem(&tun, 1000, &asking(100_000, 9_000, 500, 0), 3_000);
+        assert_eq!(small, 3_000);
+    }
+
+    #[test]
+    fn the_watch_answers_each_interval_of_the_page_daemon_once() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.lowmem(&tun, 1000, &vm(20_000), 500_000);
+        // Well above the low water, the page daemon asking for nothing.
+        assert_eq!(p.tick(&tun, 1010, &asking(100_000, 0, 0, 0), 500_000), 0);
+        // It asks for 7,000 and its passes free nothing: all of it, once.
+        let v = asking(100_000, 7_000, 600, 0);
+        assert_eq!(p.tick(&tun, 1020, &v, 500_000), 7_000);
+        // The same interval, the same request: nothing more.
+        assert_eq!(p.tick(&tun, 1030, &v, 500_000), 0);
+        // It asked for 2,000 more in that interval: those.
+        let more = asking(100_000, 9_000, 600, 0);
+        assert_eq!(p.tick(&tun, 1040, &more, 500_000), 2_000);
+        // A new interval: its request.
+        let next = asking(100_000, 3_000, 610, 0);
+        assert_eq!(p.tick(&tun, 1110, &next, 500_000), 3_000);
+    }
+
+    #[test]
+    fn the_watch_leaves_the_page_daemon_a_request_it_meets_by_reclaiming() {
+        let tun = OomTunables::default();
+        let mut p = Pressure::new();
+        p.lowmem(&tun, 1000, &vm(20_000), 500_000);
+        assert_eq!(p.tick(&tun, 1010, &asking(100_000, 0, 0, 40), 500_000), 0);
+        // Since the last look it freed pages (the guest's caches): its
+        // passes succeed, nothing counts toward a kill.
+        let v = asking(100_000, 7_000, 600, 90);
+        assert_eq!(p.tick(&tun, 1020, &v, 500_000), 0);
+        // Its passes stop freeing: the request is answered.
+        assert_eq!(p.tick(&tun, 1030, &v, 500_000), 7_000);
+    }
+
+    #[test]
+    fn after_attach_a_request_the_page_daemon_cannot_meet_is_the_missed_event() {
+        let tun = OomTunables::default();
         let mut g = Pressure::new();
         g.attached(&tun, 1000);
-        assert_eq!(g.tick(&tun, 1010, &asking(100_000, 0), 500_000), 0);
-        assert_eq!(g.tick(&tun, 1020, &asking(100_000, 5_000), 500_000), 5_000);
+        assert_eq!(g.tick(&tun, 1010, &asking(100_000, 0, 0, 0), 500_000), 0);
+        let v = asking(100_000, 5_000, 700, 0);
+        assert_eq!(g.tick(&tun, 1020, &v, 500_000), 5_000);
         assert!(g.watching_at(1021));
     }
 
     #[test]
     fn the_pace_takes_a_fifth_of_the_margin_above_the_target_per_window() {
         let mut pace = InflatePace::new();
-        // 100_000 pages above the target: 20_000 in this window.
-        let a = pace.allowance(1000, &vm(123_000), 50_000);
+        // Available (free less the 1,500 reserved) 100,000 pages above the
+        // target: 20,000 in this window.
+        let a = pace.allowance(1000, &vm(124_500), 50_000);
         assert_eq!(
             a,
             Paced {
@@ -675,15 +767,29 @@ mod tests {
         );
         assert_eq!(pace.allowance(1099, &vm(103_000), 70_000).pages, 0);
         // The next window: a fifth of what is left above the target.
-        assert_eq!(pace.allowance(1100, &vm(103_000), 70_000).pages, 16_000);
+        assert_eq!(pace.allowance(1100, &vm(104_500), 70_000).pages, 16_000);
+    }
+
+    #[test]
+    fn the_pace_counts_reclaimable_memory_as_the_floor_does() {
+        let mut pace = InflatePace::new();
+        // Free memory at the target, 60,000 inactive pages: the page
+        // daemon reclaims them as the balloon takes free memory (its passes
+        // free pages, and count toward no kill).
+        let v = VmCounters {
+            inactive: 60_000,
+            ..vm(23_000 + 1_500)
+        };
+        // Available: 60,000 less the working set kept (free_min, 5,000).
+        assert_eq!(pace.allowance(1000, &v, 0).pages, 55_000 / 5);
     }
 
     #[test]
     fn the_pace_starts_a_new_window_when_the_balloon_shrank_and_gives_nothing_below_the_target() {
         let mut pace = InflatePace::new();
-        assert_eq!(pace.allowance(1000, &vm(73_000), 50_000).pages, 10_000);
+        assert_eq!(pace.allowance(1000, &vm(74_500), 50_000).pages, 10_000);
         // A deflate (pressure, a lower target) since: a fresh window.
-        assert_eq!(pace.allowance(1010, &vm(83_000), 40_000).pages, 12_000);
+        assert_eq!(pace.allowance(1010, &vm(84_500), 40_000).pages, 12_000);
         let mut low = InflatePace::new();
         assert_eq!(low.allowance(1000, &vm(20_000), 50_000).pages, 0);
     }

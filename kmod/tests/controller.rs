@@ -4,13 +4,13 @@
 //! The model (FreeBSD 14.2 `sys/kern/subr_pidctrl.c`, `sys/vm/vm_pageout.c`),
 //! one step a millisecond:
 //! - `pidctrl_daemon` ported as it is (setpoint `v_free_target`, interval
-//!   100 ms, integral bound 4 setpoints, gains 1/3, 1/4, 1/8), called at
+//!   100 ms, integral bound 16 setpoints, gains 1/3, 1/4, 1/8), called at
 //!   the start of every interval and once more half way (a wakeup within
 //!   the interval, as allocations that cross the page daemon's threshold
-//!   give: the kernel's controller was seen wound up to 171,744 pages of
-//!   integral by a reload's inflate, which one call per interval cannot
-//!   do; with one call the unpaced bursts below still leave one failed
-//!   pass each, from the derivative, and the count still climbs);
+//!   give; the soak saw the kernel's integral at its bound after a
+//!   reload's inflate; with one call an interval the unpaced bursts below
+//!   still leave one failed pass each, from the derivative, and the count
+//!   still climbs);
 //! - nothing is reclaimable (no swap, anonymous memory), so a pass asked
 //!   for pages frees none and adds one to the page daemon's count; a pass
 //!   asked for nothing leaves the count as it is (`vm_pageout_mightbe_oom`
@@ -46,7 +46,8 @@ impl Pid {
     fn new(setpoint: i64) -> Pid {
         Pid {
             setpoint,
-            bound: 4 * setpoint,
+            // pidctrl_init: bound factor x setpoint x Kid.
+            bound: 4 * setpoint * 4,
             ticks: None,
             error: 0,
             olderror: 0,
@@ -107,7 +108,7 @@ fn run(paced: bool, cycles: u32) -> PageDaemon {
         }
         if now >= next_step {
             let vm = w.borrow().vm();
-            let ballooned = u64::from(b.actual());
+            let ballooned = b.held_pages(&mem);
             let limit = if paced {
                 inflate_limit(&mut pace, now, &vm, floor, false, ballooned)
             } else {
@@ -166,7 +167,7 @@ fn the_paced_inflate_still_reaches_the_floor_within_two_seconds() {
     while now < 2_000 {
         w.borrow_mut().now_ms = now;
         let vm = w.borrow().vm();
-        let limit = inflate_limit(&mut pace, now, &vm, floor, false, u64::from(b.actual()));
+        let limit = inflate_limit(&mut pace, now, &vm, floor, false, b.held_pages(&mem));
         b.set_inflate_limit(limit);
         now += match b.step(&mut dev, &mut mem) {
             Step::Backoff { ms } => u64::from(ms),

@@ -948,7 +948,7 @@ unsafe extern "C" fn balloon_thread(arg: *mut c_void) {
                 &vm,
                 floor,
                 side.pressure.watching_at(now),
-                u64::from(side.balloon.actual()),
+                side.balloon.held_pages(&side.mem),
             );
             side.balloon.set_inflate_limit(limit);
             side.balloon

@@ -1,5 +1,6 @@
 //! The VM as the logic sees it: pages and runs from vm_page_alloc_noobj(9)
-//! and vm_page_alloc_noobj_contig(9) (freed page by page: the KPI has no
+//! and vm_page_alloc_noobj_contig(9), domain by domain through the shim
+//! (failures must not add to the page daemon's deficit; freed page by page: the KPI has no
 //! batch free), free blocks for reporting, the ballooned runs listed
 //! through each run's first page ([`crate::runlist`]: no memory of our own
 //! per page), and the VM counters.
@@ -88,33 +89,12 @@ impl RunPages for VmPages {
 fn alloc_contig(order: u32, window: core::ops::Range<u64>) -> Option<VmPage> {
     let n = 1u64 << order;
     let req = sys::VM_ALLOC_NOWAIT | sys::VM_ALLOC_NORECLAIM | sys::VM_ALLOC_NODUMP;
-    // SAFETY: a non-sleeping allocation, callable from any thread context.
-    let run = VmPage::new(unsafe {
-        sys::vm_page_alloc_noobj_contig(
-            req as i32,
-            n,
-            window.start,
-            window.end,
-            n * PAGE_SIZE,
-            0,
-            sys::VTBRS_MEMATTR_DEFAULT as sys::vm_memattr_t,
-        )
-    });
-    forget_if_failed(run)
-}
-
-/// A failed allocation of ours told the page daemon that a process waits
-/// for a page (`vm_domain_alloc_fail` adds to its deficit); none does: the
-/// balloon and the reporter take only memory that is free and try again
-/// later. Left there, the deficit is added to the next pass that looks
-/// for pages, and with nothing reclaimable that pass counts toward an OOM
-/// kill however much the balloon gave back.
-fn forget_if_failed(page: Option<VmPage>) -> Option<VmPage> {
-    if page.is_none() {
-        // SAFETY: reads and updates the page daemon's deficit atomically.
-        unsafe { sys::vtbrs_forget_failed_alloc() };
-    }
-    page
+    // SAFETY: a non-sleeping allocation, callable from any thread context;
+    // the shim takes back the deficit a failure added (see
+    // vtbrs_alloc_contig_quiet).
+    VmPage::new(unsafe {
+        sys::vtbrs_alloc_contig_quiet(req as i32, n, window.start, window.end, n * PAGE_SIZE, 0)
+    })
 }
 
 /// Gives `n` held pages from `first` on back to the VM.
@@ -163,8 +143,9 @@ impl Memory for KernelMemory {
         self.timed(
             |c| &c.alloc_us,
             // SAFETY: a non-sleeping allocation, callable from any thread
-            // context.
-            || forget_if_failed(VmPage::new(unsafe { sys::vm_page_alloc_noobj(req as i32) })),
+            // context (vm_page_alloc_noobj_domain(9) domain by domain; a
+            // failure adds nothing to the page daemon's deficit).
+            || VmPage::new(unsafe { sys::vtbrs_alloc_page_quiet(req as i32) }),
         )
     }
 
@@ -258,9 +239,11 @@ impl HeldBlocks for KernelHeld {
 /// Reads the VM counters (never sleeps).
 pub fn vm_counters() -> VmCounters {
     let cnt = addr_of!(sys::vm_cnt);
+    let mut stamp = 0;
     // SAFETY: vm_cnt is the kernel's; its plain fields are read as the
     // kernel reads them (racy by design, each one word), its counters with
-    // counter_u64_fetch(9).
+    // counter_u64_fetch(9); the page daemon's request is read by the shim
+    // with atomic loads into `stamp`, a local that outlives the call.
     unsafe {
         let word = |f: *const u32| u64::from(f.read_volatile());
         let count = |c: *const sys::counter_u64_t| sys::counter_u64_fetch(c.read());
@@ -286,7 +269,8 @@ pub fn vm_counters() -> VmCounters {
             freed_total: count(addr_of!((*cnt).v_tfree)),
             pd_scanned: count(addr_of!((*cnt).v_pdpages)),
             pd_freed: count(addr_of!((*cnt).v_dfree)),
-            pd_request: u64::from(sys::vtbrs_pageout_request()),
+            pd_request: u64::from(sys::vtbrs_pageout_request(&mut stamp)),
+            pd_stamp: u64::from(stamp),
         }
     }
 }
