@@ -43,8 +43,6 @@ const KERNEL_FUNCTIONS: &[&str] = &[
     "eventhandler_register",
     "eventhandler_find_list",
     "eventhandler_deregister",
-    "vm_page_alloc_noobj",
-    "vm_page_alloc_noobj_contig",
     "vm_page_free",
     "PHYS_TO_VM_PAGE",
     "vm_free_count",

@@ -29,6 +29,3 @@
 #include <dev/virtio/virtio.h>
 #include <dev/virtio/virtqueue.h>
 #include "vtbrs_shim.h"
-
-/* Constants whose macros bindgen cannot evaluate (they cast), as an enum it can. */
-enum { VTBRS_MEMATTR_DEFAULT = VM_MEMATTR_DEFAULT };
